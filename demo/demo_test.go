@@ -1,0 +1,224 @@
+// Package demo_test checks the Docker demo's files without Docker: the
+// compose services, the paths they and the Dockerfiles name, and the pinned
+// Caddy version. Adapting the Caddyfiles is tested with the Caddyfile tests.
+package demo_test
+
+import (
+	"bufio"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// root is the repository root, where docker-compose.yml and Dockerfile live;
+// go test runs in this package's folder.
+const root = ".."
+
+// caddyVersion is the Caddy release the demo images pin.
+const caddyVersion = "2.11.9"
+
+// readCompose reads the block-style YAML subset docker-compose.yml is written
+// in ("key: value", "key:", "- item", nested by indentation) into a map from
+// dotted path ("services.lb.ports") to its values. A YAML library would need
+// a new go.mod requirement; this file needs no more than these few rules.
+func readCompose(t *testing.T) map[string][]string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(root, "docker-compose.yml"))
+	if err != nil {
+		t.Fatalf("open docker-compose.yml: %v", err)
+	}
+	defer f.Close()
+
+	type level struct {
+		indent int
+		key    string
+	}
+	var stack []level
+	values := map[string][]string{}
+	path := func() string {
+		keys := make([]string, len(stack))
+		for i, l := range stack {
+			keys[i] = l.key
+		}
+		return strings.Join(keys, ".")
+	}
+	scanner := bufio.NewScanner(f)
+	for n := 1; scanner.Scan(); n++ {
+		line := scanner.Text()
+		if i := strings.Index(line, " #"); i >= 0 {
+			line = line[:i]
+		}
+		text := strings.TrimSpace(line)
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		indent := len(line) - len(strings.TrimLeft(line, " "))
+		if item, ok := strings.CutPrefix(text, "- "); ok {
+			values[path()] = append(values[path()], unquote(item))
+			continue
+		}
+		key, value, ok := strings.Cut(text, ":")
+		if !ok {
+			t.Fatalf("docker-compose.yml:%d: %q is neither \"key: value\" nor \"- item\"", n, text)
+		}
+		for len(stack) > 0 && stack[len(stack)-1].indent >= indent {
+			stack = stack[:len(stack)-1]
+		}
+		stack = append(stack, level{indent, key})
+		if value = strings.TrimSpace(value); value != "" {
+			values[path()] = []string{unquote(value)}
+		} else {
+			values[path()] = nil // a mapping or a list follows
+		}
+	}
+	if err := scanner.Err(); err != nil {
+		t.Fatalf("read docker-compose.yml: %v", err)
+	}
+	return values
+}
+
+// unquote drops one pair of surrounding YAML quotes.
+func unquote(s string) string {
+	if len(s) >= 2 && (s[0] == '"' || s[0] == '\'') && s[len(s)-1] == s[0] {
+		return s[1 : len(s)-1]
+	}
+	return s
+}
+
+// instructions reads a Dockerfile into its instructions, continuation lines
+// joined and comments dropped, each split into fields.
+func instructions(t *testing.T, name string) [][]string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, name))
+	if err != nil {
+		t.Fatalf("read %s: %v", name, err)
+	}
+	var out [][]string
+	var pending string
+	for line := range strings.Lines(string(data)) {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		if cont, ok := strings.CutSuffix(line, `\`); ok {
+			pending += cont + " "
+			continue
+		}
+		if fields := strings.Fields(pending + line); len(fields) > 0 {
+			out = append(out, fields)
+		}
+		pending = ""
+	}
+	return out
+}
+
+// mustExist fails the test when path, relative to the repository root, is missing.
+func mustExist(t *testing.T, path, referrer string) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(root, path)); err != nil {
+		t.Errorf("%s names %q, which does not exist: %v", referrer, path, err)
+	}
+}
+
+func TestComposeServices(t *testing.T) {
+	compose := readCompose(t)
+	if _, ok := compose["version"]; ok {
+		t.Errorf("docker-compose.yml has the obsolete top-level version key")
+	}
+	for _, service := range []string{"lb", "app1", "app2", "app3"} {
+		prefix := "services." + service
+		if _, ok := compose[prefix]; !ok {
+			t.Errorf("docker-compose.yml has no service %q", service)
+			continue
+		}
+		if got := compose[prefix+".container_name"]; !slices.Equal(got, []string{service}) {
+			t.Errorf("service %s: container_name %q, want %q", service, got, service)
+		}
+		if service != "lb" {
+			if env := compose[prefix+".environment"]; !slices.Contains(env, "APP_NAME="+service) {
+				t.Errorf("service %s: environment %q lacks APP_NAME=%s", service, env, service)
+			}
+		}
+	}
+	ports := compose["services.lb.ports"]
+	for _, want := range []string{"3030:3030", "127.0.0.1:2019:2019"} {
+		if !slices.Contains(ports, want) {
+			t.Errorf("service lb: ports %q do not publish %q", ports, want)
+		}
+	}
+	if got := compose["services.lb.build.context"]; !slices.Equal(got, []string{"."}) {
+		t.Errorf("service lb: build context %q, want \".\"", got)
+	}
+}
+
+// TestReferencedFilesExist follows every build the compose file names to its
+// Dockerfile, and every COPY in that Dockerfile to its sources.
+func TestReferencedFilesExist(t *testing.T) {
+	compose := readCompose(t)
+	dockerfiles := map[string]bool{}
+	for key, context := range compose {
+		service, ok := strings.CutSuffix(key, ".build.context")
+		if !ok || len(context) != 1 {
+			continue
+		}
+		if context[0] != "." {
+			t.Errorf("%s: build context %q; this test only follows the repository root", service, context[0])
+			continue
+		}
+		dockerfile := "Dockerfile"
+		if d := compose[service+".build.dockerfile"]; len(d) == 1 {
+			dockerfile = d[0]
+		}
+		mustExist(t, dockerfile, service+" in docker-compose.yml")
+		dockerfiles[dockerfile] = true
+	}
+	if len(dockerfiles) == 0 {
+		t.Fatal("docker-compose.yml builds nothing")
+	}
+	for dockerfile := range dockerfiles {
+		for _, fields := range instructions(t, dockerfile) {
+			if !strings.EqualFold(fields[0], "COPY") && !strings.EqualFold(fields[0], "ADD") {
+				continue
+			}
+			args := fields[1:]
+			if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--from=") }) {
+				continue // copies from another stage, not from the context
+			}
+			args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return strings.HasPrefix(a, "--") })
+			if len(args) < 2 {
+				t.Errorf("%s: %q has no source or no destination", dockerfile, strings.Join(fields, " "))
+				continue
+			}
+			for _, src := range args[:len(args)-1] {
+				mustExist(t, src, dockerfile)
+			}
+		}
+	}
+}
+
+func TestDockerfilePinsCaddyAndBuildsLbpool(t *testing.T) {
+	var froms []string
+	var built bool
+	for _, fields := range instructions(t, "Dockerfile") {
+		line := strings.Join(fields, " ")
+		switch strings.ToUpper(fields[0]) {
+		case "FROM":
+			froms = append(froms, fields[1])
+		case "RUN":
+			if strings.Contains(line, "xcaddy build v"+caddyVersion) &&
+				strings.Contains(line, "--with github.com/lbpool/lbpool") {
+				built = true
+			}
+		}
+	}
+	for _, want := range []string{"caddy:" + caddyVersion + "-builder", "caddy:" + caddyVersion + "-alpine"} {
+		if !slices.Contains(froms, want) {
+			t.Errorf("Dockerfile FROM images %q do not include %q", froms, want)
+		}
+	}
+	if !built {
+		t.Errorf("Dockerfile has no RUN xcaddy build v%s --with github.com/lbpool/lbpool", caddyVersion)
+	}
+}

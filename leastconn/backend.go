@@ -1,0 +1,243 @@
+package leastconn
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// MaxWeight is the largest weight a backend may have.
+const MaxWeight = 10000
+
+// Admin states, in HAProxy's words: a drained backend takes no new requests
+// but lets the in-flight ones finish; one in maintenance also is not checked.
+const (
+	StateReady = "ready"
+	StateDrain = "drain"
+	StateMaint = "maint"
+)
+
+// Bits of Backend.flags, read by the pick with one atomic load.
+const (
+	flagDown  uint32 = 1 << iota // health: failed its checks or could not be reached
+	flagDrain                    // admin: no new requests
+	flagMaint                    // admin: no requests, no checks
+	flagRamp                     // slow start in progress; see effectiveWeight
+
+	flagsUnavailable = flagDown | flagDrain | flagMaint
+)
+
+// backendAddr is a parsed backend URL.
+type backendAddr struct {
+	scheme   string // http or https
+	hostport string // host:port, port always present
+	user     *url.Userinfo
+	key      string // scheme://host:port: identity in the registry
+	display  string // key with credentials redacted: what stats and logs show
+	raw      string // as configured
+	weight   int
+}
+
+// parseBackendURL accepts http://host:port, https://host:port and host:port
+// (plain HTTP). A missing port defaults to the scheme's.
+func parseBackendURL(raw string) (backendAddr, error) {
+	s := strings.TrimSpace(raw)
+	if s == "" {
+		return backendAddr{}, fmt.Errorf("lbpool: empty backend address")
+	}
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return backendAddr{}, fmt.Errorf("lbpool: backend %q: %v", redactRaw(raw), redactErr(err, raw))
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return backendAddr{}, fmt.Errorf("lbpool: backend %q: scheme %q not supported (use http or https)", redactRaw(raw), u.Scheme)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return backendAddr{}, fmt.Errorf("lbpool: backend %q: missing host", redactRaw(raw))
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return backendAddr{}, fmt.Errorf("lbpool: backend %q: a backend address cannot have a path or query", redactRaw(raw))
+	}
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return backendAddr{}, fmt.Errorf("lbpool: backend %q: bad port %q", redactRaw(raw), port)
+	}
+	hostport := net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+	a := backendAddr{
+		scheme:   u.Scheme,
+		hostport: hostport,
+		user:     u.User,
+		key:      u.Scheme + "://" + hostport,
+		raw:      raw,
+	}
+	a.display = a.key
+	if u.User != nil {
+		a.display = u.Scheme + "://" + redactedUser(u.User) + "@" + hostport
+	}
+	return a, nil
+}
+
+func redactedUser(u *url.Userinfo) string {
+	if _, has := u.Password(); has {
+		return u.Username() + ":xxxxx"
+	}
+	return u.Username()
+}
+
+// redactRaw hides a password in an address that may not even parse.
+func redactRaw(raw string) string {
+	at := strings.LastIndex(raw, "@")
+	if at < 0 {
+		return raw
+	}
+	start := strings.Index(raw, "://")
+	if start < 0 {
+		start = 0
+	} else {
+		start += 3
+	}
+	if start > at {
+		return raw
+	}
+	user := raw[start:at]
+	if i := strings.Index(user, ":"); i >= 0 {
+		user = user[:i] + ":xxxxx"
+	}
+	return raw[:start] + user + raw[at:]
+}
+
+// redactErr keeps url.Parse errors from echoing a password.
+func redactErr(err error, raw string) string {
+	msg := err.Error()
+	if r := redactRaw(raw); r != raw {
+		msg = strings.ReplaceAll(msg, raw, r)
+		if u, perr := url.Parse(raw); perr == nil && u.User != nil {
+			if p, ok := u.User.Password(); ok && p != "" {
+				msg = strings.ReplaceAll(msg, p, "xxxxx")
+			}
+		}
+	}
+	return msg
+}
+
+// Backend is the shared, reload-surviving state of one backend in one pool.
+// Hot-path fields are atomics; health bookkeeping is guarded by mu.
+type Backend struct {
+	pool *Pool
+	addr backendAddr
+
+	// Read by the pick.
+	flags    atomic.Uint32
+	active   atomic.Int64
+	weight   atomic.Int64 // configured weight
+	rampFrom atomic.Int64 // unix nanos of the last down→up change, while flagRamp
+	rampLen  atomic.Int64 // slow-start window in nanos
+
+	// Counters.
+	requests atomic.Uint64
+	failures atomic.Uint64
+	retries  atomic.Uint64
+	latency  ewma // of proxied requests' time to response headers
+
+	refs int // guarded by registry.mu
+
+	// Health bookkeeping, not on the hot path.
+	mu          sync.Mutex
+	passes      int // consecutive passing checks
+	fails       int // consecutive failing checks
+	changes     int // status changes since the backend joined the pool
+	upSince     time.Time
+	downSince   time.Time
+	downtime    time.Duration // closed down periods; the open one is added at read time
+	lastChange  time.Time
+	lastCheck   checkResult
+	// passiveEpoch counts passive failures, so a check that passed while a
+	// request failed does not bring the backend back
+	passiveEpoch uint64
+
+	memoryBytes atomic.Int64 // as the backend reports it; -1 while unknown
+
+	kick chan struct{} // wakes the checker for an immediate check
+	stop func()        // stops the checker
+	done chan struct{} // closed when the checker has returned
+}
+
+func newBackend(p *Pool, a backendAddr) *Backend {
+	b := &Backend{
+		pool:        p,
+		addr:        a,
+		upSince: time.Now(),
+		kick:    make(chan struct{}, 1),
+	}
+	b.weight.Store(int64(a.weight))
+	b.memoryBytes.Store(-1)
+	return b
+}
+
+// URL returns the backend's address as stats and logs show it (credentials
+// redacted).
+func (b *Backend) URL() string { return b.addr.display }
+
+// adminState returns ready, drain or maint.
+func adminState(flags uint32) string {
+	switch {
+	case flags&flagMaint != 0:
+		return StateMaint
+	case flags&flagDrain != 0:
+		return StateDrain
+	}
+	return StateReady
+}
+
+// setAdminState switches between ready, drain and maint.
+func (b *Backend) setAdminState(state string) {
+	var set uint32
+	switch state {
+	case StateDrain:
+		set = flagDrain
+	case StateMaint:
+		set = flagMaint
+	}
+	for {
+		old := b.flags.Load()
+		next := old&^(flagDrain|flagMaint) | set
+		if b.flags.CompareAndSwap(old, next) {
+			if old&flagMaint != 0 && set != flagMaint {
+				b.checkNow() // back from maintenance: learn the health at once
+			}
+			return
+		}
+	}
+}
+
+// ewma is a lock-free exponentially weighted moving average of durations.
+type ewma struct{ v atomic.Int64 }
+
+func (e *ewma) observe(d time.Duration) {
+	for {
+		old := e.v.Load()
+		next := int64(d)
+		if old != 0 {
+			next = old + (int64(d)-old)/8
+		}
+		if e.v.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+func (e *ewma) value() time.Duration { return time.Duration(e.v.Load()) }

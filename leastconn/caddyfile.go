@@ -1,0 +1,266 @@
+package leastconn
+
+import (
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("lbpool", parseCaddyfile)
+	// lbpool answers requests itself, where reverse_proxy would
+	httpcaddyfile.RegisterDirectiveOrder("lbpool", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var lb Handler
+	err := lb.UnmarshalCaddyfile(h.Dispenser)
+	return &lb, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+//
+//	lbpool [<backend>...] {
+//	    to <backend>...
+//	    weight <backend> <n>
+//	    name <pool>
+//	    health_uri <path>
+//	    health_interval <duration>
+//	    health_timeout <duration>
+//	    health_status <code|Nxx>
+//	    health_body <regexp>
+//	    health_headers {
+//	        <name> <value>
+//	    }
+//	    health_passes <n>
+//	    health_fails <n>
+//	    stats_uri <path>
+//	    stats_workers <n>
+//	    retries <n>
+//	    slow_start <duration>
+//	    dial_timeout <duration>
+//	    response_header_timeout <duration>
+//	    tls_insecure_skip_verify
+//	}
+//
+// Every problem is reported here, at parse time, with the file and line.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	keys := map[string]int{} // backend key → index in h.Backends
+	addBackends := func(args []string) error {
+		for _, raw := range args {
+			a, err := parseBackendURL(raw)
+			if err != nil {
+				return d.Err(strings.TrimPrefix(err.Error(), "lbpool: "))
+			}
+			if _, dup := keys[a.key]; dup {
+				return d.Errf("backend %s is listed twice", a.display)
+			}
+			keys[a.key] = len(h.Backends)
+			h.Backends = append(h.Backends, BackendConfig{URL: raw})
+		}
+		return nil
+	}
+	if err := addBackends(d.RemainingArgs()); err != nil {
+		return err
+	}
+
+	for d.NextBlock(0) {
+		opt := d.Val()
+		switch opt {
+		case "to":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			if err := addBackends(args); err != nil {
+				return err
+			}
+
+		case "weight":
+			var raw, n string
+			if !d.AllArgs(&raw, &n) {
+				return d.ArgErr()
+			}
+			a, err := parseBackendURL(raw)
+			if err != nil {
+				return d.Err(strings.TrimPrefix(err.Error(), "lbpool: "))
+			}
+			i, ok := keys[a.key]
+			if !ok {
+				return d.Errf("weight: backend %s is not in this pool (list it before weighting it)", a.display)
+			}
+			w, err := strconv.Atoi(n)
+			if err != nil || w < 1 || w > MaxWeight {
+				return d.Errf("weight: %q is not a whole number from 1 to %d", n, MaxWeight)
+			}
+			h.Backends[i].Weight = w
+
+		case "name":
+			if !d.AllArgs(&h.Name) {
+				return d.ArgErr()
+			}
+
+		case "health_uri", "stats_uri":
+			var uri string
+			if !d.AllArgs(&uri) {
+				return d.ArgErr()
+			}
+			if !strings.HasPrefix(uri, "/") {
+				return d.Errf("%s: %q must start with /", opt, uri)
+			}
+			if opt == "health_uri" {
+				h.HealthURI = uri
+			} else {
+				h.StatsURI = uri
+			}
+
+		case "health_interval", "health_timeout", "slow_start", "dial_timeout", "response_header_timeout":
+			dur, err := parsePositiveDuration(d)
+			if err != nil {
+				return err
+			}
+			*map[string]*caddy.Duration{
+				"health_interval":         &h.HealthInterval,
+				"health_timeout":          &h.HealthTimeout,
+				"slow_start":              &h.SlowStart,
+				"dial_timeout":            &h.DialTimeout,
+				"response_header_timeout": &h.ResponseHeaderTimeout,
+			}[opt] = dur
+
+		case "health_status":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			code, err := parseStatus(v)
+			if err != nil {
+				return d.Errf("health_status: %v", err)
+			}
+			h.HealthStatus = code
+
+		case "health_body":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			if _, err := regexp.Compile(v); err != nil {
+				return d.Errf("health_body: bad regular expression: %v", err)
+			}
+			h.HealthBody = v
+
+		case "health_headers":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if h.HealthHeaders == nil {
+				h.HealthHeaders = make(http.Header)
+			}
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				name := d.Val()
+				values := d.RemainingArgs()
+				if len(values) == 0 {
+					return d.Errf("health_headers: header %s needs a value", name)
+				}
+				h.HealthHeaders[http.CanonicalHeaderKey(name)] = append(h.HealthHeaders[http.CanonicalHeaderKey(name)], values...)
+			}
+
+		case "health_passes", "health_fails", "stats_workers", "retries":
+			n, err := parseCount(d, opt == "retries")
+			if err != nil {
+				return err
+			}
+			switch opt {
+			case "health_passes":
+				h.HealthPasses = n
+			case "health_fails":
+				h.HealthFails = n
+			case "stats_workers":
+				h.StatsWorkers = n
+			case "retries":
+				h.Retries = &n
+			}
+
+		case "tls_insecure_skip_verify":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.TLSInsecureSkipVerify = true
+
+		default:
+			return d.Errf("unrecognized lbpool option '%s'", opt)
+		}
+	}
+
+	if len(h.Backends) == 0 {
+		d.Reset()
+		d.Next()
+		return d.Err("lbpool needs at least one backend")
+	}
+	return nil
+}
+
+func parsePositiveDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	opt := d.Val()
+	var v string
+	if !d.AllArgs(&v) {
+		return 0, d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return 0, d.Errf("%s: bad duration %q: %v", opt, v, err)
+	}
+	if dur <= 0 {
+		return 0, d.Errf("%s: duration must be positive, got %q", opt, v)
+	}
+	if dur < time.Millisecond && opt != "slow_start" {
+		return 0, d.Errf("%s: duration %q is too short (at least 1ms)", opt, v)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// parseCount reads one whole number: positive, or also zero when zeroOK.
+func parseCount(d *caddyfile.Dispenser, zeroOK bool) (int, error) {
+	opt := d.Val()
+	var v string
+	if !d.AllArgs(&v) {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || (n == 0 && !zeroOK) || n > 1000 {
+		what := "a positive whole number"
+		if zeroOK {
+			what = "a whole number, 0 or more"
+		}
+		return 0, d.Errf("%s: %q is not %s (at most 1000)", opt, v, what)
+	}
+	return n, nil
+}
+
+// parseStatus accepts a code (200) or a class (2xx), as reverse_proxy does.
+func parseStatus(v string) (int, error) {
+	if len(v) == 3 && strings.HasSuffix(strings.ToLower(v), "xx") && v[0] >= '1' && v[0] <= '5' {
+		return int(v[0] - '0'), nil
+	}
+	code, err := strconv.Atoi(v)
+	if err != nil || code < 100 || code > 599 {
+		return 0, &statusError{v}
+	}
+	return code, nil
+}
+
+type statusError struct{ v string }
+
+func (e *statusError) Error() string {
+	return "\"" + e.v + "\" is neither a status code (100-599) nor a class like 2xx"
+}
+
+// Interface guard.
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

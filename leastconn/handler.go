@@ -1,0 +1,280 @@
+// Package leastconn is the http.handlers.lbpool module: a load-balancing
+// handler that sends each request to the backend with the fewest active
+// connections relative to its weight, checks backend health actively and
+// passively, and keeps all backend state in a process-wide registry so that
+// health, counters and admin state survive config reloads.
+package leastconn
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults, also documented in README.md.
+const (
+	DefaultHealthURI             = "/"
+	DefaultHealthInterval        = 20 * time.Second
+	DefaultHealthTimeout         = 2 * time.Second
+	DefaultStatsWorkers          = 3
+	DefaultDialTimeout           = 3 * time.Second
+	DefaultResponseHeaderTimeout = 60 * time.Second
+)
+
+// BackendConfig is one backend of a pool.
+type BackendConfig struct {
+	// The backend's address: `http://host:port`, `https://host:port`, or
+	// `host:port` (plain HTTP). Credentials in the URL (`http://user:pass@host`)
+	// are sent as basic auth on health checks, stats fetches and on proxied
+	// requests that carry no Authorization header of their own; they are
+	// redacted wherever the URL is shown.
+	URL string `json:"url"`
+
+	// The backend's weight in least-connections selection. Default: 1.
+	Weight int `json:"weight,omitempty"`
+}
+
+// Handler is the lbpool load balancer. It picks the backend that minimises
+// (active connections + 1) / weight among the backends that are up and ready,
+// rotating among ties, and proxies the request to it.
+type Handler struct {
+	// The pool's name, shown in stats, logs and metrics, and used by the admin
+	// API. Handlers that share a name share one pool. Default: the backends'
+	// addresses joined by commas.
+	Name string `json:"name,omitempty"`
+
+	// The backends, in order.
+	Backends []BackendConfig `json:"backends,omitempty"`
+
+	// The path (and optional query) of the active health check. Default: `/`.
+	HealthURI string `json:"health_uri,omitempty"`
+
+	// How often each backend is checked. Default: 20s.
+	HealthInterval caddy.Duration `json:"health_interval,omitempty"`
+
+	// How long a check may take. Default: 2s.
+	HealthTimeout caddy.Duration `json:"health_timeout,omitempty"`
+
+	// The status a passing check answers with: a full code such as 200, or a
+	// class given by its first digit (2 means 2xx). Default: 2 (any 2xx).
+	HealthStatus int `json:"health_status,omitempty"`
+
+	// A regular expression the check's response body must match.
+	HealthBody string `json:"health_body,omitempty"`
+
+	// Extra headers sent with each health check; `Host` sets the Host header.
+	HealthHeaders http.Header `json:"health_headers,omitempty"`
+
+	// Consecutive passing checks for a down backend to come back up. Default: 1.
+	HealthPasses int `json:"health_passes,omitempty"`
+
+	// Consecutive failing checks for an up backend to go down. Default: 1.
+	HealthFails int `json:"health_fails,omitempty"`
+
+	// A path on each backend that reports its own stats (JSON
+	// `{"memory_usage": <bytes>}` or Prometheus text); fetched once per
+	// health interval while the backend is up. Off when empty.
+	StatsURI string `json:"stats_uri,omitempty"`
+
+	// How many goroutines fetch backend stats for this pool. Default: 3.
+	StatsWorkers int `json:"stats_workers,omitempty"`
+
+	// How many other backends are tried after a backend cannot be reached.
+	// Default (unset): every other backend in the pool. 0 turns retries off.
+	Retries *int `json:"retries,omitempty"`
+
+	// After a backend comes back up, its weight ramps linearly from 10% to
+	// 100% over this duration. Default: 0 (off).
+	SlowStart caddy.Duration `json:"slow_start,omitempty"`
+
+	// How long connecting to a backend may take. Default: 3s.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+
+	// How long to wait for a backend's response headers after the request
+	// was sent; past it the client gets 504. Default: 60s.
+	ResponseHeaderTimeout caddy.Duration `json:"response_header_timeout,omitempty"`
+
+	// Skip verification of HTTPS backends' certificates. Insecure: for tests
+	// and private networks only.
+	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
+
+	lease    *lease
+	backends []*Backend // this handler's view, in config order
+	spec     *poolSpec
+	retries  int
+	released bool
+	logger   *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.lbpool",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision validates the configuration, fills in defaults and attaches the
+// handler to its pool in the registry.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	spec, err := h.poolSpec()
+	if err != nil {
+		return err
+	}
+	spec.logger = h.logger
+	l, err := defaultRegistry.acquire(ctx, spec)
+	if err != nil {
+		return err
+	}
+	h.lease, h.backends, h.spec = l, l.backends, spec
+	h.retries = len(h.backends) - 1
+	if h.Retries != nil && *h.Retries < h.retries {
+		h.retries = *h.Retries
+	}
+	registerMetrics(ctx, h.logger)
+	return nil
+}
+
+// Cleanup detaches the handler from the registry. It releases exactly what
+// Provision acquired, so it is safe after a failed Provision.
+func (h *Handler) Cleanup() error {
+	if h.lease != nil && !h.released {
+		// h.lease stays: requests already in flight still use it
+		defaultRegistry.release(h.lease)
+		h.released = true
+	}
+	return nil
+}
+
+// poolSpec checks the JSON configuration and resolves defaults into the
+// settings the registry shares among handlers of one pool.
+func (h *Handler) poolSpec() (*poolSpec, error) {
+	if len(h.Backends) == 0 {
+		return nil, fmt.Errorf("lbpool: no backends configured")
+	}
+	s := &poolSpec{
+		name:                  h.Name,
+		healthURI:             h.HealthURI,
+		healthInterval:        time.Duration(h.HealthInterval),
+		healthTimeout:         time.Duration(h.HealthTimeout),
+		healthStatus:          h.HealthStatus,
+		healthHeaders:         h.HealthHeaders.Clone(),
+		healthPasses:          h.HealthPasses,
+		healthFails:           h.HealthFails,
+		statsURI:              h.StatsURI,
+		statsWorkers:          h.StatsWorkers,
+		slowStart:             time.Duration(h.SlowStart),
+		dialTimeout:           time.Duration(h.DialTimeout),
+		responseHeaderTimeout: time.Duration(h.ResponseHeaderTimeout),
+		tlsInsecure:           h.TLSInsecureSkipVerify,
+	}
+	setDefault(&s.healthURI, DefaultHealthURI)
+	setDefault(&s.healthInterval, DefaultHealthInterval)
+	setDefault(&s.healthTimeout, DefaultHealthTimeout)
+	setDefault(&s.healthStatus, 2)
+	setDefault(&s.healthPasses, 1)
+	setDefault(&s.healthFails, 1)
+	setDefault(&s.statsWorkers, DefaultStatsWorkers)
+	setDefault(&s.dialTimeout, DefaultDialTimeout)
+	setDefault(&s.responseHeaderTimeout, DefaultResponseHeaderTimeout)
+
+	switch {
+	case s.healthInterval < 0, s.healthTimeout < 0, s.slowStart < 0, s.dialTimeout < 0, s.responseHeaderTimeout < 0:
+		return nil, fmt.Errorf("lbpool: durations must be positive")
+	case s.healthPasses < 0 || s.healthFails < 0 || s.statsWorkers < 0:
+		return nil, fmt.Errorf("lbpool: health_passes, health_fails and stats_workers must be positive")
+	case h.Retries != nil && *h.Retries < 0:
+		return nil, fmt.Errorf("lbpool: retries must not be negative")
+	case !validStatus(s.healthStatus):
+		return nil, fmt.Errorf("lbpool: health_status %d is neither a status code nor a class (1-5)", s.healthStatus)
+	case !strings.HasPrefix(s.healthURI, "/"):
+		return nil, fmt.Errorf("lbpool: health_uri %q must start with /", s.healthURI)
+	case s.statsURI != "" && !strings.HasPrefix(s.statsURI, "/"):
+		return nil, fmt.Errorf("lbpool: stats_uri %q must start with /", s.statsURI)
+	}
+	if h.HealthBody != "" {
+		re, err := regexp.Compile(h.HealthBody)
+		if err != nil {
+			return nil, fmt.Errorf("lbpool: health_body: %w", err)
+		}
+		s.healthBody = re
+	}
+
+	seen := make(map[string]bool, len(h.Backends))
+	names := make([]string, 0, len(h.Backends))
+	for _, bc := range h.Backends {
+		addr, err := parseBackendURL(bc.URL)
+		if err != nil {
+			return nil, err
+		}
+		if seen[addr.key] {
+			return nil, fmt.Errorf("lbpool: backend %s is listed twice", addr.display)
+		}
+		seen[addr.key] = true
+		w := bc.Weight
+		if w == 0 {
+			w = 1
+		}
+		if w < 0 || w > MaxWeight {
+			return nil, fmt.Errorf("lbpool: backend %s: weight %d out of range 1-%d", addr.display, bc.Weight, MaxWeight)
+		}
+		addr.weight = w
+		s.backends = append(s.backends, addr)
+		names = append(names, addr.display)
+	}
+	if s.name == "" {
+		s.name = strings.Join(names, ",")
+	}
+	fp, err := json.Marshal(h)
+	if err != nil {
+		return nil, err
+	}
+	s.fingerprint = string(fp)
+	return s, nil
+}
+
+// transportSettings are the settings that shape the transport; a reload
+// that keeps them keeps the pool's transport and its open connections.
+func (s *poolSpec) transportSettings() transportSettings {
+	return transportSettings{
+		dialTimeout:           s.dialTimeout,
+		responseHeaderTimeout: s.responseHeaderTimeout,
+		tlsInsecure:           s.tlsInsecure,
+	}
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+// validStatus accepts a status code (100-599) or a class digit (1-5).
+func validStatus(s int) bool {
+	return (s >= 1 && s <= 5) || (s >= 100 && s <= 599)
+}
+
+func newTLSConfig(insecure bool) *tls.Config {
+	return &tls.Config{InsecureSkipVerify: insecure} //nolint:gosec // opt-in, documented as insecure
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,301 @@
+package leastconn
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Each backend has one checker goroutine, started with the backend's first
+// reference in the registry and stopped with its last, so the number of
+// checkers never depends on how many handlers or reloads there were. Each
+// checker runs on its own jittered schedule, and its first check comes
+// promptly (within firstCheckSpread) after the backend joins.
+
+const (
+	firstCheckSpread = 100 * time.Millisecond
+	healthBodyLimit  = 64 << 10
+)
+
+// checkResult is the outcome of one active check.
+type checkResult struct {
+	at       time.Time
+	duration time.Duration
+	status   int    // 0 when no response
+	reason   string // "" when the check passed
+}
+
+func (b *Backend) startChecker() {
+	ctx, cancel := context.WithCancel(context.Background())
+	b.stop = cancel
+	b.done = make(chan struct{})
+	go b.runChecks(ctx)
+}
+
+// stopChecker stops the checker and waits for it to return.
+func (b *Backend) stopChecker() {
+	b.stop()
+	<-b.done
+}
+
+// checkNow asks the checker for a check at once, without waiting for it.
+func (b *Backend) checkNow() {
+	select {
+	case b.kick <- struct{}{}:
+	default: // one is already pending
+	}
+}
+
+// nextCheckIn spreads checks: each interval is stretched or shrunk by up to
+// 10%, so backends drift apart instead of being probed in the same instant.
+func nextCheckIn(interval time.Duration) time.Duration {
+	return interval*9/10 + rand.N(interval/5+1)
+}
+
+func (b *Backend) runChecks(ctx context.Context) {
+	defer close(b.done)
+	defer func() {
+		if err := recover(); err != nil {
+			b.pool.spec.Load().logger.Error("health checker panicked",
+				zap.String("backend", b.URL()), zap.Any("error", err), zap.ByteString("stack", debug.Stack()))
+		}
+	}()
+	timer := time.NewTimer(rand.N(firstCheckSpread))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-b.kick:
+		}
+		spec := b.pool.spec.Load()
+		if b.flags.Load()&flagMaint == 0 {
+			b.mu.Lock()
+			epoch := b.passiveEpoch
+			b.mu.Unlock()
+			res := b.check(ctx, spec)
+			if ctx.Err() != nil {
+				return // stopped mid-check: not the backend's fault
+			}
+			observeCheck(spec.name, b, res.duration)
+			b.record(spec, res, epoch)
+			if spec.statsURI != "" && b.flags.Load()&flagDown == 0 {
+				if f := b.pool.fetcher.Load(); f != nil && !f.offer(b) {
+					if c := spec.logger.Check(zapcore.DebugLevel, "stats fetch skipped: queue full"); c != nil {
+						c.Write(zap.String("pool", spec.name), zap.String("backend", b.URL()))
+					}
+				}
+			}
+		}
+		timer.Reset(nextCheckIn(spec.healthInterval))
+	}
+}
+
+// check runs one active health check.
+func (b *Backend) check(ctx context.Context, s *poolSpec) checkResult {
+	start := time.Now()
+	res := checkResult{at: start}
+	ctx, cancel := context.WithTimeout(ctx, s.healthTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.addr.scheme+"://"+b.addr.hostport+s.healthURI, nil)
+	if err != nil {
+		res.reason = err.Error()
+		return res
+	}
+	for k, vv := range s.healthHeaders {
+		if http.CanonicalHeaderKey(k) == "Host" {
+			req.Host = vv[0]
+			continue
+		}
+		req.Header[http.CanonicalHeaderKey(k)] = vv
+	}
+	if b.addr.user != nil {
+		setBasicAuth(req.Header, b.addr.user)
+	}
+	// the transport does not follow redirects: a 3xx is judged as it is
+	resp, err := s.transport.RoundTrip(req)
+	if err != nil {
+		res.duration = time.Since(start)
+		res.reason = errReason(err)
+		return res
+	}
+	defer resp.Body.Close()
+	res.status = resp.StatusCode
+	var body []byte
+	if s.healthBody != nil {
+		body, err = io.ReadAll(io.LimitReader(resp.Body, healthBodyLimit))
+	} else {
+		_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, healthBodyLimit))
+	}
+	res.duration = time.Since(start)
+	switch {
+	case err != nil:
+		res.reason = "reading body: " + errReason(err)
+	case !statusMatches(resp.StatusCode, s.healthStatus):
+		res.reason = "status " + strconv.Itoa(resp.StatusCode)
+	case s.healthBody != nil && !s.healthBody.Match(body):
+		res.reason = "body did not match"
+	}
+	return res
+}
+
+// statusMatches: want is a full code, or a class digit (2 means 2xx).
+func statusMatches(got, want int) bool {
+	if want < 10 {
+		return got/100 == want
+	}
+	return got == want
+}
+
+// errReason names a network error in a few words.
+func errReason(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	return err.Error()
+}
+
+// record applies a check result: consecutive counters (an opposite result
+// resets the other), and the up/down thresholds.
+func (b *Backend) record(s *poolSpec, res checkResult, epoch uint64) {
+	b.mu.Lock()
+	b.lastCheck = res
+	changed, up := false, false
+	if res.reason == "" {
+		if b.passiveEpoch != epoch {
+			// the backend failed a request while this check ran: the pass
+			// is older than the failure and does not count
+			b.mu.Unlock()
+			return
+		}
+		b.passes++
+		b.fails = 0
+		if b.flags.Load()&flagDown != 0 && b.passes >= s.healthPasses {
+			b.setUpLocked(s, res.at.Add(res.duration))
+			changed, up = true, true
+		}
+	} else {
+		b.fails++
+		b.passes = 0
+		if b.flags.Load()&flagDown == 0 && b.fails >= s.healthFails {
+			b.setDownLocked(res.at.Add(res.duration))
+			changed = true
+		}
+	}
+	b.mu.Unlock()
+	if changed {
+		b.logChange(s, up, res.reason, res.duration)
+	} else if c := s.logger.Check(zapcore.DebugLevel, "health check"); c != nil {
+		c.Write(zap.String("pool", s.name), zap.String("backend", b.URL()),
+			zap.Bool("passed", res.reason == ""), zap.String("reason", res.reason),
+			zap.Int("status_code", res.status), zap.Duration("check_duration", res.duration))
+	}
+}
+
+// passiveFailure takes a backend that could not be reached out at once and
+// asks for an active check; only passing checks bring it back.
+func (b *Backend) passiveFailure(reason string) {
+	b.mu.Lock()
+	b.passiveEpoch++
+	b.passes = 0
+	b.fails++
+	changed := false
+	if b.flags.Load()&flagDown == 0 {
+		b.setDownLocked(time.Now())
+		changed = true
+	}
+	b.mu.Unlock()
+	if changed {
+		b.logChange(b.pool.spec.Load(), false, reason, 0)
+	}
+	b.checkNow()
+}
+
+func (b *Backend) setDownLocked(now time.Time) {
+	for {
+		f := b.flags.Load()
+		if b.flags.CompareAndSwap(f, (f|flagDown)&^flagRamp) {
+			break
+		}
+	}
+	b.changes++
+	b.lastChange = now
+	b.downSince = now
+	b.upSince = time.Time{}
+}
+
+func (b *Backend) setUpLocked(s *poolSpec, now time.Time) {
+	ramp := s.slowStart > 0
+	if ramp {
+		b.rampFrom.Store(now.UnixNano())
+		b.rampLen.Store(int64(s.slowStart))
+	}
+	for {
+		f := b.flags.Load()
+		next := f &^ flagDown
+		if ramp {
+			next |= flagRamp
+		}
+		if b.flags.CompareAndSwap(f, next) {
+			break
+		}
+	}
+	if !b.downSince.IsZero() {
+		b.downtime += now.Sub(b.downSince)
+	}
+	b.changes++
+	b.lastChange = now
+	b.downSince = time.Time{}
+	b.upSince = now
+}
+
+// logChange writes the one log entry of a status change: warn for down,
+// info for up.
+func (b *Backend) logChange(s *poolSpec, up bool, reason string, took time.Duration) {
+	status, level := "up", zapcore.InfoLevel
+	if !up {
+		status, level = "down", zapcore.WarnLevel
+	}
+	if reason == "" {
+		reason = "check passed"
+	}
+	if c := s.logger.Check(level, "status change"); c != nil {
+		c.Write(zap.String("pool", s.name), zap.String("backend", b.URL()),
+			zap.String("status", status), zap.String("reason", reason),
+			zap.Duration("check_duration", took))
+	}
+}
+
+// healthKey is what a check depends on; a reload that changes it re-checks
+// at once.
+func (s *poolSpec) healthKey() string {
+	var body string
+	if s.healthBody != nil {
+		body = s.healthBody.String()
+	}
+	var hdr bytes.Buffer
+	_ = s.healthHeaders.Write(&hdr)
+	return fmt.Sprint(s.healthURI, s.healthInterval, s.healthTimeout, s.healthStatus, body,
+		hdr.String(), s.healthPasses, s.healthFails)
+}

@@ -1,0 +1,402 @@
+package leastconn
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/http/httpguts"
+)
+
+// transportSettings are the options that shape a transport. Pools with
+// equal settings share one transport and its keep-alive connections, also
+// across reloads.
+type transportSettings struct {
+	dialTimeout           time.Duration
+	responseHeaderTimeout time.Duration
+	tlsInsecure           bool
+}
+
+// dialError marks a failure to connect: nothing reached the backend, so any
+// request may be retried elsewhere.
+type dialError struct{ err error }
+
+func (e dialError) Error() string { return e.err.Error() }
+func (e dialError) Unwrap() error { return e.err }
+
+// newTransport builds a transport tuned for proxying: a large idle pool per
+// backend (so many concurrent clients do not churn connections), a short
+// dial timeout (so retries happen fast), HTTP/2 to TLS backends, and no
+// transparent compression (encodings pass through unchanged).
+func newTransport(ts transportSettings) *http.Transport {
+	dialer := &net.Dialer{Timeout: ts.dialTimeout, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, dialError{err}
+			}
+			return c, nil
+		},
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          0, // no global cap; the per-host one bounds it
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       2 * time.Minute,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		ResponseHeaderTimeout: ts.responseHeaderTimeout,
+		DisableCompression:    true,
+		TLSClientConfig:       newTLSConfig(ts.tlsInsecure),
+	}
+}
+
+// ServeHTTP proxies the request to the least-loaded backend, trying others
+// when one cannot be reached.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	out := h.outgoing(r)
+	tried := newTriedSet(len(h.backends))
+	var lastErr error
+	for try := 0; try <= h.retries; try++ {
+		i := h.pick(&tried)
+		if i < 0 {
+			break
+		}
+		tried.add(i)
+		b := h.backends[i]
+		err := h.proxyTo(w, r, out, b)
+		if err == nil {
+			return nil
+		}
+		if r.Context().Err() != nil {
+			return nil // the client went away; not the backend's fault
+		}
+		var fail *tryError
+		if !errors.As(err, &fail) {
+			return err
+		}
+		lastErr = fail.err
+		b.failures.Add(1)
+		if fail.reached {
+			if fail.timeout {
+				writeError(w, http.StatusGatewayTimeout, "lbpool: backend did not answer in time", 0)
+				return nil
+			}
+			if !retryableAfterConnect(r, out) {
+				break
+			}
+		}
+		b.passiveFailure(failReason(fail.err))
+		if try < h.retries {
+			b.retries.Add(1)
+		}
+	}
+	if lastErr == nil {
+		writeError(w, http.StatusServiceUnavailable, "lbpool: no backend available", h.retryAfter())
+		return nil
+	}
+	if c := h.logger.Check(zapcore.DebugLevel, "every try failed"); c != nil {
+		c.Write(zap.String("pool", h.spec.name), zap.Error(lastErr))
+	}
+	writeError(w, http.StatusBadGateway, "lbpool: bad gateway", 0)
+	return nil
+}
+
+// tryError is a try that failed before the response began, so the client
+// has been sent nothing yet.
+type tryError struct {
+	err     error
+	reached bool // the connection was made: the backend may have seen the request
+	timeout bool // no response headers in time
+}
+
+func (e *tryError) Error() string { return e.err.Error() }
+
+// retryableAfterConnect: a try that failed after connecting is retried only
+// for idempotent requests without a body, as the backend may have acted.
+func retryableAfterConnect(r *http.Request, out *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+	default:
+		return false
+	}
+	return out.Body == nil
+}
+
+// retryAfter is the Retry-After value for 503s: the next health check is at
+// most one interval away.
+func (h *Handler) retryAfter() int {
+	s := int(h.spec.healthInterval / time.Second)
+	if s < 1 {
+		s = 1
+	}
+	return s
+}
+
+func writeError(w http.ResponseWriter, status int, msg string, retryAfter int) {
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	if retryAfter > 0 {
+		hdr.Set("Retry-After", strconv.Itoa(retryAfter))
+	}
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, msg+"\n")
+}
+
+// hopHeaders are connection-specific and never forwarded (RFC 9110 §7.6.1).
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func removeHopHeaders(h http.Header) {
+	for _, f := range h["Connection"] {
+		for _, name := range strings.Split(f, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+}
+
+// outgoing prepares the request sent to backends; each try sets only the
+// destination.
+func (h *Handler) outgoing(r *http.Request) *http.Request {
+	out := r.Clone(r.Context())
+	out.RequestURI = ""
+	out.Close = false
+	if out.ContentLength == 0 && (r.Body == nil || r.Body == http.NoBody) {
+		out.Body = nil
+	} else if r.Body != nil {
+		// the transport closes the body when a try fails; keep it open for
+		// the next try (only taken after a dial error, when nothing was read)
+		out.Body = keepOpenBody{r.Body}
+	}
+	upgrade := ""
+	if httpguts.HeaderValuesContainsToken(r.Header["Connection"], "Upgrade") {
+		upgrade = r.Header.Get("Upgrade")
+	}
+	trailers := httpguts.HeaderValuesContainsToken(r.Header["Te"], "trailers")
+	removeHopHeaders(out.Header)
+	if trailers {
+		out.Header.Set("Te", "trailers")
+	}
+	if upgrade != "" {
+		out.Header.Set("Connection", "Upgrade")
+		out.Header.Set("Upgrade", upgrade)
+	}
+	if _, ok := out.Header["User-Agent"]; !ok {
+		out.Header["User-Agent"] = []string{""} // keep Go's default agent out
+	}
+	setForwarded(r, out.Header)
+	return out
+}
+
+// setForwarded sets X-Forwarded-For, -Proto and -Host. Incoming values are
+// kept (and For appended to) only from proxies the server trusts, as
+// reverse_proxy does.
+func setForwarded(r *http.Request, h http.Header) {
+	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
+	ip, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		ip = r.RemoteAddr
+	}
+	if prior := h["X-Forwarded-For"]; trusted && len(prior) > 0 {
+		ip = strings.Join(prior, ", ") + ", " + ip
+	}
+	h["X-Forwarded-For"] = []string{ip}
+	if !trusted || h.Get("X-Forwarded-Proto") == "" {
+		proto := "http"
+		if r.TLS != nil {
+			proto = "https"
+		}
+		h["X-Forwarded-Proto"] = []string{proto}
+	}
+	if !trusted || h.Get("X-Forwarded-Host") == "" {
+		h["X-Forwarded-Host"] = []string{r.Host}
+	}
+}
+
+type keepOpenBody struct{ io.ReadCloser }
+
+func (keepOpenBody) Close() error { return nil }
+
+// proxyTo sends one try to b and, if the backend answers, streams the
+// response to the client. A *tryError means the client was sent nothing.
+func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend) error {
+	defer b.active.Add(-1)
+	out.URL.Scheme = b.addr.scheme
+	out.URL.Host = b.addr.hostport
+	out.Host = r.Host
+	if b.addr.user != nil && r.Header.Get("Authorization") == "" {
+		setBasicAuth(out.Header, b.addr.user)
+	}
+
+	start := time.Now()
+	resp, err := h.spec.transport.RoundTrip(out)
+	if err != nil {
+		var de dialError
+		var ne net.Error
+		return &tryError{
+			err:     err,
+			reached: !errors.As(err, &de),
+			timeout: errors.As(err, &ne) && ne.Timeout() && !errors.As(err, &de),
+		}
+	}
+	b.latency.observe(time.Since(start))
+	b.requests.Add(1)
+	defer resp.Body.Close()
+
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return h.tunnel(w, r, resp, b)
+	}
+	hdr := w.Header()
+	removeHopHeaders(resp.Header)
+	for k, vv := range resp.Header {
+		hdr[k] = append(hdr[k], vv...)
+	}
+	announced := len(resp.Trailer)
+	if announced > 0 {
+		names := make([]string, 0, announced)
+		for k := range resp.Trailer {
+			names = append(names, k)
+		}
+		hdr.Add("Trailer", strings.Join(names, ", "))
+	}
+	w.WriteHeader(resp.StatusCode)
+
+	if err := copyBody(w, resp, flushesAtOnce(resp)); err != nil {
+		if errors.Is(err, errBackendRead) {
+			b.failures.Add(1)
+		}
+		// the status is out: the only way to tell the client is to abort
+		panic(http.ErrAbortHandler)
+	}
+	if len(resp.Trailer) == announced {
+		for k, vv := range resp.Trailer {
+			hdr[k] = vv
+		}
+	} else {
+		for k, vv := range resp.Trailer {
+			hdr[http.TrailerPrefix+k] = vv
+		}
+	}
+	return nil
+}
+
+func setBasicAuth(h http.Header, u interface {
+	Username() string
+	Password() (string, bool)
+}) {
+	p, _ := u.Password()
+	h.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.Username()+":"+p)))
+}
+
+// flushesAtOnce: server-sent events and bodies of unknown length reach the
+// client as the backend writes them.
+func flushesAtOnce(resp *http.Response) bool {
+	if resp.ContentLength == -1 {
+		return true
+	}
+	ct := resp.Header.Get("Content-Type")
+	return strings.HasPrefix(ct, "text/event-stream")
+}
+
+var errBackendRead = errors.New("reading the backend's response")
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func copyBody(w http.ResponseWriter, resp *http.Response, flush bool) error {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var rc *http.ResponseController
+	if flush {
+		rc = http.NewResponseController(w)
+	}
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			if rc != nil {
+				if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+					return err
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return fmt.Errorf("%w: %v", errBackendRead, rerr)
+		}
+	}
+}
+
+// tunnel hands a 101 Switching Protocols response (a websocket, say) to the
+// client and copies bytes both ways until either side closes. The backend
+// stays counted as active for the tunnel's lifetime.
+func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, resp *http.Response, b *Backend) error {
+	backConn, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		writeError(w, http.StatusBadGateway, "lbpool: bad gateway", 0)
+		return nil
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		backConn.Close()
+		writeError(w, http.StatusBadGateway, "lbpool: cannot switch protocols here", 0)
+		return nil
+	}
+	defer conn.Close()
+	defer backConn.Close()
+
+	hdr := w.Header()
+	removeHopHeaders(resp.Header)
+	for k, vv := range resp.Header {
+		hdr[k] = append(hdr[k], vv...)
+	}
+	hdr.Set("Connection", "Upgrade")
+	hdr.Set("Upgrade", resp.Header.Get("Upgrade"))
+	if hdr.Get("Upgrade") == "" {
+		hdr.Set("Upgrade", r.Header.Get("Upgrade"))
+	}
+	resp.Header = hdr
+	resp.Body = nil
+	if err := resp.Write(brw); err != nil {
+		return nil
+	}
+	if err := brw.Flush(); err != nil {
+		return nil
+	}
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(backConn, brw); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(conn, backConn); done <- struct{}{} }()
+	<-done
+	// one side closed: closing both (deferred) ends the other copy
+	conn.Close()
+	backConn.Close()
+	<-done
+	return nil
+}
+
+// failReason names a proxy failure for the status-change log.
+func failReason(err error) string {
+	return "proxy error: " + errReason(err)
+}

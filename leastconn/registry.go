@@ -1,0 +1,253 @@
+package leastconn
+
+import (
+	"context"
+		"fmt"
+	"net/http"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// The registry holds every pool and backend of the process, reference-counted
+// by the handlers that use them. Caddy provisions a new config before it
+// cleans up the old one, so a backend that stays across a reload never drops
+// to zero references and keeps its active count, health, admin state and
+// counters. It plays the part caddy.UsagePool plays for reverse_proxy, with
+// two levels (pool, backend) and a checker goroutine owned by each backend.
+type registry struct {
+	mu         sync.Mutex
+	pools      map[string]*Pool
+	transports map[transportSettings]*sharedTransport
+	seq        uint64
+}
+
+var defaultRegistry = &registry{
+	pools:      make(map[string]*Pool),
+	transports: make(map[transportSettings]*sharedTransport),
+}
+
+// Pool is a named set of backends shared by every handler with that name.
+type Pool struct {
+	name     string
+	seq      uint64              // creation order, for stats
+	refs     int                 // handlers holding the pool
+	backends map[string]*Backend // by backend key, every backend any handler holds
+	specs    map[*poolSpec]int   // held specs and their holders
+	spec     atomic.Pointer[poolSpec]
+	fetcher  atomic.Pointer[statsFetcher] // nil without stats_uri; written under registry.mu
+}
+
+// poolSpec is one handler's resolved pool configuration. The newest held
+// spec is the pool's current one: it drives checks, stats and their order.
+type poolSpec struct {
+	name        string
+	backends    []backendAddr
+	fingerprint string
+	owner       context.Context // the config that provisioned it
+	seq         uint64
+	logger      *zap.Logger
+
+	healthURI      string
+	healthInterval time.Duration
+	healthTimeout  time.Duration
+	healthStatus   int
+	healthBody     *regexp.Regexp
+	healthHeaders  http.Header
+	healthPasses   int
+	healthFails    int
+
+	statsURI     string
+	statsWorkers int
+	slowStart    time.Duration
+
+	dialTimeout           time.Duration
+	responseHeaderTimeout time.Duration
+	tlsInsecure           bool
+
+	transport *sharedTransport
+}
+
+type sharedTransport struct {
+	*http.Transport
+	refs int
+}
+
+// lease is what one handler holds in the registry: its pool, its spec and
+// its backends in config order.
+type lease struct {
+	pool     *Pool
+	spec     *poolSpec
+	backends []*Backend
+	rr       atomic.Uint64 // rotates the pick's scan start so ties go round-robin
+}
+
+// acquire attaches a handler's spec to its pool, creating the pool and any
+// new backends (and starting their checkers).
+func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
+	s.owner = ctx.Context
+
+	r.mu.Lock()
+	p := r.pools[s.name]
+	if p != nil {
+		for held := range p.specs {
+			if held.owner == s.owner && held.fingerprint != s.fingerprint {
+				r.mu.Unlock()
+				return nil, fmt.Errorf("lbpool: pool %q is configured twice with different settings", s.name)
+			}
+		}
+	} else {
+		p = &Pool{name: s.name, backends: make(map[string]*Backend), specs: make(map[*poolSpec]int)}
+		r.pools[s.name] = p
+	}
+	r.seq++
+	s.seq = r.seq
+	if p.seq == 0 {
+		p.seq = r.seq
+	}
+	s.transport = r.transportFor(s.transportSettings())
+	p.refs++
+	p.specs[s]++
+
+	var started []*Backend
+	out := make([]*Backend, len(s.backends))
+	for i, a := range s.backends {
+		b := p.backends[a.key]
+		if b == nil {
+			b = newBackend(p, a)
+			p.backends[a.key] = b
+			started = append(started, b)
+		}
+		b.refs++
+		out[i] = b
+	}
+	stopFetcher := p.apply(s)
+	r.mu.Unlock()
+
+	stopFetcher()
+	for _, b := range started {
+		b.startChecker()
+	}
+	return &lease{pool: p, spec: s, backends: out}, nil
+}
+
+// release undoes one acquire. Backends and pools that drop to zero
+// references are removed and their goroutines stopped before it returns.
+func (r *registry) release(l *lease) {
+	p, spec := l.pool, l.spec
+	r.mu.Lock()
+	var stopped []*Backend
+	for _, b := range l.backends {
+		b.refs--
+		if b.refs == 0 {
+			delete(p.backends, b.addr.key)
+			stopped = append(stopped, b)
+		}
+	}
+	stopFetcher := func() {}
+	p.specs[spec]--
+	if p.specs[spec] == 0 {
+		delete(p.specs, spec)
+		r.releaseTransport(spec.transport)
+	}
+	p.refs--
+	if p.refs == 0 {
+		delete(r.pools, p.name)
+		if f := p.fetcher.Swap(nil); f != nil {
+			stopFetcher = f.stop
+		}
+	} else if p.spec.Load() == spec && p.specs[spec] == 0 {
+		// the current spec went away (a failed reload): fall back to the
+		// newest one still held
+		var newest *poolSpec
+		for s := range p.specs {
+			if newest == nil || s.seq > newest.seq {
+				newest = s
+			}
+		}
+		stopFetcher = p.apply(newest)
+	}
+	r.mu.Unlock()
+
+	stopFetcher()
+	for _, b := range stopped {
+		b.stopChecker()
+		forgetMetrics(p.name, b)
+	}
+}
+
+// apply makes s the pool's current spec: weights, slow-start windows and the
+// stats workers follow it. Called with r.mu held; the returned func stops
+// a replaced stats fetcher and must be called after unlocking.
+func (p *Pool) apply(s *poolSpec) (stopOld func()) {
+	prev := p.spec.Swap(s)
+	recheck := prev != nil && prev.healthKey() != s.healthKey()
+	for _, a := range s.backends {
+		if b := p.backends[a.key]; b != nil {
+			b.weight.Store(int64(a.weight))
+			b.rampLen.Store(int64(s.slowStart))
+			if recheck {
+				b.checkNow() // the check changed: learn the health under it at once
+			}
+		}
+	}
+	stopOld = func() {}
+	old := p.fetcher.Load()
+	switch {
+	case s.statsURI == "" && old != nil:
+		p.fetcher.Store(nil)
+		stopOld = old.stop
+	case s.statsURI != "" && (old == nil || old.workers != s.statsWorkers):
+		p.fetcher.Store(newStatsFetcher(s.statsWorkers))
+		if old != nil {
+			stopOld = old.stop
+		}
+	}
+	return stopOld
+}
+
+func (r *registry) transportFor(ts transportSettings) *sharedTransport {
+	t := r.transports[ts]
+	if t == nil {
+		t = &sharedTransport{Transport: newTransport(ts)}
+		r.transports[ts] = t
+	}
+	t.refs++
+	return t
+}
+
+func (r *registry) releaseTransport(t *sharedTransport) {
+	t.refs--
+	if t.refs == 0 {
+		for k, v := range r.transports {
+			if v == t {
+				delete(r.transports, k)
+			}
+		}
+		t.CloseIdleConnections()
+	}
+}
+
+// pool returns the named pool, or nil.
+func (r *registry) pool(name string) *Pool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pools[name]
+}
+
+// current returns the pool's backends in the order of its current spec.
+// Called with r.mu held.
+func (p *Pool) current() []*Backend {
+	s := p.spec.Load()
+	out := make([]*Backend, 0, len(s.backends))
+	for _, a := range s.backends {
+		if b := p.backends[a.key]; b != nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}

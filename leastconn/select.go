@@ -1,0 +1,123 @@
+package leastconn
+
+import "time"
+
+// Selection is weighted least connections: the pick minimises
+// (active+1)/weight over backends that are up and ready. The scan starts one
+// place further on each request, and only a strictly better backend replaces
+// the first one found, so ties rotate round-robin: an idle pool of n backends
+// is visited in turn. The chosen backend's active count is raised at once,
+// before the request is sent, so concurrent picks see it.
+//
+// The pick takes no lock and allocates nothing: per backend it reads two
+// atomics (flags and active count) and, only while a slow start is running,
+// the ramp start.
+
+// weightScale is the fixed-point scale of effective weights, so slow start
+// can scale a weight by a fraction with integer arithmetic.
+const weightScale = 1000
+
+// triedSet marks the backends (by index in the handler's list) already tried
+// for one request. Pools of up to 64 backends need no allocation.
+type triedSet struct {
+	small uint64
+	big   []uint64
+}
+
+func newTriedSet(n int) triedSet {
+	if n <= 64 {
+		return triedSet{}
+	}
+	return triedSet{big: make([]uint64, (n+63)/64)}
+}
+
+func (t *triedSet) has(i int) bool {
+	if t.big == nil {
+		return t.small&(1<<uint(i)) != 0
+	}
+	return t.big[i/64]&(1<<uint(i%64)) != 0
+}
+
+func (t *triedSet) add(i int) {
+	if t.big == nil {
+		t.small |= 1 << uint(i)
+		return
+	}
+	t.big[i/64] |= 1 << uint(i%64)
+}
+
+// pick chooses a backend not in tried, raises its active count and returns
+// its index, or -1 when no backend can take traffic.
+func (h *Handler) pick(tried *triedSet) int {
+	bs := h.backends
+	n := len(bs)
+	start := int(h.lease.rr.Add(1) % uint64(n))
+	best := -1
+	var bestLoad, bestWeight, now int64
+	for i := 0; i < n; i++ {
+		j := start + i
+		if j >= n {
+			j -= n
+		}
+		b := bs[j]
+		f := b.flags.Load()
+		if f&flagsUnavailable != 0 || tried.has(j) {
+			continue
+		}
+		w := b.weight.Load() * weightScale
+		if f&flagRamp != 0 {
+			w = b.rampedWeight(w, &now)
+		}
+		load := b.active.Load() + 1
+		// load/w < bestLoad/bestWeight, without division
+		if best < 0 || load*bestWeight < bestLoad*w {
+			best, bestLoad, bestWeight = j, load, w
+		}
+	}
+	if best >= 0 {
+		bs[best].active.Add(1)
+	}
+	return best
+}
+
+// rampedWeight scales w during slow start: linearly from 10% of the weight
+// when the backend came up to 100% when the window ends:
+//
+//	effective = weight × (0.1 + 0.9 × elapsed/window)
+//
+// Once the window has passed it clears the ramp flag, so later picks skip
+// the clock read.
+func (b *Backend) rampedWeight(w int64, now *int64) int64 {
+	if *now == 0 {
+		*now = time.Now().UnixNano()
+	}
+	window := b.rampLen.Load()
+	elapsed := *now - b.rampFrom.Load()
+	if window <= 0 || elapsed >= window {
+		for {
+			f := b.flags.Load()
+			if f&flagRamp == 0 || b.flags.CompareAndSwap(f, f&^flagRamp) {
+				return w
+			}
+		}
+	}
+	if elapsed < 0 {
+		elapsed = 0
+	}
+	permille := 100 + 900*elapsed/window
+	return w * permille / 1000
+}
+
+// rampPercent reports the slow-start share (10-100) for stats, or 0 when the
+// backend is not ramping.
+func (b *Backend) rampPercent(now time.Time) float64 {
+	if b.flags.Load()&flagRamp == 0 {
+		return 0
+	}
+	window := b.rampLen.Load()
+	elapsed := now.UnixNano() - b.rampFrom.Load()
+	if window <= 0 || elapsed >= window {
+		return 0
+	}
+	return 10 + 90*float64(elapsed)/float64(window)
+}

@@ -1,0 +1,206 @@
+package leastconn
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// This file is the read side of the registry, for the admin API: copies of
+// backend state taken without holding any lock across I/O.
+
+// Errors of the admin operations; the admin API maps them to statuses.
+var (
+	ErrUnknownPool    = errors.New("unknown pool")
+	ErrUnknownBackend = errors.New("unknown backend")
+	ErrBadState       = errors.New("state must be ready, drain or maint")
+)
+
+// CheckStats describes the last active health check.
+type CheckStats struct {
+	At         time.Time `json:"at"`
+	DurationMS float64   `json:"duration_ms"`
+	Status     int       `json:"status"`
+	Error      string    `json:"error"`
+}
+
+// BackendStats is one backend of one pool as the stats API shows it.
+type BackendStats struct {
+	Pool              string      `json:"pool"`
+	URL               string      `json:"url"`
+	Alive             bool        `json:"alive"`
+	State             string      `json:"state"`
+	Weight            int         `json:"weight"`
+	Uptime            string      `json:"uptime"`
+	UptimeSeconds     int64       `json:"uptime_seconds"`
+	MemoryUsage       string      `json:"memory_usage"`
+	MemoryBytes       *int64      `json:"memory_bytes"`
+	ActiveConnections int64       `json:"active_connections"`
+	RequestsTotal     uint64      `json:"requests_total"`
+	FailuresTotal     uint64      `json:"failures_total"`
+	StatusChanges     int         `json:"status_changes"`
+	LastCheck         *CheckStats `json:"last_check"`
+
+	DowntimeSeconds   int64      `json:"downtime_seconds"`
+	LastChange        *time.Time `json:"last_change"`
+	ConsecutivePasses int        `json:"consecutive_passes"`
+	ConsecutiveFails  int        `json:"consecutive_fails"`
+	RetriesTotal      uint64     `json:"retries_total"`
+	LatencyEWMAMS     float64    `json:"latency_ewma_ms"`
+	SlowStartPercent  float64    `json:"slow_start_percent,omitempty"`
+}
+
+// Stats returns every backend of the named pool (all pools when name is
+// empty), pools in the order they were first configured and backends in
+// config order. ErrUnknownPool when a named pool does not exist.
+func Stats(name string) ([]BackendStats, error) {
+	pools := defaultRegistry.backendsByPool(name)
+	if name != "" && len(pools) == 0 {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownPool, name)
+	}
+	now := time.Now()
+	var out []BackendStats
+	for _, p := range pools {
+		for _, b := range p.backends {
+			out = append(out, b.snapshot(p.name, now))
+		}
+	}
+	return out, nil
+}
+
+type poolBackends struct {
+	name     string
+	seq      uint64
+	backends []*Backend
+}
+
+func (r *registry) backendsByPool(name string) []poolBackends {
+	r.mu.Lock()
+	var out []poolBackends
+	for n, p := range r.pools {
+		if name == "" || n == name {
+			out = append(out, poolBackends{name: n, seq: p.seq, backends: p.current()})
+		}
+	}
+	r.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
+	return out
+}
+
+// SetState sets a backend's admin state (ready, drain or maint) and returns
+// its stats. The backend is matched by its URL as configured or as shown in
+// stats.
+func SetState(pool, backend, state string) (BackendStats, error) {
+	if state != StateReady && state != StateDrain && state != StateMaint {
+		return BackendStats{}, ErrBadState
+	}
+	pools := defaultRegistry.backendsByPool(pool)
+	if len(pools) == 0 {
+		return BackendStats{}, fmt.Errorf("%w: %q", ErrUnknownPool, pool)
+	}
+	for _, b := range pools[0].backends {
+		if b.matches(backend) {
+			b.setAdminState(state)
+			return b.snapshot(pool, time.Now()), nil
+		}
+	}
+	return BackendStats{}, fmt.Errorf("%w: %q in pool %q", ErrUnknownBackend, redactRaw(backend), pool)
+}
+
+// matches compares a backend reference from the admin API with this
+// backend's configured and displayed forms.
+func (b *Backend) matches(ref string) bool {
+	ref = strings.TrimSpace(ref)
+	if ref == "" {
+		return false
+	}
+	if ref == b.addr.raw || ref == b.addr.display || ref == b.addr.key {
+		return true
+	}
+	a, err := parseBackendURL(ref)
+	return err == nil && a.key == b.addr.key
+}
+
+func (b *Backend) snapshot(pool string, now time.Time) BackendStats {
+	flags := b.flags.Load()
+	s := BackendStats{
+		Pool:              pool,
+		URL:               b.URL(),
+		Alive:             flags&flagDown == 0,
+		State:             adminState(flags),
+		Weight:            int(b.weight.Load()),
+		ActiveConnections: b.active.Load(),
+		RequestsTotal:     b.requests.Load(),
+		FailuresTotal:     b.failures.Load(),
+		RetriesTotal:      b.retries.Load(),
+		LatencyEWMAMS:     ms(b.latency.value()),
+		SlowStartPercent:  roundTo(b.rampPercent(now), 1),
+	}
+	if mem := b.memoryBytes.Load(); mem >= 0 {
+		s.MemoryBytes = &mem
+		s.MemoryUsage = FormatBytes(mem)
+	}
+
+	b.mu.Lock()
+	var up time.Duration
+	if s.Alive && !b.upSince.IsZero() {
+		up = now.Sub(b.upSince)
+	}
+	down := b.downtime
+	if !b.downSince.IsZero() {
+		down += now.Sub(b.downSince)
+	}
+	s.StatusChanges = b.changes
+	s.ConsecutivePasses = b.passes
+	s.ConsecutiveFails = b.fails
+	if !b.lastChange.IsZero() {
+		t := b.lastChange.UTC()
+		s.LastChange = &t
+	}
+	if lc := b.lastCheck; !lc.at.IsZero() {
+		s.LastCheck = &CheckStats{At: lc.at.UTC(), DurationMS: ms(lc.duration), Status: lc.status, Error: lc.reason}
+	}
+	b.mu.Unlock()
+
+	s.UptimeSeconds = int64(up / time.Second)
+	s.Uptime = FormatUptime(up)
+	s.DowntimeSeconds = int64(down / time.Second)
+	return s
+}
+
+// FormatUptime renders a duration as 00h:05m:23s; hours grow past 99.
+func FormatUptime(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	secs := int64(d / time.Second)
+	return fmt.Sprintf("%02dh:%02dm:%02ds", secs/3600, secs/60%60, secs%60)
+}
+
+// FormatBytes renders a byte count with 1024-based units: 1.2 MB.
+func FormatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	v := float64(n)
+	units := []string{"KB", "MB", "GB", "TB", "PB", "EB"}
+	i := -1
+	for v >= unit && i < len(units)-1 {
+		v /= unit
+		i++
+	}
+	return fmt.Sprintf("%.1f %s", v, units[i])
+}
+
+func ms(d time.Duration) float64 { return roundTo(float64(d)/float64(time.Millisecond), 3) }
+
+func roundTo(v float64, places int) float64 {
+	p := 1.0
+	for range places {
+		p *= 10
+	}
+	return float64(int64(v*p+0.5)) / p
+}

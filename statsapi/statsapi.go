@@ -1,0 +1,134 @@
+// Package statsapi is the admin.api.lbpool module: routes on Caddy's admin
+// endpoint that show every lbpool backend's live stats and set backends'
+// admin state (ready, drain, maint) at run time.
+//
+// The module is stateless: Caddy creates a new one on every config load. It
+// reads copies of backend state from the leastconn registry and holds no
+// lock while it writes a response.
+package statsapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/lbpool/lbpool/leastconn"
+)
+
+func init() {
+	caddy.RegisterModule(Admin{})
+}
+
+// maxStateBody bounds a POST /lbpool/state body.
+const maxStateBody = 64 << 10
+
+// Admin serves /lbpool/stats and /lbpool/state on the admin endpoint.
+type Admin struct{}
+
+// CaddyModule returns the Caddy module information.
+func (Admin) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.lbpool",
+		New: func() caddy.Module { return new(Admin) },
+	}
+}
+
+// Routes returns the admin routes.
+func (a Admin) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: "/lbpool/stats", Handler: caddy.AdminHandlerFunc(a.handleStats)},
+		{Pattern: "/lbpool/state", Handler: caddy.AdminHandlerFunc(a.handleState)},
+	}
+}
+
+// handleStats: GET /lbpool/stats[?pool=name].
+func (Admin) handleStats(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use GET", r.Method))
+	}
+	stats, err := leastconn.Stats(r.URL.Query().Get("pool"))
+	if err != nil {
+		return apiError(http.StatusNotFound, err)
+	}
+	if stats == nil {
+		stats = []leastconn.BackendStats{}
+	}
+	return writeJSON(w, http.StatusOK, stats)
+}
+
+// StateRequest is the body of POST /lbpool/state.
+type StateRequest struct {
+	Pool    string `json:"pool"`
+	Backend string `json:"backend"`
+	State   string `json:"state"`
+}
+
+// handleState: POST /lbpool/state.
+func (Admin) handleState(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use POST", r.Method))
+	}
+	req, err := decodeStateRequest(http.MaxBytesReader(w, r.Body, maxStateBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return apiError(http.StatusRequestEntityTooLarge, fmt.Errorf("body over %d bytes", maxStateBody))
+		}
+		return apiError(http.StatusBadRequest, err)
+	}
+	stats, err := leastconn.SetState(req.Pool, req.Backend, req.State)
+	switch {
+	case errors.Is(err, leastconn.ErrBadState):
+		return apiError(http.StatusBadRequest, err)
+	case err != nil:
+		return apiError(http.StatusNotFound, err)
+	}
+	return writeJSON(w, http.StatusOK, stats)
+}
+
+// decodeStateRequest reads one JSON object with pool, backend and state.
+func decodeStateRequest(body io.Reader) (StateRequest, error) {
+	var req StateRequest
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return req, err
+		}
+		return req, fmt.Errorf("bad JSON: %v", err)
+	}
+	if dec.More() {
+		return req, errors.New("bad JSON: more than one value")
+	}
+	if req.Pool == "" || req.Backend == "" || req.State == "" {
+		return req, errors.New("pool, backend and state are required")
+	}
+	return req, nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	body, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return apiError(http.StatusInternalServerError, err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, err = w.Write(append(body, '\n'))
+	return err
+}
+
+// apiError is the one error form of these routes: Caddy's admin server
+// writes it as a JSON body with an "error" field.
+func apiError(status int, err error) error {
+	return caddy.APIError{HTTPStatus: status, Err: err}
+}
+
+// Interface guards.
+var (
+	_ caddy.Module      = (*Admin)(nil)
+	_ caddy.AdminRouter = (*Admin)(nil)
+)
