@@ -39,14 +39,31 @@ require_go() {
 	fi
 }
 
+# xcaddy_build runs the pinned xcaddy. xcaddy asks the module proxy about
+# github.com/lbpool/lbpool even though it builds this checkout; an empty
+# local proxy as the last fallback (each source falling through to the next
+# on any error) turns a refusal (some proxies answer 403
+# for modules they do not serve) into "not found", and then Go uses the
+# checkout as xcaddy's replace directive says.
+xcaddy_build() {
+	local empty proxies
+	empty=$(mktemp -d)
+	proxies=$(go env GOPROXY | tr ',|' '\n\n' | grep -v -x -e direct -e off | paste -sd '|' -)
+	GOPROXY="${proxies:-https://proxy.golang.org}|file://${empty}" \
+		go run "github.com/caddyserver/xcaddy/cmd/xcaddy@${XCADDY_VERSION}" \
+		build "${CADDY_VERSION}" --with github.com/lbpool/lbpool=. --output ./caddy
+	local rc=$?
+	rmdir "${empty}"
+	return "${rc}"
+}
+
 # build writes ./caddy: Caddy ${CADDY_VERSION} with the lbpool modules.
 build() {
 	require_go
 	if [[ ${LBPOOL_BUILD_OFFLINE:-0} == 1 ]]; then
 		echo "Building ./caddy with go build (LBPOOL_BUILD_OFFLINE=1)"
 		go build -o caddy ./cmd/caddy
-	elif ! go run "github.com/caddyserver/xcaddy/cmd/xcaddy@${XCADDY_VERSION}" \
-		build "${CADDY_VERSION}" --with github.com/lbpool/lbpool=. --output ./caddy; then
+	elif ! xcaddy_build; then
 		echo "xcaddy failed; building ./caddy with go build instead" >&2
 		go build -o caddy ./cmd/caddy
 	fi
@@ -76,15 +93,14 @@ run() {
 		STARTED_PIDS+=("$!")
 	done
 
-	cat <<EOF
-
-Backends: app1 pid ${STARTED_PIDS[0]}, app2 pid ${STARTED_PIDS[1]}, app3 pid ${STARTED_PIDS[2]}
-  curl localhost:3030                         # each backend answers in turn
-  curl -s localhost:2019/lbpool/stats | jq    # the pool as lbpool sees it
-  kill ${STARTED_PIDS[1]}                     # stop app2: it goes down, the others take over
-Ctrl-C stops Caddy and the backends.
-
-EOF
+	echo
+	echo "Backends: app1 pid ${STARTED_PIDS[0]}, app2 pid ${STARTED_PIDS[1]}, app3 pid ${STARTED_PIDS[2]}"
+	printf '  %-40s # %s\n' \
+		"curl localhost:3030" "each backend answers in turn" \
+		"curl -s localhost:2019/lbpool/stats | jq" "the pool as lbpool sees it" \
+		"kill ${STARTED_PIDS[1]}" "stop app2: it goes down, the others take over"
+	echo "Ctrl-C stops Caddy and the backends."
+	echo
 	# Caddy runs as a child the script waits on, so a signal to the script
 	# reaches the trap at once and stops Caddy with the backends.
 	./caddy run --config Caddyfile.example --adapter caddyfile &

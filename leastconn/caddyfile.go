@@ -97,7 +97,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !ok {
 				return d.Errf("weight: backend %s is not in this pool (list it before weighting it)", a.display)
 			}
-			w, err := strconv.Atoi(n)
+			w, err := atoi(n)
 			if err != nil || w < 1 || w > MaxWeight {
 				return d.Errf("weight: %q is not a whole number from 1 to %d", n, MaxWeight)
 			}
@@ -107,14 +107,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&h.Name) {
 				return d.ArgErr()
 			}
+			if strings.TrimSpace(h.Name) == "" {
+				return d.Err("name: the pool name must not be empty")
+			}
 
 		case "health_uri", "stats_uri":
 			var uri string
 			if !d.AllArgs(&uri) {
 				return d.ArgErr()
 			}
-			if !strings.HasPrefix(uri, "/") {
-				return d.Errf("%s: %q must start with /", opt, uri)
+			if err := checkURI(uri); err != nil {
+				return d.Errf("%s: %v", opt, err)
 			}
 			if opt == "health_uri" {
 				h.HealthURI = uri
@@ -166,8 +169,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			for nesting := d.Nesting(); d.NextBlock(nesting); {
 				name := d.Val()
 				values := d.RemainingArgs()
-				if len(values) == 0 {
-					return d.Errf("health_headers: header %s needs a value", name)
+				if err := checkHeader(name, values); err != nil {
+					return d.Errf("health_headers: %v", err)
 				}
 				h.HealthHeaders[http.CanonicalHeaderKey(name)] = append(h.HealthHeaders[http.CanonicalHeaderKey(name)], values...)
 			}
@@ -233,7 +236,7 @@ func parseCount(d *caddyfile.Dispenser, zeroOK bool) (int, error) {
 	if !d.AllArgs(&v) {
 		return 0, d.ArgErr()
 	}
-	n, err := strconv.Atoi(v)
+	n, err := atoi(v)
 	if err != nil || n < 0 || (n == 0 && !zeroOK) || n > 1000 {
 		what := "a positive whole number"
 		if zeroOK {
@@ -249,11 +252,21 @@ func parseStatus(v string) (int, error) {
 	if len(v) == 3 && strings.HasSuffix(strings.ToLower(v), "xx") && v[0] >= '1' && v[0] <= '5' {
 		return int(v[0] - '0'), nil
 	}
-	code, err := strconv.Atoi(v)
+	code, err := atoi(v)
 	if err != nil || code < 100 || code > 599 {
 		return 0, &statusError{v}
 	}
 	return code, nil
+}
+
+// atoi reads a plain decimal number: digits only, no sign.
+func atoi(v string) (int, error) {
+	for _, r := range v {
+		if r < '0' || r > '9' {
+			return 0, strconv.ErrSyntax
+		}
+	}
+	return strconv.Atoi(v)
 }
 
 type statusError struct{ v string }

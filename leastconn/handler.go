@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 )
 
 func init() {
@@ -200,10 +202,19 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		return nil, fmt.Errorf("lbpool: retries must not be negative")
 	case !validStatus(s.healthStatus):
 		return nil, fmt.Errorf("lbpool: health_status %d is neither a status code nor a class (1-5)", s.healthStatus)
-	case !strings.HasPrefix(s.healthURI, "/"):
-		return nil, fmt.Errorf("lbpool: health_uri %q must start with /", s.healthURI)
-	case s.statsURI != "" && !strings.HasPrefix(s.statsURI, "/"):
-		return nil, fmt.Errorf("lbpool: stats_uri %q must start with /", s.statsURI)
+	}
+	if err := checkURI(s.healthURI); err != nil {
+		return nil, fmt.Errorf("lbpool: health_uri: %w", err)
+	}
+	if s.statsURI != "" {
+		if err := checkURI(s.statsURI); err != nil {
+			return nil, fmt.Errorf("lbpool: stats_uri: %w", err)
+		}
+	}
+	for name, values := range s.healthHeaders {
+		if err := checkHeader(name, values); err != nil {
+			return nil, fmt.Errorf("lbpool: health_headers: %w", err)
+		}
 	}
 	if h.HealthBody != "" {
 		re, err := regexp.Compile(h.HealthBody)
@@ -261,6 +272,33 @@ func setDefault[T comparable](v *T, def T) {
 	if *v == zero {
 		*v = def
 	}
+}
+
+// checkURI accepts a path with an optional query, as sent in a request.
+func checkURI(uri string) error {
+	if !strings.HasPrefix(uri, "/") {
+		return fmt.Errorf("%q must start with /", uri)
+	}
+	if _, err := url.ParseRequestURI(uri); err != nil {
+		return fmt.Errorf("%q is not a valid request path: %v", uri, err)
+	}
+	return nil
+}
+
+// checkHeader rejects header names and values that cannot be sent.
+func checkHeader(name string, values []string) error {
+	if !httpguts.ValidHeaderFieldName(name) {
+		return fmt.Errorf("%q is not a valid header name", name)
+	}
+	if len(values) == 0 {
+		return fmt.Errorf("header %s needs a value", name)
+	}
+	for _, v := range values {
+		if !httpguts.ValidHeaderFieldValue(v) {
+			return fmt.Errorf("header %s: value %q has characters a header cannot carry", name, v)
+		}
+	}
+	return nil
 }
 
 // validStatus accepts a status code (100-599) or a class digit (1-5).

@@ -179,8 +179,8 @@ func (h *Handler) outgoing(r *http.Request) *http.Request {
 	out := r.Clone(r.Context())
 	out.RequestURI = ""
 	out.Close = false
-	if out.ContentLength == 0 && (r.Body == nil || r.Body == http.NoBody) {
-		out.Body = nil
+	if r.ContentLength == 0 {
+		out.Body = nil // no body (a chunked one has length -1)
 	} else if r.Body != nil {
 		// the transport closes the body when a try fails; keep it open for
 		// the next try (only taken after a dial error, when nothing was read)

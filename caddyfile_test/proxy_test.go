@@ -1,0 +1,463 @@
+package caddyfile_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lbpool/lbpool/internal/lbtest"
+)
+
+// site is the usual test site: one lbpool over the backends, health checks
+// on /health, and extra options.
+func site(c *lbtest.Caddy, extra string, backends ...*lbtest.Backend) string {
+	addrs := make([]string, len(backends))
+	for i, b := range backends {
+		addrs[i] = b.Addr()
+	}
+	return fmt.Sprintf(`:%d {
+	lbpool %s {
+		name web
+		health_uri /health
+		%s
+	}
+}`, c.HTTPPort, strings.Join(addrs, " "), extra)
+}
+
+// load runs n GETs from clients concurrent clients and returns the count of
+// non-200 answers.
+func load(t *testing.T, c *lbtest.Caddy, clients, n int, path string) int64 {
+	t.Helper()
+	var failed, next atomic.Int64
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for next.Add(1) <= int64(n) {
+				resp, err := c.Client().Get(c.URL(path))
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return failed.Load()
+}
+
+func TestSlowBackendGetsWellUnderItsThird(t *testing.T) {
+	c := lbtest.Start(t)
+	fast1 := lbtest.NewBackend(t, "fast1", nil)
+	fast2 := lbtest.NewBackend(t, "fast2", nil)
+	slow := lbtest.NewBackend(t, "slow", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(30 * time.Millisecond)
+	})
+	c.Load(t, site(c, "", fast1, slow, fast2))
+	if failed := load(t, c, 16, 600, "/"); failed != 0 {
+		t.Fatalf("%d requests failed", failed)
+	}
+	share := float64(slow.Requests.Load()) / 600
+	if share > 0.15 {
+		t.Fatalf("slow backend got %.0f%% of requests, want well under a third", share*100)
+	}
+	t.Logf("slow backend share %.1f%% (fast %d/%d)", share*100, fast1.Requests.Load(), fast2.Requests.Load())
+}
+
+func TestConcurrentLongRequestsSpreadEvenly(t *testing.T) {
+	c := lbtest.Start(t)
+	release := make(chan struct{})
+	var inflight [3]atomic.Int64
+	backends := make([]*lbtest.Backend, 3)
+	for i := range backends {
+		backends[i] = lbtest.NewBackend(t, fmt.Sprint(i), func(w http.ResponseWriter, r *http.Request) {
+			inflight[i].Add(1)
+			<-release
+		})
+	}
+	c.Load(t, site(c, "", backends...))
+	var wg sync.WaitGroup
+	for range 9 {
+		wg.Go(func() { c.Get(t, c.URL("/long")) })
+	}
+	lbtest.Eventually(t, 10*time.Second, "9 requests in flight", func() bool {
+		return inflight[0].Load()+inflight[1].Load()+inflight[2].Load() == 9
+	})
+	got := []int64{inflight[0].Load(), inflight[1].Load(), inflight[2].Load()}
+	close(release)
+	wg.Wait()
+	if got[0] != 3 || got[1] != 3 || got[2] != 3 {
+		t.Fatalf("9 long requests spread %v, want 3/3/3", got)
+	}
+	for _, s := range c.Stats(t, "web") {
+		if s.ActiveConnections != 0 {
+			t.Fatalf("%s still counts %d active connections", s.URL, s.ActiveConnections)
+		}
+	}
+}
+
+func TestBackendSeesClientHostAndForwardedHeaders(t *testing.T) {
+	c := lbtest.Start(t)
+	seen := make(chan http.Header, 1)
+	hosts := make(chan string, 1)
+	b := lbtest.NewBackend(t, "b", func(w http.ResponseWriter, r *http.Request) {
+		hosts <- r.Host
+		seen <- r.Header.Clone()
+	})
+	c.Load(t, site(c, "", b))
+	req, _ := http.NewRequest(http.MethodGet, c.URL("/x"), nil)
+	req.Host = "shop.example"
+	req.Header.Set("X-Forwarded-For", "203.0.113.9") // untrusted: replaced
+	req.Header.Set("Connection", "X-Hop")
+	req.Header.Set("X-Hop", "must not pass")
+	resp, err := c.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	h := <-seen
+	if host := <-hosts; host != "shop.example" {
+		t.Errorf("backend saw Host %q, want the client's shop.example", host)
+	}
+	for name, want := range map[string]string{
+		"X-Forwarded-For":   "127.0.0.1",
+		"X-Forwarded-Proto": "http",
+		"X-Forwarded-Host":  "shop.example",
+	} {
+		if got := h.Get(name); got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	if h.Get("X-Hop") != "" {
+		t.Error("a header named in Connection was forwarded")
+	}
+}
+
+func TestWebsocketUpgradePassesThrough(t *testing.T) {
+	c := lbtest.Start(t)
+	b := lbtest.NewBackend(t, "ws", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "websocket" {
+			http.Error(w, "want upgrade", http.StatusBadRequest)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		_ = brw.Flush()
+		// echo lines until the client closes
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			_, _ = brw.WriteString("echo " + line)
+			_ = brw.Flush()
+		}
+	})
+	c.Load(t, site(c, "", b))
+
+	conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", c.HTTPPort), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d, want 101", resp.StatusCode)
+	}
+	for _, msg := range []string{"hello\n", "again\n"} {
+		fmt.Fprint(conn, msg)
+		got, err := br.ReadString('\n')
+		if err != nil || got != "echo "+msg {
+			t.Fatalf("got %q (%v), want %q", got, err, "echo "+msg)
+		}
+	}
+	if s := c.Backend(t, "web", b.URL()); s.ActiveConnections != 1 {
+		t.Fatalf("an open websocket counts %d active connections, want 1", s.ActiveConnections)
+	}
+	conn.Close()
+	lbtest.Eventually(t, 5*time.Second, "the closed websocket to be released", func() bool {
+		return c.Backend(t, "web", b.URL()).ActiveConnections == 0
+	})
+}
+
+func TestServerSentEventsReachClientWhenFlushed(t *testing.T) {
+	c := lbtest.Start(t)
+	got1 := make(chan struct{})
+	b := lbtest.NewBackend(t, "sse", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Header().Set("Content-Length", "1000") // known length: must still stream
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "data: one\n\n")
+		http.NewResponseController(w).Flush()
+		select { // the second event waits until the client has the first
+		case <-got1:
+		case <-time.After(10 * time.Second):
+			return
+		}
+		_, _ = io.WriteString(w, "data: two\n\n")
+	})
+	c.Load(t, site(c, "", b))
+	resp, err := c.Client().Get(c.URL("/events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	done := make(chan string, 1)
+	go func() {
+		line, _ := br.ReadString('\n')
+		done <- line
+	}()
+	select {
+	case line := <-done:
+		if line != "data: one\n" {
+			t.Fatalf("first event %q", line)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first event did not reach the client before the stream ended: not flushed")
+	}
+	close(got1)
+}
+
+func TestDeadBackendCostsNoFailedGET(t *testing.T) {
+	c := lbtest.Start(t)
+	a := lbtest.NewBackend(t, "a", nil)
+	dead := lbtest.NewBackend(t, "dead", nil)
+	b := lbtest.NewBackend(t, "b", nil)
+	dead.Close()
+	c.Load(t, site(c, "health_interval 1h", a, dead, b))
+	if failed := load(t, c, 8, 300, "/"); failed != 0 {
+		t.Fatalf("%d GETs failed with one dead backend", failed)
+	}
+	if s := c.Backend(t, "web", dead.URL()); s.Alive {
+		t.Fatal("the dead backend is still shown alive")
+	}
+}
+
+func TestEveryTryFailedGives502(t *testing.T) {
+	c := lbtest.Start(t)
+	var backends []*lbtest.Backend
+	for i := range 3 {
+		// healthy on /health, but every request is cut before an answer
+		backends = append(backends, lbtest.NewBackend(t, fmt.Sprint(i), func(w http.ResponseWriter, r *http.Request) {
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		}))
+	}
+	c.Load(t, site(c, "health_interval 1h", backends...))
+	status, body := c.Get(t, c.URL("/"))
+	if status != http.StatusBadGateway {
+		t.Fatalf("status %d (%q), want 502", status, body)
+	}
+	for _, b := range backends {
+		if n := b.Requests.Load(); n != 1 {
+			t.Fatalf("backend %s got %d tries, want one try on each of the 3 backends", b.Name, n)
+		}
+		if s := c.Backend(t, "web", b.URL()); s.FailuresTotal != 1 {
+			t.Fatalf("backend %s counts %d failures, want 1", b.Name, s.FailuresTotal)
+		}
+	}
+}
+
+func TestRetriesLimitTheTries(t *testing.T) {
+	c := lbtest.Start(t)
+	var cut []*lbtest.Backend
+	for i := range 3 {
+		cut = append(cut, lbtest.NewBackend(t, fmt.Sprint(i), func(w http.ResponseWriter, r *http.Request) {
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		}))
+	}
+	c.Load(t, site(c, "health_interval 1h\n\t\tretries 1", cut...))
+	if status, _ := c.Get(t, c.URL("/")); status != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502", status)
+	}
+	var tries int64
+	for _, b := range cut {
+		tries += b.Requests.Load()
+	}
+	if tries != 2 {
+		t.Fatalf("retries 1 made %d tries, want 2", tries)
+	}
+}
+
+func TestNonIdempotentRequestIsNotRetriedAfterConnecting(t *testing.T) {
+	c := lbtest.Start(t)
+	var cut []*lbtest.Backend
+	for i := range 2 {
+		cut = append(cut, lbtest.NewBackend(t, fmt.Sprint(i), func(w http.ResponseWriter, r *http.Request) {
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		}))
+	}
+	c.Load(t, site(c, "health_interval 1h", cut...))
+	resp, err := c.Client().Post(c.URL("/order"), "text/plain", strings.NewReader("pay 10"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502", resp.StatusCode)
+	}
+	if n := cut[0].Requests.Load() + cut[1].Requests.Load(); n != 1 {
+		t.Fatalf("a POST that reached a backend was sent %d times, want once", n)
+	}
+}
+
+func TestPOSTIsRetriedAfterDialError(t *testing.T) {
+	c := lbtest.Start(t)
+	dead := lbtest.NewBackend(t, "dead", nil)
+	dead.Close()
+	var body string
+	ok := lbtest.NewBackend(t, "ok", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		body = string(b)
+	})
+	c.Load(t, site(c, "health_interval 1h", dead, ok))
+	for range 4 { // whichever comes first, the POST and its body arrive
+		resp, err := c.Client().Post(c.URL("/order"), "text/plain", strings.NewReader("pay 10"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || body != "pay 10" {
+			t.Fatalf("status %d body %q, want 200 with the body", resp.StatusCode, body)
+		}
+	}
+}
+
+func TestNoBackendAvailableGives503WithRetryAfter(t *testing.T) {
+	c := lbtest.Start(t)
+	a := lbtest.NewBackend(t, "a", nil)
+	b := lbtest.NewBackend(t, "b", nil)
+	a.Health.Store(500)
+	b.Health.Store(500)
+	c.Load(t, site(c, "health_interval 1h", a, b))
+	lbtest.Eventually(t, 5*time.Second, "both backends down", func() bool {
+		for _, s := range c.Stats(t, "web") {
+			if s.Alive {
+				return false
+			}
+		}
+		return true
+	})
+	resp, err := c.Client().Get(c.URL("/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || len(body) == 0 {
+		t.Fatalf("got %d, Retry-After %q, body %q; want 503 with Retry-After and a body",
+			resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+}
+
+func TestWeightsAreRespectedUnderSteadyLoad(t *testing.T) {
+	c := lbtest.Start(t)
+	slowish := func(w http.ResponseWriter, r *http.Request) { time.Sleep(2 * time.Millisecond) }
+	heavy := lbtest.NewBackend(t, "heavy", slowish)
+	light := lbtest.NewBackend(t, "light", slowish)
+	c.Load(t, site(c, "weight "+heavy.Addr()+" 3", heavy, light))
+	if failed := load(t, c, 8, 1200, "/"); failed != 0 {
+		t.Fatalf("%d requests failed", failed)
+	}
+	ratio := float64(heavy.Requests.Load()) / float64(light.Requests.Load())
+	if ratio < 2.2 || ratio > 4 {
+		t.Fatalf("weight 3 vs 1 gave %d:%d (%.2f), want about 3:1", heavy.Requests.Load(), light.Requests.Load(), ratio)
+	}
+	t.Logf("weight 3:1 gave %.2f:1", ratio)
+}
+
+func TestReloadUnderLoadKeepsCountersAndFailsNothing(t *testing.T) {
+	c := lbtest.Start(t)
+	a := lbtest.NewBackend(t, "a", nil)
+	b := lbtest.NewBackend(t, "b", nil)
+	c.Load(t, site(c, "", a, b))
+	ctx, cancel := context.WithCancel(context.Background())
+	var failed, sent atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for ctx.Err() == nil && sent.Add(1) < 20000 {
+				if status, err := getRetryingConnectionLoss(c, c.URL("/")); err != nil || status != http.StatusOK {
+					t.Logf("status %d, error %v", status, err)
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	lbtest.Eventually(t, 10*time.Second, "traffic", func() bool { return a.Requests.Load() > 100 })
+	var before uint64
+	for _, s := range c.Stats(t, "web") {
+		before += s.RequestsTotal
+	}
+	for i := range 5 {
+		c.Load(t, site(c, fmt.Sprintf("health_timeout %ds", i+1), a, b))
+	}
+	cancel()
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d requests failed across reloads", failed.Load(), sent.Load())
+	}
+	var after uint64
+	for _, s := range c.Stats(t, "web") {
+		after += s.RequestsTotal
+		if s.ActiveConnections != 0 {
+			t.Errorf("%s: %d active after the load stopped", s.URL, s.ActiveConnections)
+		}
+	}
+	if served := uint64(a.Requests.Load() + b.Requests.Load()); after != served || after < before {
+		t.Fatalf("requests_total %d (was %d before reloads), backends served %d: counters were reset or lost", after, before, served)
+	}
+}
+
+// getRetryingConnectionLoss GETs url, sending the request once more if the
+// connection to Caddy broke before any answer. On Linux, Caddy gives each
+// config its own SO_REUSEPORT socket and closes the old one on reload, and
+// the kernel resets connections still queued on it: that happens with
+// reverse_proxy too, before any handler runs, and clients see it as a lost
+// connection. What the tests hold lbpool to is the answer to every request
+// that reaches it.
+func getRetryingConnectionLoss(c *lbtest.Caddy, url string) (int, error) {
+	var err error
+	for range 3 {
+		var resp *http.Response
+		resp, err = c.Client().Get(url)
+		if err != nil {
+			continue
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	return 0, err
+}

@@ -1,0 +1,292 @@
+// Package lbtest runs a real Caddy with lbpool in the test process and real
+// HTTP backends on 127.0.0.1, for end-to-end tests.
+package lbtest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile" // the caddyfile adapter
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/lbpool/lbpool"
+	"github.com/lbpool/lbpool/leastconn"
+)
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Caddy is the in-process Caddy of a test binary. Caddy is process-wide, so
+// tests that use it must not run in parallel.
+type Caddy struct {
+	AdminPort int
+	HTTPPort  int
+	LogFile   string
+	client    *http.Client
+}
+
+var (
+	instance     *Caddy
+	instanceOnce sync.Once
+)
+
+// Start returns the process's Caddy, stopping nothing; Load a config to use
+// it. Call Stop from TestMain.
+func Start(t testing.TB) *Caddy {
+	instanceOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "lbtest")
+		if err != nil {
+			t.Fatal(err)
+		}
+		instance = &Caddy{
+			AdminPort: FreePort(t),
+			HTTPPort:  FreePort(t),
+			LogFile:   dir + "/caddy.log",
+			client:    &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}},
+		}
+	})
+	return instance
+}
+
+// Stop stops Caddy if it runs.
+func Stop() {
+	if instance != nil {
+		_ = caddy.Stop()
+	}
+}
+
+// Globals is the global options block every test config starts with.
+func (c *Caddy) Globals() string {
+	return fmt.Sprintf(`{
+	admin localhost:%d
+	http_port %d
+	auto_https off
+	log {
+		output file %s
+		format json
+		level DEBUG
+	}
+}
+`, c.AdminPort, c.HTTPPort, c.LogFile)
+}
+
+// Adapt turns a Caddyfile into JSON.
+func Adapt(caddyfile string) ([]byte, error) {
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), map[string]any{"filename": "Caddyfile"})
+	return cfg, err
+}
+
+// Load adapts site (a Caddyfile without global options) and loads it, as a
+// reload if a config runs already.
+func (c *Caddy) Load(t testing.TB, site string) {
+	t.Helper()
+	if err := c.TryLoad(site); err != nil {
+		t.Fatalf("loading config: %v\n%s", err, site)
+	}
+}
+
+// TryLoad is Load that returns the error.
+func (c *Caddy) TryLoad(site string) error {
+	cfg, err := Adapt(c.Globals() + site)
+	if err != nil {
+		return err
+	}
+	return caddy.Load(cfg, true)
+}
+
+// URL is the address of a path on the site listening on the HTTP port.
+func (c *Caddy) URL(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", c.HTTPPort, path)
+}
+
+// Get fetches a URL and returns status and body.
+func (c *Caddy) Get(t testing.TB, url string) (int, string) {
+	t.Helper()
+	resp, err := c.client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// Client is an HTTP client with a large keep-alive pool, for load.
+func (c *Caddy) Client() *http.Client { return c.client }
+
+// Admin calls the admin endpoint and returns status and body.
+func (c *Caddy) Admin(t testing.TB, method, path string, body string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, fmt.Sprintf("http://localhost:%d%s", c.AdminPort, path), strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// Stats reads /lbpool/stats for a pool ("" for all).
+func (c *Caddy) Stats(t testing.TB, pool string) []leastconn.BackendStats {
+	t.Helper()
+	path := "/lbpool/stats"
+	if pool != "" {
+		path += "?pool=" + pool
+	}
+	status, body := c.Admin(t, http.MethodGet, path, "")
+	if status != http.StatusOK {
+		t.Fatalf("GET %s: %d %s", path, status, body)
+	}
+	var out []leastconn.BackendStats
+	if err := json.Unmarshal(body, &out); err != nil {
+		t.Fatalf("stats JSON: %v\n%s", err, body)
+	}
+	return out
+}
+
+// Backend returns the stats of one backend by URL.
+func (c *Caddy) Backend(t testing.TB, pool, url string) leastconn.BackendStats {
+	t.Helper()
+	for _, s := range c.Stats(t, pool) {
+		if s.URL == url {
+			return s
+		}
+	}
+	t.Fatalf("backend %s not in pool %s", url, pool)
+	return leastconn.BackendStats{}
+}
+
+// Logs returns the lines of Caddy's log that contain all of the substrings.
+func (c *Caddy) Logs(substrings ...string) []string {
+	data, _ := os.ReadFile(c.LogFile)
+	var out []string
+lines:
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		for _, s := range substrings {
+			if !bytes.Contains(line, []byte(s)) {
+				continue lines
+			}
+		}
+		out = append(out, string(line))
+	}
+	return out
+}
+
+// Eventually polls cond every 10ms until it holds or the timeout passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Backend is a real HTTP server on 127.0.0.1 that counts its requests.
+type Backend struct {
+	Name     string
+	Server   *httptest.Server
+	Requests atomic.Int64
+	// Health, when set, answers the health URI; otherwise /health is 200.
+	Health atomic.Int32 // status for /health; 0 means 200
+	mu      sync.Mutex
+	addr    string
+	handler http.Handler
+}
+
+// NewBackend starts a backend. Every path answers "<name>" unless handler is
+// given; /health answers b.Health (200 by default) and is not counted.
+func NewBackend(t testing.TB, name string, handler http.HandlerFunc) *Backend {
+	t.Helper()
+	b := &Backend{Name: name}
+	b.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			status := int(b.Health.Load())
+			if status == 0 {
+				status = http.StatusOK
+			}
+			w.WriteHeader(status)
+			return
+		}
+		b.Requests.Add(1)
+		if handler != nil {
+			handler(w, r)
+			return
+		}
+		_, _ = io.WriteString(w, name)
+	})
+	b.Server = httptest.NewServer(b.handler)
+	b.addr = b.Server.Listener.Addr().String()
+	t.Cleanup(b.Close)
+	return b
+}
+
+// Addr is host:port.
+func (b *Backend) Addr() string { return b.addr }
+
+// URL is how stats show the backend.
+func (b *Backend) URL() string { return "http://" + b.addr }
+
+// Close stops the backend (and closes its open connections).
+func (b *Backend) Close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.Server != nil {
+		b.Server.CloseClientConnections()
+		b.Server.Close()
+		b.Server = nil
+	}
+}
+
+// Restart starts the backend again on the same address.
+func (b *Backend) Restart(t testing.TB) {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var l net.Listener
+	var err error
+	for i := 0; i < 100; i++ {
+		if l, err = net.Listen("tcp", b.addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("restart %s: %v", b.Name, err)
+	}
+	s := httptest.NewUnstartedServer(b.handler)
+	s.Listener.Close()
+	s.Listener = l
+	s.Start()
+	b.Server = s
+}

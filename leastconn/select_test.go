@@ -1,0 +1,215 @@
+package leastconn
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// newTestHandler builds a handler over detached backends with the given
+// weights, for testing the pick alone.
+func newTestHandler(weights ...int) *Handler {
+	p := &Pool{name: "test"}
+	h := &Handler{lease: &lease{}}
+	for i, w := range weights {
+		h.backends = append(h.backends, newBackend(p, backendAddr{key: fmt.Sprint(i), display: fmt.Sprint(i), weight: w}))
+	}
+	h.lease.backends = h.backends
+	return h
+}
+
+func TestPickRotatesAmongTiesWhenIdle(t *testing.T) {
+	h := newTestHandler(1, 1, 1)
+	counts := make([]int, 3)
+	for range 30 {
+		var tried triedSet
+		i := h.pick(&tried)
+		counts[i]++
+		h.backends[i].active.Add(-1) // done at once: the pool is idle again
+	}
+	for i, n := range counts {
+		if n != 10 {
+			t.Fatalf("backend %d picked %d times, want 10 (%v)", i, n, counts)
+		}
+	}
+}
+
+func TestPickCountsActiveAtSelection(t *testing.T) {
+	h := newTestHandler(1, 1, 1)
+	// 9 requests that stay in flight spread 3/3/3
+	for range 9 {
+		var tried triedSet
+		h.pick(&tried)
+	}
+	for i, b := range h.backends {
+		if got := b.active.Load(); got != 3 {
+			t.Fatalf("backend %d has %d active, want 3", i, got)
+		}
+	}
+}
+
+func TestPickMinimisesLoadOverWeight(t *testing.T) {
+	tests := []struct {
+		name    string
+		weights []int
+		active  []int64
+		want    int
+	}{
+		{"fewest active wins", []int{1, 1, 1}, []int64{3, 1, 2}, 1},
+		{"weight scales load", []int{3, 1}, []int64{2, 0}, 0},  // 3/3 < 1/1 is false: equal → first in scan
+		{"heavier takes more", []int{4, 1}, []int64{3, 0}, 0},  // 4/4 = 1 vs 1/1 = 1: tie
+		{"light backend busy", []int{1, 10}, []int64{0, 5}, 1}, // 1/1 vs 6/10
+		{"all busy equal weight", []int{2, 2}, []int64{5, 4}, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newTestHandler(tc.weights...)
+			for i, a := range tc.active {
+				h.backends[i].active.Store(a)
+			}
+			h.lease.rr.Store(uint64(len(tc.weights)) - 1) // the scan starts at 0
+			var tried triedSet
+			got := h.pick(&tried)
+			wantLoad := float64(tc.active[tc.want]+1) / float64(tc.weights[tc.want])
+			gotLoad := float64(tc.active[got]+1) / float64(tc.weights[got])
+			if gotLoad > wantLoad {
+				t.Fatalf("picked %d (load %.2f), want %d (load %.2f)", got, gotLoad, tc.want, wantLoad)
+			}
+		})
+	}
+}
+
+func TestPickSkipsUnavailableAndTried(t *testing.T) {
+	h := newTestHandler(1, 1, 1, 1)
+	h.backends[0].flags.Store(flagDown)
+	h.backends[1].flags.Store(flagDrain)
+	h.backends[2].flags.Store(flagMaint)
+	var tried triedSet
+	for range 10 {
+		if got := h.pick(&tried); got != 3 {
+			t.Fatalf("picked %d, want the only available backend 3", got)
+		}
+	}
+	tried.add(3)
+	if got := h.pick(&tried); got != -1 {
+		t.Fatalf("picked %d with every backend unavailable or tried, want -1", got)
+	}
+}
+
+func TestTriedSetLargePool(t *testing.T) {
+	h := newTestHandler(make([]int, 200)...)
+	for _, b := range h.backends {
+		b.weight.Store(1)
+	}
+	tried := newTriedSet(200)
+	seen := map[int]bool{}
+	for range 200 {
+		i := h.pick(&tried)
+		if i < 0 || seen[i] {
+			t.Fatalf("pick %d repeated or missing", i)
+		}
+		seen[i] = true
+		tried.add(i)
+	}
+	if got := h.pick(&tried); got != -1 {
+		t.Fatalf("picked %d after all were tried", got)
+	}
+}
+
+func TestWeightedShareUnderSteadyLoad(t *testing.T) {
+	// Keep 8 requests in flight; finish the oldest each step. The share
+	// follows the weights 3:1.
+	h := newTestHandler(3, 1)
+	counts := make([]int, 2)
+	var inflight []int
+	for range 8 {
+		var tried triedSet
+		inflight = append(inflight, h.pick(&tried))
+	}
+	for range 4000 {
+		h.backends[inflight[0]].active.Add(-1)
+		inflight = inflight[1:]
+		var tried triedSet
+		i := h.pick(&tried)
+		counts[i]++
+		inflight = append(inflight, i)
+	}
+	ratio := float64(counts[0]) / float64(counts[1])
+	if ratio < 2.7 || ratio > 3.3 {
+		t.Fatalf("weight 3:1 gave %v (ratio %.2f)", counts, ratio)
+	}
+}
+
+func TestSlowStartRampsLinearlyFromTenPercent(t *testing.T) {
+	b := newBackend(&Pool{}, backendAddr{weight: 1})
+	window := 10 * time.Second
+	b.rampLen.Store(int64(window))
+	from := time.Now()
+	b.rampFrom.Store(from.UnixNano())
+	b.flags.Store(flagRamp)
+	for _, tc := range []struct {
+		at   time.Duration
+		want int64
+	}{{0, 100}, {window / 2, 550}, {window * 9 / 10, 910}} {
+		now := from.Add(tc.at).UnixNano()
+		if got := b.rampedWeight(weightScale, &now); got != tc.want {
+			t.Fatalf("at %v: weight %d‰, want %d‰", tc.at, got, tc.want)
+		}
+	}
+	now := from.Add(window).UnixNano()
+	if got := b.rampedWeight(weightScale, &now); got != weightScale {
+		t.Fatalf("after the window: weight %d, want full %d", got, weightScale)
+	}
+	if b.flags.Load()&flagRamp != 0 {
+		t.Fatal("the ramp flag stays set after the window")
+	}
+}
+
+func TestPickAllocatesNothing(t *testing.T) {
+	for _, n := range []int{3, 64, 256} {
+		h := newTestHandler(make([]int, n)...)
+		for _, b := range h.backends {
+			b.weight.Store(1)
+		}
+		allocs := testing.AllocsPerRun(1000, func() {
+			var tried triedSet
+			if n <= 64 {
+				i := h.pick(&tried)
+				h.backends[i].active.Add(-1)
+			}
+		})
+		if n <= 64 && allocs != 0 {
+			t.Fatalf("pick over %d backends allocates %.1f times", n, allocs)
+		}
+	}
+}
+
+func benchmarkPick(b *testing.B, n int) {
+	h := newTestHandler(make([]int, n)...)
+	for i, be := range h.backends {
+		be.weight.Store(int64(1 + i%3))
+	}
+	b.Run("serial", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var tried triedSet
+			i := h.pick(&tried)
+			h.backends[i].active.Add(-1)
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				var tried triedSet
+				i := h.pick(&tried)
+				h.backends[i].active.Add(-1)
+			}
+		})
+	})
+}
+
+func BenchmarkPick3(b *testing.B)    { benchmarkPick(b, 3) }
+func BenchmarkPick16(b *testing.B)   { benchmarkPick(b, 16) }
+func BenchmarkPick256(b *testing.B)  { benchmarkPick(b, 256) }
+func BenchmarkPick4096(b *testing.B) { benchmarkPick(b, 4096) }
