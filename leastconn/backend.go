@@ -156,15 +156,15 @@ type Backend struct {
 	refs int // guarded by registry.mu
 
 	// Health bookkeeping, not on the hot path.
-	mu          sync.Mutex
-	passes      int // consecutive passing checks
-	fails       int // consecutive failing checks
-	changes     int // status changes since the backend joined the pool
-	upSince     time.Time
-	downSince   time.Time
-	downtime    time.Duration // closed down periods; the open one is added at read time
-	lastChange  time.Time
-	lastCheck   checkResult
+	mu         sync.Mutex
+	passes     int // consecutive passing checks
+	fails      int // consecutive failing checks
+	changes    int // status changes since the backend joined the pool
+	upSince    time.Time
+	downSince  time.Time
+	downtime   time.Duration // closed down periods; the open one is added at read time
+	lastChange time.Time
+	lastCheck  checkResult
 	// passiveEpoch counts passive failures, so a check that passed while a
 	// request failed does not bring the backend back
 	passiveEpoch uint64
@@ -178,8 +178,8 @@ type Backend struct {
 
 func newBackend(p *Pool, a backendAddr) *Backend {
 	b := &Backend{
-		pool:        p,
-		addr:        a,
+		pool:    p,
+		addr:    a,
 		upSince: time.Now(),
 		kick:    make(chan struct{}, 1),
 	}

@@ -52,7 +52,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 // Every problem is reported here, at parse time, with the file and line.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // directive name
+	d.Next()                 // directive name
 	keys := map[string]int{} // backend key → index in h.Backends
 	addBackends := func(args []string) error {
 		for _, raw := range args {

@@ -2,7 +2,7 @@ package leastconn
 
 import (
 	"context"
-		"fmt"
+	"fmt"
 	"net/http"
 	"regexp"
 	"sync"

@@ -218,7 +218,7 @@ type Backend struct {
 	Server   *httptest.Server
 	Requests atomic.Int64
 	// Health, when set, answers the health URI; otherwise /health is 200.
-	Health atomic.Int32 // status for /health; 0 means 200
+	Health  atomic.Int32 // status for /health; 0 means 200
 	mu      sync.Mutex
 	addr    string
 	handler http.Handler
