@@ -171,9 +171,10 @@ type Backend struct {
 
 	memoryBytes atomic.Int64 // as the backend reports it; -1 while unknown
 
-	kick chan struct{} // wakes the checker for an immediate check
-	stop func()        // stops the checker
-	done chan struct{} // closed when the checker has returned
+	kick   chan struct{} // wakes the checker for an immediate check
+	respec chan struct{} // tells the checker its check changed
+	stop   func()        // stops the checker
+	done   chan struct{} // closed when the checker has returned
 }
 
 func newBackend(p *Pool, a backendAddr) *Backend {
@@ -182,6 +183,7 @@ func newBackend(p *Pool, a backendAddr) *Backend {
 		addr:    a,
 		upSince: time.Now(),
 		kick:    make(chan struct{}, 1),
+		respec:  make(chan struct{}, 1),
 	}
 	b.weight.Store(int64(a.weight))
 	b.memoryBytes.Store(-1)

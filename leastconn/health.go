@@ -58,6 +58,15 @@ func (b *Backend) checkNow() {
 	}
 }
 
+// recheckSoon asks for a check within firstCheckSpread, at a random moment
+// so that many backends are not probed in the same instant.
+func (b *Backend) recheckSoon() {
+	select {
+	case b.respec <- struct{}{}:
+	default:
+	}
+}
+
 // nextCheckIn spreads checks: each interval is stretched or shrunk by up to
 // 10%, so backends drift apart instead of being probed in the same instant.
 func nextCheckIn(interval time.Duration) time.Duration {
@@ -80,6 +89,10 @@ func (b *Backend) runChecks(ctx context.Context) {
 			return
 		case <-timer.C:
 		case <-b.kick:
+		case <-b.respec:
+			// the check changed: check under it soon, but spread out
+			timer.Reset(rand.N(firstCheckSpread))
+			continue
 		}
 		spec := b.pool.spec.Load()
 		if b.flags.Load()&flagMaint == 0 {

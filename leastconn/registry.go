@@ -191,7 +191,7 @@ func (p *Pool) apply(s *poolSpec) (stopOld func()) {
 			b.weight.Store(int64(a.weight))
 			b.rampLen.Store(int64(s.slowStart))
 			if recheck {
-				b.checkNow() // the check changed: learn the health under it at once
+				b.recheckSoon()
 			}
 		}
 	}

@@ -124,12 +124,9 @@ func (b *Backend) matches(ref string) bool {
 }
 
 func (b *Backend) snapshot(pool string, now time.Time) BackendStats {
-	flags := b.flags.Load()
 	s := BackendStats{
 		Pool:              pool,
 		URL:               b.URL(),
-		Alive:             flags&flagDown == 0,
-		State:             adminState(flags),
 		Weight:            int(b.weight.Load()),
 		ActiveConnections: b.active.Load(),
 		RequestsTotal:     b.requests.Load(),
@@ -143,7 +140,11 @@ func (b *Backend) snapshot(pool string, now time.Time) BackendStats {
 		s.MemoryUsage = FormatBytes(mem)
 	}
 
+	// health changes happen under b.mu: read flags and bookkeeping together
 	b.mu.Lock()
+	flags := b.flags.Load()
+	s.Alive = flags&flagDown == 0
+	s.State = adminState(flags)
 	var up time.Duration
 	if s.Alive && !b.upSince.IsZero() {
 		up = now.Sub(b.upSince)

@@ -200,6 +200,19 @@ lines:
 	return out
 }
 
+// EventuallyOr is Eventually that runs explain before failing.
+func EventuallyOr(t testing.TB, timeout time.Duration, what string, cond func() bool, explain func()) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			explain()
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // Eventually polls cond every 10ms until it holds or the timeout passes.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -216,21 +229,35 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 type Backend struct {
 	Name     string
 	Server   *httptest.Server
-	Requests atomic.Int64
-	// Health, when set, answers the health URI; otherwise /health is 200.
-	Health  atomic.Int32 // status for /health; 0 means 200
-	mu      sync.Mutex
-	addr    string
-	handler http.Handler
+	Requests atomic.Int64 // requests other than health checks
+	// Health is the status /health answers; 0 means 200.
+	Health     atomic.Int32
+	HealthHits atomic.Int64
+
+	mu          sync.Mutex
+	addr        string
+	handler     http.Handler
+	healthFunc  http.HandlerFunc
+	healthTimes []time.Time
 }
 
 // NewBackend starts a backend. Every path answers "<name>" unless handler is
-// given; /health answers b.Health (200 by default) and is not counted.
+// given; /health answers b.Health (200 by default) and is not counted in
+// Requests.
 func NewBackend(t testing.TB, name string, handler http.HandlerFunc) *Backend {
 	t.Helper()
 	b := &Backend{Name: name}
 	b.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/health" {
+			b.HealthHits.Add(1)
+			b.mu.Lock()
+			b.healthTimes = append(b.healthTimes, time.Now())
+			hf := b.healthFunc
+			b.mu.Unlock()
+			if hf != nil {
+				hf(w, r)
+				return
+			}
 			status := int(b.Health.Load())
 			if status == 0 {
 				status = http.StatusOK
@@ -249,6 +276,20 @@ func NewBackend(t testing.TB, name string, handler http.HandlerFunc) *Backend {
 	b.addr = b.Server.Listener.Addr().String()
 	t.Cleanup(b.Close)
 	return b
+}
+
+// SetHealth makes /health answer with f (nil: back to b.Health).
+func (b *Backend) SetHealth(f http.HandlerFunc) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.healthFunc = f
+}
+
+// HealthTimes returns when each health check arrived.
+func (b *Backend) HealthTimes() []time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]time.Time(nil), b.healthTimes...)
 }
 
 // Addr is host:port.

@@ -1,0 +1,431 @@
+package caddyfile_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"runtime/pprof"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lbpool/lbpool/internal/lbtest"
+	"github.com/lbpool/lbpool/leastconn"
+)
+
+func TestDownAfterConsecutiveFailsUpAfterConsecutivePasses(t *testing.T) {
+	c := lbtest.Start(t)
+	b := lbtest.NewBackend(t, "b", nil)
+	other := lbtest.NewBackend(t, "other", nil)
+	c.Load(t, site(c, "health_interval 20ms\n\t\thealth_fails 3\n\t\thealth_passes 2", b, other))
+	lbtest.Eventually(t, 5*time.Second, "a first passing check", func() bool {
+		return c.Backend(t, "web", b.URL()).ConsecutivePasses > 0
+	})
+
+	b.Health.Store(500)
+	lbtest.Eventually(t, 10*time.Second, "the backend to go down", func() bool {
+		s := c.Backend(t, "web", b.URL())
+		if s.Alive && s.ConsecutiveFails >= 3 {
+			t.Fatalf("still up after %d consecutive failed checks", s.ConsecutiveFails)
+		}
+		if !s.Alive && s.ConsecutiveFails < 3 {
+			t.Fatalf("down after only %d consecutive failed checks", s.ConsecutiveFails)
+		}
+		return !s.Alive
+	})
+
+	b.Health.Store(200)
+	lbtest.Eventually(t, 10*time.Second, "the backend to come back", func() bool {
+		s := c.Backend(t, "web", b.URL())
+		if !s.Alive && s.ConsecutivePasses >= 2 {
+			t.Fatalf("still down after %d consecutive passes", s.ConsecutivePasses)
+		}
+		if s.Alive && s.ConsecutivePasses < 2 {
+			t.Fatalf("up after only %d consecutive passes", s.ConsecutivePasses)
+		}
+		return s.Alive
+	})
+	if s := c.Backend(t, "web", b.URL()); s.StatusChanges != 2 {
+		t.Fatalf("status_changes %d, want 2", s.StatusChanges)
+	}
+}
+
+func TestOppositeResultResetsTheConsecutiveCounter(t *testing.T) {
+	c := lbtest.Start(t)
+	b := lbtest.NewBackend(t, "b", nil)
+	var n atomic.Int64
+	b.SetHealth(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1)%3 == 0 { // fail, fail, pass, fail, fail, pass, ...
+			return
+		}
+		w.WriteHeader(500)
+	})
+	c.Load(t, site(c, "health_interval 10ms\n\t\thealth_fails 3", b))
+	lbtest.Eventually(t, 10*time.Second, "30 checks", func() bool { return b.HealthHits.Load() >= 30 })
+	if s := c.Backend(t, "web", b.URL()); !s.Alive || s.StatusChanges != 0 {
+		t.Fatalf("two fails then a pass, repeated, took the backend down (alive=%v, changes=%d): counters are not consecutive",
+			s.Alive, s.StatusChanges)
+	}
+}
+
+func TestHealthStatusAndBodyMatching(t *testing.T) {
+	tests := []struct {
+		name    string
+		options string
+		status  int
+		body    string
+		alive   bool
+		reason  string
+	}{
+		{"2xx by default", "", 204, "", true, ""},
+		{"500 fails", "", 500, "", false, "status 500"},
+		{"exact code", "health_status 204", 200, "", false, "status 200"},
+		{"class", "health_status 3xx", 304, "", true, ""},
+		{"body matches", `health_body "^ready"`, 200, "ready: yes", true, ""},
+		{"body does not match", `health_body "^ready"`, 200, "degraded", false, "body did not match"},
+	}
+	c := lbtest.Start(t)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := lbtest.NewBackend(t, "b", nil)
+			b.SetHealth(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(tc.status)
+				_, _ = io.WriteString(w, tc.body)
+			})
+			c.Load(t, site(c, tc.options, b))
+			var s leastconn.BackendStats
+			lbtest.Eventually(t, 5*time.Second, "a check", func() bool {
+				s = c.Backend(t, "web", b.URL())
+				return s.LastCheck != nil
+			})
+			if s.Alive != tc.alive || s.LastCheck.Error != tc.reason {
+				t.Fatalf("alive=%v reason=%q, want alive=%v reason=%q", s.Alive, s.LastCheck.Error, tc.alive, tc.reason)
+			}
+		})
+	}
+}
+
+func TestHealthCheckSendsHeadersAndDoesNotFollowRedirects(t *testing.T) {
+	c := lbtest.Start(t)
+	var hostSeen, tokenSeen atomic.Value
+	var followed atomic.Bool
+	b := lbtest.NewBackend(t, "b", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/elsewhere" {
+			followed.Store(true)
+		}
+	})
+	b.SetHealth(func(w http.ResponseWriter, r *http.Request) {
+		hostSeen.Store(r.Host)
+		tokenSeen.Store(r.Header.Get("X-Check-Token"))
+		http.Redirect(w, r, "/elsewhere", http.StatusFound)
+	})
+	c.Load(t, site(c, "health_headers {\n\t\t\tHost status.internal\n\t\t\tX-Check-Token s3cret\n\t\t}", b))
+	var s leastconn.BackendStats
+	lbtest.Eventually(t, 5*time.Second, "a check", func() bool {
+		s = c.Backend(t, "web", b.URL())
+		return s.LastCheck != nil
+	})
+	if s.Alive || s.LastCheck.Status != http.StatusFound || followed.Load() {
+		t.Fatalf("alive=%v status=%d followed=%v: a redirect must be judged as a 302, not followed",
+			s.Alive, s.LastCheck.Status, followed.Load())
+	}
+	if hostSeen.Load() != "status.internal" || tokenSeen.Load() != "s3cret" {
+		t.Fatalf("check sent Host %v and X-Check-Token %v", hostSeen.Load(), tokenSeen.Load())
+	}
+}
+
+func TestChecksOfManyBackendsAreSpread(t *testing.T) {
+	c := lbtest.Start(t)
+	var backends []*lbtest.Backend
+	for i := range 10 {
+		backends = append(backends, lbtest.NewBackend(t, fmt.Sprint(i), nil))
+	}
+	c.Load(t, site(c, "health_interval 100ms", backends...))
+	lbtest.Eventually(t, 10*time.Second, "three rounds of checks", func() bool {
+		for _, b := range backends {
+			if b.HealthHits.Load() < 3 {
+				return false
+			}
+		}
+		return true
+	})
+	for round := range 3 {
+		var times []time.Time
+		for _, b := range backends {
+			times = append(times, b.HealthTimes()[round])
+		}
+		sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+		if spread := times[len(times)-1].Sub(times[0]); spread < time.Millisecond {
+			t.Fatalf("round %d: all 10 checks landed within %v", round, spread)
+		} else {
+			t.Logf("round %d: checks spread over %v", round, spread)
+		}
+	}
+}
+
+func TestKilledBackendUnderLoadCostsNoFailedGETAndIsDownWithinASecond(t *testing.T) {
+	c := lbtest.Start(t)
+	a := lbtest.NewBackend(t, "a", nil)
+	victim := lbtest.NewBackend(t, "victim", nil)
+	b := lbtest.NewBackend(t, "b", nil)
+	c.Load(t, site(c, "", a, victim, b)) // default interval: 20s
+	stop := make(chan struct{})
+	var failed, sent atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for sent.Add(1) < 50000 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := c.Client().Get(c.URL("/"))
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	lbtest.Eventually(t, 10*time.Second, "traffic on the victim", func() bool { return victim.Requests.Load() > 50 })
+	victim.Close()
+	lbtest.Eventually(t, time.Second, "the killed backend down in the stats", func() bool {
+		return !c.Backend(t, "web", victim.URL()).Alive
+	})
+	before := a.Requests.Load() + b.Requests.Load()
+	lbtest.Eventually(t, 10*time.Second, "traffic to move", func() bool { return a.Requests.Load()+b.Requests.Load() > before+200 })
+	close(stop)
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d GETs failed when a backend was killed", failed.Load(), sent.Load())
+	}
+	lines := c.Logs(`"status change"`, victim.URL(), `"status":"down"`)
+	if len(lines) != 1 {
+		t.Fatalf("want one status-change line for the killed backend, got %d:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	if !strings.Contains(lines[0], "proxy error") && !strings.Contains(lines[0], "connection refused") {
+		t.Fatalf("the reason does not say why: %s", lines[0])
+	}
+}
+
+func TestStatusChangeIsLoggedOncePerChange(t *testing.T) {
+	c := lbtest.Start(t)
+	b := lbtest.NewBackend(t, "b", nil)
+	c.Load(t, site(c, "health_interval 10ms", b))
+	lbtest.Eventually(t, 5*time.Second, "checks", func() bool { return b.HealthHits.Load() > 3 })
+	b.Health.Store(503)
+	lbtest.Eventually(t, 5*time.Second, "down", func() bool { return !c.Backend(t, "web", b.URL()).Alive })
+	hits := b.HealthHits.Load()
+	lbtest.Eventually(t, 5*time.Second, "more failing checks", func() bool { return b.HealthHits.Load() > hits+5 })
+	b.Health.Store(200)
+	lbtest.Eventually(t, 5*time.Second, "up", func() bool { return c.Backend(t, "web", b.URL()).Alive })
+	hits = b.HealthHits.Load()
+	lbtest.Eventually(t, 5*time.Second, "more passing checks", func() bool { return b.HealthHits.Load() > hits+5 })
+
+	type entry struct {
+		Level, Logger, Msg, Pool, Backend, Status, Reason string
+		CheckDuration                                     *float64 `json:"check_duration"`
+	}
+	var got []entry
+	for _, line := range c.Logs(`"status change"`, b.URL()) {
+		var e entry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, e)
+	}
+	if len(got) != 2 {
+		t.Fatalf("want 2 status-change entries (down, up), got %d: %+v", len(got), got)
+	}
+	down, up := got[0], got[1]
+	if down.Level != "warn" || down.Status != "down" || down.Reason != "status 503" ||
+		up.Level != "info" || up.Status != "up" {
+		t.Fatalf("entries %+v", got)
+	}
+	for _, e := range got {
+		if e.Logger != "http.handlers.lbpool" || e.Pool != "web" || e.Backend != b.URL() || e.CheckDuration == nil {
+			t.Fatalf("entry lacks a field: %+v", e)
+		}
+	}
+	for _, line := range c.Logs(`"health check"`, b.URL()) {
+		if !strings.Contains(line, `"level":"debug"`) {
+			t.Fatalf("a probe that changed nothing logged above debug: %s", line)
+		}
+	}
+}
+
+func TestSlowStartGivesARecoveredBackendASmallShareFirst(t *testing.T) {
+	c := lbtest.Start(t)
+	work := func(w http.ResponseWriter, r *http.Request) { time.Sleep(2 * time.Millisecond) }
+	steady := lbtest.NewBackend(t, "steady", work)
+	back := lbtest.NewBackend(t, "back", work)
+	c.Load(t, site(c, "health_interval 20ms\n\t\tslow_start 3s", steady, back))
+	for _, s := range c.Stats(t, "web") {
+		if s.SlowStartPercent != 0 {
+			t.Fatalf("%s ramps at process start (%v%%)", s.URL, s.SlowStartPercent)
+		}
+	}
+	back.Health.Store(500)
+	lbtest.Eventually(t, 5*time.Second, "down", func() bool { return !c.Backend(t, "web", back.URL()).Alive })
+
+	share := func(d time.Duration) float64 {
+		s0, b0 := steady.Requests.Load(), back.Requests.Load()
+		if failed := loadFor(t, c, 8, d); failed != 0 {
+			t.Fatalf("%d requests failed", failed)
+		}
+		ds, db := steady.Requests.Load()-s0, back.Requests.Load()-b0
+		return float64(db) / float64(ds+db)
+	}
+	back.Health.Store(200)
+	lbtest.Eventually(t, 5*time.Second, "up", func() bool { return c.Backend(t, "web", back.URL()).Alive })
+	early := share(500 * time.Millisecond)
+	lbtest.Eventually(t, 10*time.Second, "the ramp to end", func() bool {
+		return c.Backend(t, "web", back.URL()).SlowStartPercent == 0
+	})
+	late := share(500 * time.Millisecond)
+	t.Logf("recovered backend's share: %.1f%% in the first 500ms, %.1f%% after the window", early*100, late*100)
+	if early > 0.30 || late < 0.40 {
+		t.Fatalf("share %.2f early, %.2f late: want small first, then its full half", early, late)
+	}
+}
+
+// loadFor runs GETs from clients for d and returns the failures.
+func loadFor(t *testing.T, c *lbtest.Caddy, clients int, d time.Duration) int64 {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				resp, err := c.Client().Get(c.URL("/"))
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return failed.Load()
+}
+
+func TestHealthStateSurvivesReload(t *testing.T) {
+	c := lbtest.Start(t)
+	up := lbtest.NewBackend(t, "up", nil)
+	down := lbtest.NewBackend(t, "down", nil)
+	down.Health.Store(500)
+	c.Load(t, site(c, "health_interval 1h", up, down))
+	lbtest.Eventually(t, 5*time.Second, "the first checks", func() bool {
+		return !c.Backend(t, "web", down.URL()).Alive && c.Backend(t, "web", up.URL()).LastCheck != nil
+	})
+	before := c.Stats(t, "web")
+	checks := down.HealthHits.Load()
+
+	c.Load(t, site(c, "health_interval 1h\n\t\tretries 1", up, down)) // same checks, another setting
+	after := c.Stats(t, "web")
+	for i := range before {
+		b, a := before[i], after[i]
+		if a.Alive != b.Alive || a.StatusChanges != b.StatusChanges || a.ConsecutiveFails != b.ConsecutiveFails ||
+			a.ConsecutivePasses != b.ConsecutivePasses || !derefTime(a.LastChange).Equal(derefTime(b.LastChange)) {
+			t.Fatalf("%s changed across the reload:\nbefore %+v\nafter  %+v", b.URL, b, a)
+		}
+	}
+	if status, _ := c.Get(t, c.URL("/")); status != 200 {
+		t.Fatalf("status %d", status)
+	}
+	if down.Requests.Load() != 0 {
+		t.Fatal("the down backend got traffic after the reload: its health was reset")
+	}
+	if n := down.HealthHits.Load(); n != checks {
+		t.Fatalf("the reload re-checked a backend whose check did not change (%d → %d checks)", checks, n)
+	}
+
+	// a backend new to the pool starts up and is checked at once
+	added := lbtest.NewBackend(t, "added", nil)
+	added.Health.Store(500)
+	c.Load(t, site(c, "health_interval 1h\n\t\tretries 1", up, down, added))
+	lbtest.Eventually(t, 5*time.Second, "the new backend's first check", func() bool {
+		return !c.Backend(t, "web", added.URL()).Alive
+	})
+}
+
+func derefTime(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
+}
+
+func TestNoGoroutineGrowthAcrossReloadsAndPoolRemoval(t *testing.T) {
+	c := lbtest.Start(t)
+	var backends []*lbtest.Backend
+	for i := range 4 {
+		backends = append(backends, lbtest.NewBackend(t, fmt.Sprint(i), nil))
+	}
+	empty := fmt.Sprintf(":%d {\n\trespond ok\n}", c.HTTPPort)
+	c.Load(t, empty)
+	settle := func() int {
+		c.Client().CloseIdleConnections()
+		return runtime.NumGoroutine()
+	}
+	baseline := settle()
+
+	for i := range 50 {
+		// alternate backends, settings, worker counts and a second pool
+		set := backends[i%2 : i%2+3]
+		extra := fmt.Sprintf("health_interval %dms\n\t\tstats_uri /stats\n\t\tstats_workers %d", 50+i, 1+i%3)
+		c.Load(t, site(c, extra, set...)+fmt.Sprintf("\n:%d {\n\tlbpool %s\n}", lbtest.FreePort(t), backends[3].Addr()))
+		if i%10 == 0 {
+			c.Get(t, c.URL("/"))
+		}
+	}
+	c.Load(t, site(c, "health_interval 50ms\n\t\tstats_uri /stats", backends[:3]...))
+	// 3 backends: 3 checkers, and the default 3 stats workers
+	lbtest.EventuallyOr(t, 5*time.Second, "exactly 6 lbpool goroutines after 50 reloads", func() bool {
+		return lbpoolGoroutines() == 6
+	}, func() { t.Logf("%d lbpool goroutines", lbpoolGoroutines()); dumpGoroutines(t) })
+
+	c.Load(t, empty)
+	lbtest.EventuallyOr(t, 5*time.Second, "goroutines back at the baseline without pools", func() bool {
+		return settle() <= baseline+2
+	}, func() { t.Logf("baseline %d, now %d", baseline, settle()); dumpGoroutines(t) })
+	if got := c.Stats(t, ""); len(got) != 0 {
+		t.Fatalf("pools remain after removing every pool: %+v", got)
+	}
+}
+
+// lbpoolGoroutines counts the goroutines running lbpool's own code.
+func lbpoolGoroutines() int {
+	var buf strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&buf, 2)
+	n := 0
+	for _, g := range strings.Split(buf.String(), "\n\n") {
+		if strings.Contains(g, "lbpool/leastconn.") {
+			n++
+		}
+	}
+	return n
+}
+
+func dumpGoroutines(t *testing.T) {
+	var buf strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&buf, 1)
+	t.Log(buf.String())
+}
