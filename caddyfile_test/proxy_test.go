@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -460,4 +461,39 @@ func getRetryingConnectionLoss(c *lbtest.Caddy, url string) (int, error) {
 		return resp.StatusCode, nil
 	}
 	return 0, err
+}
+
+func TestTLSBackendGetsHTTP2AndPassesChecks(t *testing.T) {
+	c := lbtest.Start(t)
+	protos := make(chan string, 16)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case protos <- r.URL.Path + " " + r.Proto:
+		default:
+		}
+		_, _ = io.WriteString(w, "tls")
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	addr := srv.Listener.Addr().String()
+	c.Load(t, fmt.Sprintf(`:%d {
+	lbpool https://%s {
+		name tls
+		health_uri /health
+		tls_insecure_skip_verify
+	}
+}`, c.HTTPPort, addr))
+	if status, body := c.Get(t, c.URL("/")); status != 200 || body != "tls" {
+		t.Fatalf("got %d %q", status, body)
+	}
+	lbtest.Eventually(t, 5*time.Second, "a passing check over TLS", func() bool {
+		s := c.Backend(t, "tls", "https://"+addr)
+		return s.LastCheck != nil && s.LastCheck.Error == "" && s.Alive
+	})
+	for range 2 {
+		if p := <-protos; !strings.HasSuffix(p, "HTTP/2.0") {
+			t.Fatalf("backend saw %s, want HTTP/2 to a TLS backend", p)
+		}
+	}
 }

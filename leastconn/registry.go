@@ -34,7 +34,6 @@ var defaultRegistry = &registry{
 // Pool is a named set of backends shared by every handler with that name.
 type Pool struct {
 	name     string
-	seq      uint64              // creation order, for stats
 	refs     int                 // handlers holding the pool
 	backends map[string]*Backend // by backend key, every backend any handler holds
 	specs    map[*poolSpec]int   // held specs and their holders
@@ -106,9 +105,6 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 	}
 	r.seq++
 	s.seq = r.seq
-	if p.seq == 0 {
-		p.seq = r.seq
-	}
 	s.transport = r.transportFor(s.transportSettings())
 	p.refs++
 	p.specs[s]++

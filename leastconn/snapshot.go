@@ -53,8 +53,8 @@ type BackendStats struct {
 }
 
 // Stats returns every backend of the named pool (all pools when name is
-// empty), pools in the order they were first configured and backends in
-// config order. ErrUnknownPool when a named pool does not exist.
+// empty), pools by name and backends in config order. (Caddy provisions
+// sites in no fixed order, so the name is the stable order for pools.) ErrUnknownPool when a named pool does not exist.
 func Stats(name string) ([]BackendStats, error) {
 	pools := defaultRegistry.backendsByPool(name)
 	if name != "" && len(pools) == 0 {
@@ -72,7 +72,6 @@ func Stats(name string) ([]BackendStats, error) {
 
 type poolBackends struct {
 	name     string
-	seq      uint64
 	backends []*Backend
 }
 
@@ -81,11 +80,11 @@ func (r *registry) backendsByPool(name string) []poolBackends {
 	var out []poolBackends
 	for n, p := range r.pools {
 		if name == "" || n == name {
-			out = append(out, poolBackends{name: n, seq: p.seq, backends: p.current()})
+			out = append(out, poolBackends{name: n, backends: p.current()})
 		}
 	}
 	r.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out
 }
 
