@@ -82,7 +82,7 @@ type lease struct {
 	pool     *Pool
 	spec     *poolSpec
 	backends []*Backend
-	rr       atomic.Uint64 // rotates the pick's scan start so ties go round-robin
+	next     atomic.Uint64 // where the pick's scan starts: just after the last pick
 }
 
 // acquire attaches a handler's spec to its pool, creating the pool and any

@@ -3,10 +3,11 @@ package leastconn
 import "time"
 
 // Selection is weighted least connections: the pick minimises
-// (active+1)/weight over backends that are up and ready. The scan starts one
-// place further on each request, and only a strictly better backend replaces
+// (active+1)/weight over backends that are up and ready. The scan starts just
+// after the backend picked last, and only a strictly better backend replaces
 // the first one found, so ties rotate round-robin: an idle pool of n backends
-// is visited in turn. The chosen backend's active count is raised at once,
+// is visited in turn, and a backend that is out does not double the share of
+// its neighbour (as starting at a counter that skips over it would). The chosen backend's active count is raised at once,
 // before the request is sent, so concurrent picks see it.
 //
 // The pick takes no lock and allocates nothing: per backend it reads two
@@ -51,7 +52,7 @@ func (t *triedSet) add(i int) {
 func (h *Handler) pick(tried *triedSet) int {
 	bs := h.backends
 	n := len(bs)
-	start := int(h.lease.rr.Add(1) % uint64(n))
+	start := int(h.lease.next.Load() % uint64(n))
 	best := -1
 	var bestLoad, bestWeight, now int64
 	for i := 0; i < n; i++ {
@@ -76,6 +77,7 @@ func (h *Handler) pick(tried *triedSet) int {
 	}
 	if best >= 0 {
 		bs[best].active.Add(1)
+		h.lease.next.Store(uint64(best) + 1)
 	}
 	return best
 }

@@ -34,6 +34,21 @@ func TestPickRotatesAmongTiesWhenIdle(t *testing.T) {
 	}
 }
 
+func TestTiesRotateEvenlyAroundAnUnavailableBackend(t *testing.T) {
+	h := newTestHandler(1, 1, 1)
+	h.backends[1].flags.Store(flagDown)
+	counts := make([]int, 3)
+	for range 30 {
+		var tried triedSet
+		i := h.pick(&tried)
+		counts[i]++
+		h.backends[i].active.Add(-1)
+	}
+	if counts[0] != 15 || counts[2] != 15 {
+		t.Fatalf("with the middle backend down, the others got %v, want 15/15", counts)
+	}
+}
+
 func TestPickCountsActiveAtSelection(t *testing.T) {
 	h := newTestHandler(1, 1, 1)
 	// 9 requests that stay in flight spread 3/3/3
@@ -67,7 +82,7 @@ func TestPickMinimisesLoadOverWeight(t *testing.T) {
 			for i, a := range tc.active {
 				h.backends[i].active.Store(a)
 			}
-			h.lease.rr.Store(uint64(len(tc.weights)) - 1) // the scan starts at 0
+			h.lease.next.Store(0) // the scan starts at 0
 			var tried triedSet
 			got := h.pick(&tried)
 			wantLoad := float64(tc.active[tc.want]+1) / float64(tc.weights[tc.want])

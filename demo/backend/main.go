@@ -5,6 +5,8 @@
 //	/                 "Hostname: <name>" and the request's Host and X-Forwarded-For
 //	/health           200 OK, or 500 after POST /health/fail (POST /health/ok restores it)
 //	/slow?ms=N        waits N milliseconds (at most 60 s), then answers like /
+//	POST /delay?ms=N  makes every later / answer N milliseconds late (0: off),
+//	                  to play a busy backend
 //	/stats            {"memory_usage": <bytes>} for lbpool's stats_uri
 //	/metrics          Prometheus text with process_resident_memory_bytes
 //
@@ -36,12 +38,26 @@ const maxSlow = 60 * time.Second
 type server struct {
 	name      string
 	unhealthy atomic.Bool
+	delay     atomic.Int64 // nanoseconds every / waits
 }
 
 // routes returns the backend's HTTP handler.
 func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/", s.hello)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if !s.wait(r, time.Duration(s.delay.Load())) {
+			return
+		}
+		s.hello(w, r)
+	})
+	mux.HandleFunc("POST /delay", func(w http.ResponseWriter, r *http.Request) {
+		d, ok := parseMS(w, r)
+		if !ok {
+			return
+		}
+		s.delay.Store(int64(d))
+		fmt.Fprintf(w, "every request now waits %v\n", d)
+	})
 	mux.HandleFunc("GET /health", s.health)
 	mux.HandleFunc("POST /health/fail", func(w http.ResponseWriter, _ *http.Request) {
 		s.unhealthy.Store(true)
@@ -73,21 +89,36 @@ func (s *server) health(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprint(w, "OK")
 }
 
-// slow waits before answering, to show least-connections at work; it stops
-// early when the client goes away.
+// slow waits before answering, to show least-connections at work.
 func (s *server) slow(w http.ResponseWriter, r *http.Request) {
+	d, ok := parseMS(w, r)
+	if ok && s.wait(r, d) {
+		s.hello(w, r)
+	}
+}
+
+// parseMS reads ?ms=N as a duration of at most maxSlow.
+func parseMS(w http.ResponseWriter, r *http.Request) (time.Duration, bool) {
 	ms, err := strconv.Atoi(r.URL.Query().Get("ms"))
 	if err != nil || ms < 0 {
 		http.Error(w, "ms must be a non-negative integer", http.StatusBadRequest)
-		return
+		return 0, false
 	}
-	wait := min(time.Duration(ms)*time.Millisecond, maxSlow)
-	timer := time.NewTimer(wait)
+	return min(time.Duration(ms)*time.Millisecond, maxSlow), true
+}
+
+// wait sleeps for d, or until the client goes away (then it returns false).
+func (s *server) wait(r *http.Request, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	timer := time.NewTimer(d)
 	defer timer.Stop()
 	select {
 	case <-timer.C:
-		s.hello(w, r)
+		return true
 	case <-r.Context().Done():
+		return false
 	}
 }
 

@@ -120,3 +120,26 @@ func TestDefaultNamePrefersAppName(t *testing.T) {
 		t.Errorf("defaultName() = %q with APP_NAME=app9", got)
 	}
 }
+
+func TestDelaySlowsEveryRequestUntilTurnedOff(t *testing.T) {
+	s := &server{name: "app2"}
+	if rec := serve(t, s, httptest.NewRequest("POST", "/delay?ms=30", nil)); rec.Code != 200 {
+		t.Fatalf("POST /delay: %d", rec.Code)
+	}
+	if time.Duration(s.delay.Load()) != 30*time.Millisecond {
+		t.Fatalf("delay %v, want 30ms", time.Duration(s.delay.Load()))
+	}
+	// a request that gives up before the delay gets no answer
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if rec := serve(t, s, httptest.NewRequest("GET", "/", nil).WithContext(ctx)); rec.Body.Len() != 0 {
+		t.Fatalf("a cancelled request was answered: %q", rec.Body)
+	}
+	serve(t, s, httptest.NewRequest("POST", "/delay?ms=0", nil))
+	if rec := serve(t, s, httptest.NewRequest("GET", "/", nil)); !strings.Contains(rec.Body.String(), "app2") {
+		t.Fatalf("after turning the delay off: %q", rec.Body)
+	}
+	if rec := serve(t, s, httptest.NewRequest("POST", "/delay?ms=x", nil)); rec.Code != 400 {
+		t.Fatalf("bad ms: %d", rec.Code)
+	}
+}
