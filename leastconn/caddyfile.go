@@ -94,6 +94,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err(strings.TrimPrefix(err.Error(), "lbpool: "))
 			}
 			i, ok := keys[a.key]
+			if !ok && !strings.Contains(raw, "://") {
+				// host:port names the backend whatever its scheme
+				i, ok = keys["https://"+a.hostport]
+			}
 			if !ok {
 				return d.Errf("weight: backend %s is not in this pool (list it before weighting it)", a.display)
 			}
