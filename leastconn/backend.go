@@ -153,6 +153,8 @@ type Backend struct {
 	retries  atomic.Uint64
 	latency  ewma // of proxied requests' time to response headers
 
+	h1 h1Pool // kept-alive connections of the direct path
+
 	refs int // guarded by registry.mu
 
 	// Health bookkeeping, not on the hot path.

@@ -48,6 +48,7 @@ func (b *Backend) startChecker() {
 func (b *Backend) stopChecker() {
 	b.stop()
 	<-b.done
+	b.h1.prune(time.Now(), 0)
 }
 
 // checkNow asks the checker for a check at once, without waiting for it.
@@ -113,6 +114,7 @@ func (b *Backend) runChecks(ctx context.Context) {
 				}
 			}
 		}
+		b.h1.prune(time.Now(), h1IdleTimeout)
 		timer.Reset(nextCheckIn(spec.healthInterval))
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,15 +51,16 @@ func newTransport(ts transportSettings) *http.Transport {
 			}
 			return c, nil
 		},
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          0, // no global cap; the per-host one bounds it
-		MaxIdleConnsPerHost:   1024,
-		IdleConnTimeout:       2 * time.Minute,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		ResponseHeaderTimeout: ts.responseHeaderTimeout,
-		DisableCompression:    true,
-		TLSClientConfig:       newTLSConfig(ts.tlsInsecure),
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           0, // no global cap; the per-host one bounds it
+		MaxIdleConnsPerHost:    1024,
+		IdleConnTimeout:        2 * time.Minute,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		ResponseHeaderTimeout:  ts.responseHeaderTimeout,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: maxResponseHeaderBytes,
+		TLSClientConfig:        newTLSConfig(ts.tlsInsecure),
 	}
 }
 
@@ -176,7 +179,16 @@ func removeHopHeaders(h http.Header) {
 // outgoing prepares the request sent to backends; each try sets only the
 // destination.
 func (h *Handler) outgoing(r *http.Request) *http.Request {
-	out := r.Clone(r.Context())
+	// a shallow copy with its own URL and header map; header values are
+	// shared with the incoming request and only ever replaced, never changed
+	out := new(http.Request)
+	*out = *r
+	u := *r.URL
+	out.URL = &u
+	out.Header = make(http.Header, len(r.Header)+4)
+	for k, vv := range r.Header {
+		out.Header[k] = vv
+	}
 	out.RequestURI = ""
 	out.Close = false
 	if r.ContentLength == 0 {
@@ -200,7 +212,7 @@ func (h *Handler) outgoing(r *http.Request) *http.Request {
 		out.Header.Set("Upgrade", upgrade)
 	}
 	if _, ok := out.Header["User-Agent"]; !ok {
-		out.Header["User-Agent"] = []string{""} // keep Go's default agent out
+		out.Header["User-Agent"] = emptyValue // keep Go's default agent out
 	}
 	setForwarded(r, out.Header)
 	return out
@@ -218,18 +230,23 @@ func setForwarded(r *http.Request, h http.Header) {
 	if prior := h["X-Forwarded-For"]; trusted && len(prior) > 0 {
 		ip = strings.Join(prior, ", ") + ", " + ip
 	}
-	h["X-Forwarded-For"] = []string{ip}
+	vals := make([]string, 3) // one allocation for the three headers
+	vals[0] = ip
+	h["X-Forwarded-For"] = vals[0:1:1]
 	if !trusted || h.Get("X-Forwarded-Proto") == "" {
-		proto := "http"
+		vals[1] = "http"
 		if r.TLS != nil {
-			proto = "https"
+			vals[1] = "https"
 		}
-		h["X-Forwarded-Proto"] = []string{proto}
+		h["X-Forwarded-Proto"] = vals[1:2:2]
 	}
 	if !trusted || h.Get("X-Forwarded-Host") == "" {
-		h["X-Forwarded-Host"] = []string{r.Host}
+		vals[2] = r.Host
+		h["X-Forwarded-Host"] = vals[2:3:3]
 	}
 }
+
+var emptyValue = []string{""}
 
 type keepOpenBody struct{ io.ReadCloser }
 
@@ -247,7 +264,14 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	}
 
 	start := time.Now()
-	resp, err := h.spec.transport.RoundTrip(out)
+	var resp *http.Response
+	var done func(reuse bool) // set on the direct path: gives the connection back
+	var err error
+	if directOK(out, b) {
+		resp, done, err = h.roundTripDirect(w, out, b)
+	} else {
+		resp, err = h.roundTripTransport(w, out)
+	}
 	if err != nil {
 		var de dialError
 		var ne net.Error
@@ -259,16 +283,27 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	}
 	b.latency.observe(time.Since(start))
 	b.requests.Add(1)
-	defer resp.Body.Close()
+	clean := false // the body was read to its end: the connection can be reused
+	defer func() {
+		if done == nil {
+			resp.Body.Close()
+			return
+		}
+		if clean {
+			resp.Body.Close()
+			done(true)
+			return
+		}
+		done(false) // close the connection first: Close must not drain a body left unread
+		resp.Body.Close()
+	}()
 
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return h.tunnel(w, r, resp, b)
 	}
 	hdr := w.Header()
 	removeHopHeaders(resp.Header)
-	for k, vv := range resp.Header {
-		hdr[k] = append(hdr[k], vv...)
-	}
+	copyHeader(hdr, resp.Header)
 	announced := len(resp.Trailer)
 	if announced > 0 {
 		names := make([]string, 0, announced)
@@ -286,6 +321,7 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		// the status is out: the only way to tell the client is to abort
 		panic(http.ErrAbortHandler)
 	}
+	clean = true
 	if len(resp.Trailer) == announced {
 		for k, vv := range resp.Trailer {
 			hdr[k] = vv
@@ -298,12 +334,60 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	return nil
 }
 
+// copyHeader adds src's values to dst; a key dst lacks takes src's slice as
+// it is (src is the backend's response, read once and dropped).
+func copyHeader(dst, src http.Header) {
+	for k, vv := range src {
+		if prior := dst[k]; len(prior) > 0 {
+			dst[k] = append(prior, vv...)
+		} else {
+			dst[k] = vv
+		}
+	}
+}
+
 func setBasicAuth(h http.Header, u interface {
 	Username() string
 	Password() (string, bool)
 }) {
 	p, _ := u.Password()
 	h.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.Username()+":"+p)))
+}
+
+// roundTripTransport sends out through net/http's Transport, forwarding
+// informational responses (103 Early Hints) to the client as they come.
+func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (*http.Response, error) {
+	var mu sync.Mutex
+	returned := false
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, hdr textproto.MIMEHeader) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if !returned { // the Transport may call this from its own goroutine
+			forward1xx(w, code, http.Header(hdr))
+		}
+		return nil
+	}}
+	resp, err := h.spec.transport.RoundTrip(out.WithContext(httptrace.WithClientTrace(out.Context(), trace)))
+	mu.Lock()
+	returned = true
+	mu.Unlock()
+	return resp, err
+}
+
+// forward1xx passes an informational response (other than 100 Continue,
+// which the server sends itself when the body is read) to the client.
+func forward1xx(w http.ResponseWriter, code int, hdr http.Header) {
+	if code == http.StatusContinue {
+		return
+	}
+	dst := w.Header()
+	for k, vv := range hdr {
+		dst[k] = vv
+	}
+	w.WriteHeader(code)
+	for k := range hdr { // they belonged to the informational response only
+		delete(dst, k)
+	}
 }
 
 // flushesAtOnce: server-sent events and bodies of unknown length reach the
@@ -369,9 +453,7 @@ func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, resp *http.Resp
 
 	hdr := w.Header()
 	removeHopHeaders(resp.Header)
-	for k, vv := range resp.Header {
-		hdr[k] = append(hdr[k], vv...)
-	}
+	copyHeader(hdr, resp.Header)
 	hdr.Set("Connection", "Upgrade")
 	hdr.Set("Upgrade", resp.Header.Get("Upgrade"))
 	if hdr.Get("Upgrade") == "" {

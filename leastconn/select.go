@@ -1,13 +1,16 @@
 package leastconn
 
-import "time"
+import (
+	"math/rand/v2"
+	"time"
+)
 
 // Selection is weighted least connections: the pick minimises
-// (active+1)/weight over backends that are up and ready. The scan starts just
-// after the backend picked last, and only a strictly better backend replaces
-// the first one found, so ties rotate round-robin: an idle pool of n backends
-// is visited in turn, and a backend that is out does not double the share of
-// its neighbour (as starting at a counter that skips over it would). The chosen backend's active count is raised at once,
+// (active+1)/weight over backends that are up and ready. In an idle pool
+// ties rotate round-robin: the scan starts just after the backend picked
+// last, so n backends are visited in turn, and a backend that is out does
+// not double the share of its neighbour (as a counter that skips over it
+// would). The chosen backend's active count is raised at once,
 // before the request is sent, so concurrent picks see it.
 //
 // The pick takes no lock and allocates nothing: per backend it reads two
@@ -47,13 +50,39 @@ func (t *triedSet) add(i int) {
 	t.big[i/64] |= 1 << uint(i%64)
 }
 
+// Pools of up to exactScanMax backends are scanned whole: the pick is exact.
+// Larger pools sample sampleSize backends at random and take the best of
+// them (Envoy's least-request "choices" in the weighted form), so the cost
+// stays flat however large the pool grows; if none of the sampled backends
+// can take traffic, the full scan decides.
+const (
+	exactScanMax = 64
+	sampleSize   = 4
+)
+
 // pick chooses a backend not in tried, raises its active count and returns
 // its index, or -1 when no backend can take traffic.
 func (h *Handler) pick(tried *triedSet) int {
+	if len(h.backends) > exactScanMax {
+		if i := h.pickSampled(tried); i >= 0 {
+			return i
+		}
+	}
+	return h.pickExact(tried)
+}
+
+// pickExact scans every backend. When the pool is idle (nothing in flight,
+// as with sequential requests) ties go round-robin: the scan starts just
+// after the last pick, and the first of the tied wins. Under load, a tie is
+// broken at random among the tied instead, so concurrent picks do not all
+// write one shared rotation counter (on two cores that shared write costs
+// more than the rest of the pick).
+func (h *Handler) pickExact(tried *triedSet) int {
 	bs := h.backends
 	n := len(bs)
 	start := int(h.lease.next.Load() % uint64(n))
-	best := -1
+	first, ties := -1, 0
+	idle := true
 	var bestLoad, bestWeight, now int64
 	for i := 0; i < n; i++ {
 		j := start + i
@@ -70,14 +99,89 @@ func (h *Handler) pick(tried *triedSet) int {
 			w = b.rampedWeight(w, &now)
 		}
 		load := b.active.Load() + 1
-		// load/w < bestLoad/bestWeight, without division
-		if best < 0 || load*bestWeight < bestLoad*w {
-			best, bestLoad, bestWeight = j, load, w
+		if load != 1 {
+			idle = false
+		}
+		// compare load/w with bestLoad/bestWeight without dividing
+		switch lhs, rhs := load*bestWeight, bestLoad*w; {
+		case first < 0 || lhs < rhs:
+			first, ties = j, 1
+			bestLoad, bestWeight = load, w
+		case lhs == rhs:
+			ties++
+		}
+	}
+	if first < 0 {
+		return -1
+	}
+	chosen := first
+	switch {
+	case idle:
+		h.lease.next.Store(uint64(first) + 1)
+	case ties > 1:
+		chosen = h.nthTied(tried, start, rand.N(ties), bestLoad, bestWeight, first)
+	}
+	bs[chosen].active.Add(1)
+	return chosen
+}
+
+// nthTied finds the k-th backend (in scan order) whose load/weight equals
+// load/weight; counts may have moved since the scan, so it falls back to def.
+func (h *Handler) nthTied(tried *triedSet, start, k int, load, weight int64, def int) int {
+	bs := h.backends
+	n := len(bs)
+	var now int64
+	for i := 0; i < n; i++ {
+		j := start + i
+		if j >= n {
+			j -= n
+		}
+		b := bs[j]
+		f := b.flags.Load()
+		if f&flagsUnavailable != 0 || tried.has(j) {
+			continue
+		}
+		w := b.weight.Load() * weightScale
+		if f&flagRamp != 0 {
+			w = b.rampedWeight(w, &now)
+		}
+		if (b.active.Load()+1)*weight == load*w {
+			if k == 0 {
+				return j
+			}
+			k--
+		}
+	}
+	return def
+}
+
+// pickSampled takes the best of sampleSize backends drawn at random.
+func (h *Handler) pickSampled(tried *triedSet) int {
+	bs := h.backends
+	n := uint64(len(bs))
+	best := -1
+	var bestLoad, bestWeight, now int64
+	for range sampleSize / 2 {
+		r := rand.Uint64()
+		for _, half := range [2]uint64{r >> 32, r & 0xffffffff} {
+			j := int(half * n >> 32) // uniform in [0, n) without division
+			b := bs[j]
+			f := b.flags.Load()
+			if f&flagsUnavailable != 0 || tried.has(j) {
+				continue
+			}
+			w := b.weight.Load() * weightScale
+			if f&flagRamp != 0 {
+				w = b.rampedWeight(w, &now)
+			}
+			load := b.active.Load() + 1
+			if best < 0 || load*bestWeight < bestLoad*w {
+				best, bestLoad, bestWeight = j, load, w
+			}
 		}
 	}
 	if best >= 0 {
 		bs[best].active.Add(1)
-		h.lease.next.Store(uint64(best) + 1)
 	}
 	return best
 }

@@ -199,6 +199,10 @@ func TestPickAllocatesNothing(t *testing.T) {
 	}
 }
 
+// benchmarkPick measures the pick two ways: serial on an idle pool (each
+// pick released at once: the round-robin path), and in parallel under
+// steady load, each goroutine keeping 8 requests in flight and releasing the
+// oldest as it picks a new one (the path real traffic takes).
 func benchmarkPick(b *testing.B, n int) {
 	h := newTestHandler(make([]int, n)...)
 	for i, be := range h.backends {
@@ -215,9 +219,19 @@ func benchmarkPick(b *testing.B, n int) {
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+			var inflight [8]int
+			for k := range inflight {
 				var tried triedSet
-				i := h.pick(&tried)
+				inflight[k] = h.pick(&tried)
+			}
+			k := 0
+			for pb.Next() {
+				h.backends[inflight[k]].active.Add(-1)
+				var tried triedSet
+				inflight[k] = h.pick(&tried)
+				k = (k + 1) % len(inflight)
+			}
+			for _, i := range inflight {
 				h.backends[i].active.Add(-1)
 			}
 		})
@@ -228,3 +242,47 @@ func BenchmarkPick3(b *testing.B)    { benchmarkPick(b, 3) }
 func BenchmarkPick16(b *testing.B)   { benchmarkPick(b, 16) }
 func BenchmarkPick256(b *testing.B)  { benchmarkPick(b, 256) }
 func BenchmarkPick4096(b *testing.B) { benchmarkPick(b, 4096) }
+
+func TestSampledPickOnLargePoolsPrefersTheLessLoaded(t *testing.T) {
+	h := newTestHandler(make([]int, 1000)...)
+	for i, b := range h.backends {
+		b.weight.Store(1)
+		switch i % 4 {
+		case 0:
+			b.flags.Store(flagDown)
+		case 1:
+			b.active.Store(50)
+		}
+	}
+	idle := 0
+	for range 10000 {
+		var tried triedSet
+		i := h.pick(&tried)
+		if i%4 == 0 {
+			t.Fatalf("picked unavailable backend %d", i)
+		}
+		if h.backends[i].active.Add(-1) == 0 {
+			idle++
+		}
+	}
+	// a busy backend wins only when every sampled backend was busy or down
+	if idle < 9000 {
+		t.Fatalf("only %d of 10000 picks went to an idle backend", idle)
+	}
+}
+
+func TestSampledPickFallsBackToTheFullScan(t *testing.T) {
+	h := newTestHandler(make([]int, 500)...)
+	for _, b := range h.backends {
+		b.weight.Store(1)
+		b.flags.Store(flagDown)
+	}
+	h.backends[321].flags.Store(0)
+	for range 100 {
+		var tried triedSet
+		if i := h.pick(&tried); i != 321 {
+			t.Fatalf("picked %d, want the only backend up, 321", i)
+		}
+		h.backends[321].active.Add(-1)
+	}
+}

@@ -301,11 +301,13 @@ func (b *Backend) URL() string { return "http://" + b.addr }
 // Close stops the backend (and closes its open connections).
 func (b *Backend) Close() {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.Server != nil {
-		b.Server.CloseClientConnections()
-		b.Server.Close()
-		b.Server = nil
+	s := b.Server
+	b.Server = nil
+	b.mu.Unlock()
+	// not under b.mu: Close waits for handlers, and handlers take b.mu
+	if s != nil {
+		s.CloseClientConnections()
+		s.Close()
 	}
 }
 

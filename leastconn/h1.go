@@ -1,0 +1,225 @@
+package leastconn
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// The direct path: requests without a body to plain-HTTP backends are
+// written and their responses read on the handling goroutine, over a
+// backend's own pool of kept-alive connections. net/http's Transport hands
+// every request to per-connection reader and writer goroutines; for the
+// common small GET that handoff is most of a proxy's client-side cost.
+// Requests with bodies, upgrades and HTTPS backends go through the
+// Transport, which handles 100-continue, HTTP/2 and TLS.
+
+const (
+	h1MaxIdle     = 1024            // idle connections kept per backend
+	h1IdleTimeout = 2 * time.Minute // idle connections older than this are closed
+	h1BufferSize  = 16 << 10
+)
+
+// maxResponseHeaderBytes bounds a backend's response headers, as
+// net/http's Transport does by default.
+const maxResponseHeaderBytes = 10 << 20
+
+var errHeadersTooLarge = errors.New("backend response headers over 10 MiB")
+
+// h1Conn is one kept-alive connection to a backend.
+type h1Conn struct {
+	net.Conn
+	br       *bufio.Reader // reads through Read, so that limit applies
+	bw       *bufio.Writer
+	lastUsed time.Time
+	limit    int64 // bytes Read may still return; bounds headers
+}
+
+// Read reads from the connection, at most limit bytes in all.
+func (c *h1Conn) Read(p []byte) (int, error) {
+	if c.limit <= 0 {
+		return 0, errHeadersTooLarge
+	}
+	if int64(len(p)) > c.limit {
+		p = p[:c.limit]
+	}
+	n, err := c.Conn.Read(p)
+	c.limit -= int64(n)
+	return n, err
+}
+
+// h1Pool is a backend's stack of idle connections; the most recently used
+// is reused first, so a quiet pool lets the older ones age out.
+type h1Pool struct {
+	mu   sync.Mutex
+	idle []*h1Conn
+}
+
+var bufPool = struct{ r, w sync.Pool }{}
+
+func (p *h1Pool) get(now time.Time) *h1Conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for n := len(p.idle); n > 0; n = len(p.idle) {
+		c := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		if now.Sub(c.lastUsed) < h1IdleTimeout {
+			return c
+		}
+		c.close()
+	}
+	return nil
+}
+
+// put keeps c for reuse, or closes it when the pool is full.
+func (p *h1Pool) put(c *h1Conn, now time.Time) {
+	c.lastUsed = now
+	p.mu.Lock()
+	if len(p.idle) < h1MaxIdle {
+		p.idle = append(p.idle, c)
+		c = nil
+	}
+	p.mu.Unlock()
+	if c != nil {
+		c.close()
+	}
+}
+
+// prune closes connections idle for longer than maxIdle (all with 0).
+func (p *h1Pool) prune(now time.Time, maxIdle time.Duration) {
+	p.mu.Lock()
+	var stale []*h1Conn
+	keep := p.idle[:0]
+	for _, c := range p.idle {
+		if maxIdle > 0 && now.Sub(c.lastUsed) < maxIdle {
+			keep = append(keep, c)
+		} else {
+			stale = append(stale, c)
+		}
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+	p.mu.Unlock()
+	for _, c := range stale {
+		c.close()
+	}
+}
+
+func (c *h1Conn) close() {
+	_ = c.Conn.Close()
+	c.br.Reset(nil)
+	c.bw.Reset(nil)
+	bufPool.r.Put(c.br)
+	bufPool.w.Put(c.bw)
+}
+
+func newH1Conn(nc net.Conn) *h1Conn {
+	c := &h1Conn{Conn: nc}
+	br, _ := bufPool.r.Get().(*bufio.Reader)
+	if br == nil {
+		br = bufio.NewReaderSize(c, h1BufferSize)
+	} else {
+		br.Reset(c)
+	}
+	bw, _ := bufPool.w.Get().(*bufio.Writer)
+	if bw == nil {
+		bw = bufio.NewWriterSize(nc, h1BufferSize)
+	} else {
+		bw.Reset(nc)
+	}
+	c.br, c.bw = br, bw
+	return c
+}
+
+// directOK tells whether a try may take the direct path.
+func directOK(out *http.Request, b *Backend) bool {
+	return b.addr.scheme == "http" && out.Body == nil && out.Header["Upgrade"] == nil
+}
+
+// aLongTimeAgo is a deadline that has passed: setting it makes blocked reads
+// and writes return at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// roundTripDirect sends out to b on a pooled connection and reads the
+// response headers. The caller owns the returned connection: it goes back
+// to the pool (done(true)) only once the body was read to its end.
+func (h *Handler) roundTripDirect(w http.ResponseWriter, out *http.Request, b *Backend) (*http.Response, func(reuse bool), error) {
+	ctx := out.Context()
+	s := h.spec
+	for attempt := 0; ; attempt++ {
+		now := time.Now()
+		c := b.h1.get(now)
+		reused := c != nil
+		if c == nil {
+			d := net.Dialer{Timeout: s.dialTimeout, KeepAlive: 30 * time.Second}
+			nc, err := d.DialContext(ctx, "tcp", b.addr.hostport)
+			if err != nil {
+				return nil, nil, dialError{err}
+			}
+			c = newH1Conn(nc)
+		}
+		// the response-header timeout covers writing the request too; a
+		// client that goes away unblocks the read at once
+		_ = c.SetDeadline(now.Add(s.responseHeaderTimeout))
+		stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(aLongTimeAgo) })
+		resp, err := writeAndRead(c, out, w)
+		if err == nil {
+			_ = c.SetDeadline(time.Time{})
+			done := func(reuse bool) {
+				if stop() && reuse && !resp.Close {
+					b.h1.put(c, time.Now())
+					return
+				}
+				c.close()
+			}
+			return resp, done, nil
+		}
+		stop()
+		c.close()
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		// a kept-alive connection the backend closed while it was idle:
+		// nothing was processed, so one more try on a new connection
+		if reused && attempt == 0 && staleConn(err) {
+			continue
+		}
+		return nil, nil, err
+	}
+}
+
+func writeAndRead(c *h1Conn, out *http.Request, w http.ResponseWriter) (*http.Response, error) {
+	if err := out.Write(c.bw); err != nil {
+		return nil, err
+	}
+	if err := c.bw.Flush(); err != nil {
+		return nil, err
+	}
+	c.limit = maxResponseHeaderBytes
+	defer func() { c.limit = math.MaxInt64 }() // the body is bounded by the caller
+	for range 5 {
+		resp, err := http.ReadResponse(c.br, out)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		forward1xx(w, resp.StatusCode, resp.Header)
+	}
+	return nil, errors.New("too many informational responses")
+}
+
+// staleConn: the error of a connection that was closed on the other side.
+func staleConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}

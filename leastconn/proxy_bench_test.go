@@ -1,0 +1,110 @@
+package leastconn
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+// The request path through each handler's ServeHTTP, side by side: lbpool
+// and Caddy's reverse_proxy with least_conn, over the same three local
+// backends, driven the way Caddy's server drives a handler.
+//
+//	go test -run '^$' -bench Proxy -benchmem ./leastconn
+
+func benchBackends(b *testing.B) []string {
+	var addrs []string
+	for range 3 {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = io.WriteString(w, "hello from a backend\n")
+		}))
+		b.Cleanup(s.Close)
+		addrs = append(addrs, s.Listener.Addr().String())
+	}
+	return addrs
+}
+
+// benchServer stands for the Caddy server a request arrives on.
+var benchServer = new(caddyhttp.Server)
+
+func benchContext(b *testing.B) caddy.Context {
+	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ctx
+}
+
+// serveLikeCaddy runs one request through h with the request context Caddy's
+// server sets up, and checks the answer.
+func serveLikeCaddy(b *testing.B, h caddyhttp.MiddlewareHandler) {
+	req := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
+	req.RemoteAddr = "127.0.0.1:40000"
+	rec := httptest.NewRecorder()
+	repl := caddy.NewReplacer()
+	req = caddyhttp.PrepareRequest(req, repl, rec, benchServer)
+	if err := h.ServeHTTP(rec, req, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })); err != nil {
+		b.Fatal(err)
+	}
+	if rec.Code != http.StatusOK {
+		b.Fatalf("status %d", rec.Code)
+	}
+}
+
+func BenchmarkProxy(b *testing.B) {
+	addrs := benchBackends(b)
+	ctx := benchContext(b)
+
+	lb := &Handler{Name: "bench", HealthInterval: caddy.Duration(3600e9)}
+	for _, a := range addrs {
+		lb.Backends = append(lb.Backends, BackendConfig{URL: a})
+	}
+	if err := lb.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = lb.Cleanup() })
+
+	rp := &reverseproxy.Handler{
+		LoadBalancing: &reverseproxy.LoadBalancing{
+			SelectionPolicyRaw: caddyconfig.JSONModuleObject(reverseproxy.LeastConnSelection{}, "policy", "least_conn", nil),
+		},
+	}
+	for _, a := range addrs {
+		rp.Upstreams = append(rp.Upstreams, &reverseproxy.Upstream{Dial: a})
+	}
+	raw, _ := json.Marshal(rp)
+	rp = new(reverseproxy.Handler)
+	_ = json.Unmarshal(raw, rp)
+	if err := rp.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = rp.Cleanup() })
+
+	for _, tc := range []struct {
+		name string
+		h    caddyhttp.MiddlewareHandler
+	}{{"lbpool", lb}, {"reverse_proxy", rp}} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				serveLikeCaddy(b, tc.h)
+			}
+		})
+		b.Run(tc.name+"/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					serveLikeCaddy(b, tc.h)
+				}
+			})
+		})
+	}
+}
