@@ -526,24 +526,27 @@ func TestDemoTopologySurvivesLosingABackend(t *testing.T) {
 	t.Cleanup(transport.CloseIdleConnections)
 	client := &http.Client{Transport: transport, Timeout: 5 * time.Second}
 
+	// On failure, show what the processes said. Registered before they
+	// start, so it runs after their cleanups have stopped them (their output
+	// is complete) and before the temporary folder is removed.
 	procs := map[string]*demoProc{}
-	for i, name := range names {
-		procs[name] = startBackend(t, ctx, client, backendBin, name, backendPorts[i], 0)
-	}
-	caddy := startProc(t, ctx, "caddy", caddyEnv(t), caddyBin, "run", "--config", config, "--adapter", "caddyfile")
-	// Registered after the processes' cleanups, so it runs before them, while
-	// their output is complete but the temporary folder still exists.
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
 		}
-		log, _ := os.ReadFile(logFile)
-		t.Logf("caddy stdout/stderr:\n%s", tail(caddy.out.String(), 32<<10))
-		t.Logf("caddy log file:\n%s", tail(string(log), 64<<10))
-		for _, name := range names {
-			t.Logf("%s output:\n%s", name, tail(procs[name].out.String(), 4<<10))
+		for _, name := range append([]string{"caddy"}, names...) {
+			if p := procs[name]; p != nil {
+				t.Logf("%s stdout/stderr:\n%s", name, tail(p.out.String(), 32<<10))
+			}
 		}
+		log, _ := os.ReadFile(logFile)
+		t.Logf("caddy log file:\n%s", tail(string(log), 64<<10))
 	})
+	for i, name := range names {
+		procs[name] = startBackend(t, ctx, client, backendBin, name, backendPorts[i], 0)
+	}
+	caddy := startProc(t, ctx, "caddy", caddyEnv(t), caddyBin, "run", "--config", config, "--adapter", "caddyfile")
+	procs["caddy"] = caddy
 
 	took := poll(t, startBound, "the balancer answers GET /", func() (bool, string) {
 		if done, err := caddy.exited(); done {
