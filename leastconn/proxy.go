@@ -90,16 +90,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		lastErr = fail.err
 		b.failures.Add(1)
-		if fail.reached {
-			if fail.timeout {
-				writeError(w, http.StatusGatewayTimeout, "lbpool: backend did not answer in time", 0)
-				return nil
-			}
-			if !retryableAfterConnect(r, out) {
-				break
-			}
+		if fail.timeout {
+			// slow, not unreachable: the active checks judge its health
+			writeError(w, http.StatusGatewayTimeout, "lbpool: backend did not answer in time", 0)
+			return nil
 		}
 		b.passiveFailure(failReason(fail.err))
+		if fail.reached && !retryableAfterConnect(r, out) {
+			break
+		}
 		if try < h.retries {
 			b.retries.Add(1)
 		}
@@ -278,7 +277,7 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		return &tryError{
 			err:     err,
 			reached: !errors.As(err, &de),
-			timeout: errors.As(err, &ne) && ne.Timeout() && !errors.As(err, &de),
+			timeout: errors.As(err, &ne) && ne.Timeout() && !errors.As(err, &de), // a dial timeout is unreachable
 		}
 	}
 	b.latency.observe(time.Since(start))
