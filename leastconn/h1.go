@@ -58,8 +58,9 @@ func (c *h1Conn) Read(p []byte) (int, error) {
 // h1Pool is a backend's stack of idle connections; the most recently used
 // is reused first, so a quiet pool lets the older ones age out.
 type h1Pool struct {
-	mu   sync.Mutex
-	idle []*h1Conn
+	mu     sync.Mutex
+	idle   []*h1Conn
+	closed bool // the backend left its pool: late returns are closed
 }
 
 var bufPool = struct{ r, w sync.Pool }{}
@@ -83,7 +84,7 @@ func (p *h1Pool) get(now time.Time) *h1Conn {
 func (p *h1Pool) put(c *h1Conn, now time.Time) {
 	c.lastUsed = now
 	p.mu.Lock()
-	if len(p.idle) < h1MaxIdle {
+	if !p.closed && len(p.idle) < h1MaxIdle {
 		p.idle = append(p.idle, c)
 		c = nil
 	}
@@ -93,9 +94,13 @@ func (p *h1Pool) put(c *h1Conn, now time.Time) {
 	}
 }
 
-// prune closes connections idle for longer than maxIdle (all with 0).
+// prune closes connections idle for longer than maxIdle. With 0 it closes
+// them all, and the pool for good.
 func (p *h1Pool) prune(now time.Time, maxIdle time.Duration) {
 	p.mu.Lock()
+	if maxIdle == 0 {
+		p.closed = true
+	}
 	var stale []*h1Conn
 	keep := p.idle[:0]
 	for _, c := range p.idle {
