@@ -1,0 +1,60 @@
+package leastconn
+
+import (
+	"net"
+	"testing"
+	"time"
+)
+
+func pipeConn(t *testing.T) *h1Conn {
+	a, b := net.Pipe()
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return newH1Conn(a)
+}
+
+func TestH1PoolReusesTheMostRecentAndDropsStaleOnes(t *testing.T) {
+	var p h1Pool
+	now := time.Now()
+	old, recent := pipeConn(t), pipeConn(t)
+	p.put(old, now.Add(-h1IdleTimeout-time.Second))
+	p.put(recent, now)
+	if got := p.get(now); got != recent {
+		t.Fatal("get did not return the most recently used connection")
+	}
+	if got := p.get(now); got != nil {
+		t.Fatal("a connection idle past the timeout was reused")
+	}
+}
+
+func TestH1PoolPrunesAndClosesForGood(t *testing.T) {
+	var p h1Pool
+	now := time.Now()
+	p.put(pipeConn(t), now.Add(-time.Hour))
+	p.put(pipeConn(t), now)
+	p.prune(now, time.Minute)
+	if len(p.idle) != 1 {
+		t.Fatalf("%d idle after pruning the stale one, want 1", len(p.idle))
+	}
+	p.prune(now, 0)
+	p.put(pipeConn(t), now)
+	if len(p.idle) != 0 || p.get(now) != nil {
+		t.Fatal("a closed pool kept a connection")
+	}
+}
+
+func TestH1ConnBoundsWhatItReads(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	c := newH1Conn(a)
+	c.limit = 4
+	go func() { _, _ = b.Write([]byte("0123456789")) }()
+	buf := make([]byte, 10)
+	n, err := c.Read(buf)
+	if n != 4 || err != nil {
+		t.Fatalf("read %d (%v), want the 4 allowed bytes", n, err)
+	}
+	if _, err := c.Read(buf); err != errHeadersTooLarge {
+		t.Fatalf("read past the limit: %v, want errHeadersTooLarge", err)
+	}
+}
