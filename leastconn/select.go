@@ -71,6 +71,11 @@ func (h *Handler) pick(tried *triedSet) int {
 	return h.pickExact(tried)
 }
 
+// The three scans below (exact, tied, sampled) repeat the few lines that
+// read a backend's flags, weight and load: a shared helper is not inlined
+// (too costly for the compiler's budget), and the call costs more than the
+// rest of a 3-backend pick.
+
 // pickExact scans every backend. When the pool is idle (nothing in flight,
 // as with sequential requests) ties go round-robin: the scan starts just
 // after the last pick, and the first of the tied wins. Under load, a tie is
