@@ -9,7 +9,6 @@ import (
 	"runtime/pprof"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -174,30 +173,13 @@ func TestKilledBackendUnderLoadCostsNoFailedGETAndIsDownWithinASecond(t *testing
 	victim := lbtest.NewBackend(t, "victim", nil)
 	b := lbtest.NewBackend(t, "b", nil)
 	c.Load(t, site(c, "", a, victim, b)) // default interval: 20s
-	stop := make(chan struct{})
-	var failed, sent atomic.Int64
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for sent.Add(1) < 50000 {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				resp, err := c.Client().Get(c.URL("/"))
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					failed.Add(1)
-				}
-			}
-		})
-	}
+	var stop atomic.Bool
+	var sent, failed int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sent, failed = c.Traffic(8, 50000, "/", stop.Load)
+	}()
 	lbtest.Eventually(t, 10*time.Second, "traffic on the victim", func() bool { return victim.Requests.Load() > 50 })
 	victim.Close()
 	lbtest.Eventually(t, time.Second, "the killed backend down in the stats", func() bool {
@@ -205,10 +187,10 @@ func TestKilledBackendUnderLoadCostsNoFailedGETAndIsDownWithinASecond(t *testing
 	})
 	before := a.Requests.Load() + b.Requests.Load()
 	lbtest.Eventually(t, 10*time.Second, "traffic to move", func() bool { return a.Requests.Load()+b.Requests.Load() > before+200 })
-	close(stop)
-	wg.Wait()
-	if failed.Load() != 0 {
-		t.Fatalf("%d of %d GETs failed when a backend was killed", failed.Load(), sent.Load())
+	stop.Store(true)
+	<-done
+	if failed != 0 {
+		t.Fatalf("%d of %d GETs failed when a backend was killed", failed, sent)
 	}
 	lines := c.Logs(`"status change"`, victim.URL(), `"status":"down"`)
 	if len(lines) != 1 {
@@ -304,26 +286,8 @@ func TestSlowStartGivesARecoveredBackendASmallShareFirst(t *testing.T) {
 func loadFor(t *testing.T, c *lbtest.Caddy, clients int, d time.Duration) int64 {
 	t.Helper()
 	deadline := time.Now().Add(d)
-	var failed atomic.Int64
-	var wg sync.WaitGroup
-	for range clients {
-		wg.Go(func() {
-			for time.Now().Before(deadline) {
-				resp, err := c.Client().Get(c.URL("/"))
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					failed.Add(1)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return failed.Load()
+	_, failed := c.Traffic(clients, 1<<30, "/", func() bool { return time.Now().After(deadline) })
+	return failed
 }
 
 func TestHealthStateSurvivesReload(t *testing.T) {

@@ -17,46 +17,17 @@ import (
 	"github.com/lbpool/lbpool/internal/lbtest"
 )
 
-// site is the usual test site: one lbpool over the backends, health checks
-// on /health, and extra options.
+// site is the usual test site: one lbpool named web over the backends.
 func site(c *lbtest.Caddy, extra string, backends ...*lbtest.Backend) string {
-	addrs := make([]string, len(backends))
-	for i, b := range backends {
-		addrs[i] = b.Addr()
-	}
-	return fmt.Sprintf(`:%d {
-	lbpool %s {
-		name web
-		health_uri /health
-		%s
-	}
-}`, c.HTTPPort, strings.Join(addrs, " "), extra)
+	return c.Site(extra, backends...)
 }
 
 // load runs n GETs from clients concurrent clients and returns the count of
 // non-200 answers.
 func load(t *testing.T, c *lbtest.Caddy, clients, n int, path string) int64 {
 	t.Helper()
-	var failed, next atomic.Int64
-	var wg sync.WaitGroup
-	for range clients {
-		wg.Go(func() {
-			for next.Add(1) <= int64(n) {
-				resp, err := c.Client().Get(c.URL(path))
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					failed.Add(1)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return failed.Load()
+	_, failed := c.Traffic(clients, n, path, nil)
+	return failed
 }
 
 func TestSlowBackendGetsWellUnderItsThird(t *testing.T) {

@@ -23,17 +23,7 @@ func TestMain(m *testing.M) {
 
 // pool is a site with one lbpool named web over the backends.
 func pool(c *lbtest.Caddy, extra string, backends ...*lbtest.Backend) string {
-	addrs := make([]string, len(backends))
-	for i, b := range backends {
-		addrs[i] = b.Addr()
-	}
-	return fmt.Sprintf(`:%d {
-	lbpool %s {
-		name web
-		health_uri /health
-		%s
-	}
-}`, c.HTTPPort, strings.Join(addrs, " "), extra)
+	return c.Site(extra, backends...)
 }
 
 func TestStatsShowEveryBackendWithCountsThatMatchTheBackends(t *testing.T) {

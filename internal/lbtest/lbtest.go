@@ -333,3 +333,45 @@ func (b *Backend) Restart(t testing.TB) {
 	s.Start()
 	b.Server = s
 }
+
+// Site is a site on the HTTP port with one lbpool named web over the
+// backends, checked on /health, with extra options.
+func (c *Caddy) Site(extra string, backends ...*Backend) string {
+	addrs := make([]string, len(backends))
+	for i, b := range backends {
+		addrs[i] = b.Addr()
+	}
+	return fmt.Sprintf(`:%d {
+	lbpool %s {
+		name web
+		health_uri /health
+		%s
+	}
+}`, c.HTTPPort, strings.Join(addrs, " "), extra)
+}
+
+// Traffic sends GETs to path from clients goroutines until max requests
+// were sent or stop (if not nil) returns true, and returns how many were
+// sent and how many did not get a 200.
+func (c *Caddy) Traffic(clients, max int, path string, stop func() bool) (sent, failed int64) {
+	var nSent, nFailed atomic.Int64
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for (stop == nil || !stop()) && nSent.Add(1) <= int64(max) {
+				resp, err := c.client.Get(c.URL(path))
+				if err != nil {
+					nFailed.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					nFailed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return min(nSent.Load(), int64(max)), nFailed.Load()
+}
