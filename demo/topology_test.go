@@ -369,6 +369,7 @@ func demoCaddyfile(t *testing.T, lb, admin int, backends []int, logFile string) 
 	src := string(data)
 	pairs := []string{
 		"localhost:2019", "localhost:" + strconv.Itoa(admin),
+		"127.0.0.1:2019", "127.0.0.1:" + strconv.Itoa(admin),
 		":3030", ":" + strconv.Itoa(lb),
 	}
 	for i, port := range backends {
@@ -381,18 +382,19 @@ func demoCaddyfile(t *testing.T, lb, admin int, backends []int, logFile string) 
 	}
 	src = strings.NewReplacer(pairs...).Replace(src)
 
-	adminLine := regexp.MustCompile(`(?m)^([ \t]*)admin localhost:` + strconv.Itoa(admin) + `[ \t]*$`)
+	adminLine := regexp.MustCompile(`(?m)^([ \t]*)admin localhost:` + strconv.Itoa(admin) + `\b.*$`)
 	if len(adminLine.FindAllStringIndex(src, -1)) != 1 {
 		t.Fatalf("no single admin line in the global options of Caddyfile.example:\n%s", src)
 	}
 	// default_bind keeps the site on the loopback interface (the shipped
 	// file listens on all of them); the log option gives the test the logs.
-	extra := "\n${1}default_bind 127.0.0.1" +
+	// Both go just before the admin option.
+	extra := "${1}default_bind 127.0.0.1" +
 		"\n${1}log {" +
 		"\n${1}\toutput file \"" + logFile + "\"" +
 		"\n${1}\tformat json" +
-		"\n${1}}"
-	return adminLine.ReplaceAllString(src, "${0}"+extra)
+		"\n${1}}\n"
+	return adminLine.ReplaceAllString(src, extra+"${0}")
 }
 
 // loadGen sends GETs to the balancer from several goroutines until stopped

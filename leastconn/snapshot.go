@@ -53,8 +53,9 @@ type BackendStats struct {
 }
 
 // Stats returns every backend of the named pool (all pools when name is
-// empty), pools by name and backends in config order. (Caddy provisions
-// sites in no fixed order, so the name is the stable order for pools.) ErrUnknownPool when a named pool does not exist.
+// empty), pools by name and backends in config order; ErrUnknownPool when a
+// named pool does not exist. (Caddy provisions sites in no fixed order, so
+// the name is the stable order for pools.)
 func Stats(name string) ([]BackendStats, error) {
 	pools := defaultRegistry.backendsByPool(name)
 	if name != "" && len(pools) == 0 {

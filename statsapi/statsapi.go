@@ -1,6 +1,7 @@
 // Package statsapi is the admin.api.lbpool module: routes on Caddy's admin
-// endpoint that show every lbpool backend's live stats and set backends'
-// admin state (ready, drain, maint) at run time.
+// endpoint that show every lbpool backend's live stats (as JSON and as a
+// live dashboard page) and set backends' admin state (ready, drain, maint)
+// at run time.
 //
 // The module is stateless: Caddy creates a new one on every config load. It
 // reads copies of backend state from the leastconn registry and holds no
@@ -25,7 +26,8 @@ func init() {
 // maxStateBody bounds a POST /lbpool/state body.
 const maxStateBody = 64 << 10
 
-// Admin serves /lbpool/stats and /lbpool/state on the admin endpoint.
+// Admin serves /lbpool/stats, /lbpool/state and the dashboard at /lbpool/
+// on the admin endpoint.
 type Admin struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -41,6 +43,7 @@ func (a Admin) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/lbpool/stats", Handler: caddy.AdminHandlerFunc(a.handleStats)},
 		{Pattern: "/lbpool/state", Handler: caddy.AdminHandlerFunc(a.handleState)},
+		{Pattern: "/lbpool/", Handler: caddy.AdminHandlerFunc(a.handleDashboard)},
 	}
 }
 

@@ -238,6 +238,7 @@ func TestDrainLetsInFlightFinishAndSendsNothingNew(t *testing.T) {
 	c := lbtest.Start(t)
 	entered := make(chan struct{}, 1)
 	release := make(chan struct{})
+	var releaseOnce sync.Once
 	a := lbtest.NewBackend(t, "a", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			entered <- struct{}{}
@@ -245,6 +246,9 @@ func TestDrainLetsInFlightFinishAndSendsNothingNew(t *testing.T) {
 		}
 		_, _ = io.WriteString(w, "a")
 	})
+	// registered after a's cleanup so it runs first: a's server waits for
+	// the held request on close
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
 	b := lbtest.NewBackend(t, "b", nil)
 	c.Load(t, pool(c, "", a, b))
 
@@ -283,7 +287,7 @@ func TestDrainLetsInFlightFinishAndSendsNothingNew(t *testing.T) {
 	if a.Requests.Load() != before {
 		t.Fatal("a drained backend got new requests")
 	}
-	close(release)
+	releaseOnce.Do(func() { close(release) })
 	wg.Wait()
 	if slowStatus.Load() != 200 {
 		t.Fatalf("the in-flight request on the drained backend ended with %d, want 200", slowStatus.Load())

@@ -112,7 +112,11 @@ func (c *Caddy) TryLoad(site string) error {
 	if err != nil {
 		return err
 	}
-	return caddy.Load(cfg, true)
+	err = caddy.Load(cfg, true)
+	// a load replaces the admin server: connections kept alive to the old
+	// one are closing, and a POST sent on one would not be retried
+	c.client.CloseIdleConnections()
+	return err
 }
 
 // URL is the address of a path on the site listening on the HTTP port.

@@ -1,0 +1,61 @@
+package statsapi
+
+import (
+	"embed"
+	"fmt"
+	"net/http"
+)
+
+// The dashboard is three static files: plain HTML, CSS and JS with no build
+// step. The page polls GET /lbpool/stats and calls POST /lbpool/state on its
+// own origin; this file only serves the files.
+//
+//go:embed dashboard
+var dashboardFiles embed.FS
+
+// dashboardAsset is one embedded file and its content type.
+type dashboardAsset struct {
+	file        string
+	contentType string
+}
+
+// dashboardAssets maps the request paths under /lbpool/ to the embedded
+// files. The page links its assets relatively, so it works at both of its
+// paths.
+var dashboardAssets = map[string]dashboardAsset{
+	"/lbpool/":              {"dashboard/index.html", "text/html; charset=utf-8"},
+	"/lbpool/dashboard":     {"dashboard/index.html", "text/html; charset=utf-8"},
+	"/lbpool/dashboard.css": {"dashboard/dashboard.css", "text/css; charset=utf-8"},
+	"/lbpool/dashboard.js":  {"dashboard/dashboard.js", "text/javascript; charset=utf-8"},
+}
+
+// dashboardCSP allows the page nothing but its own origin: no inline
+// script or style, no other hosts. The data: image is the inline favicon
+// (without one the browser asks for /favicon.ico in no-cors mode, which
+// Caddy's admin endpoint rejects).
+const dashboardCSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; " +
+	"img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+// handleDashboard: GET /lbpool/ (or /lbpool/dashboard) and the page's assets.
+// It is registered on the /lbpool/ subtree, so any other path there is a 404.
+func (Admin) handleDashboard(w http.ResponseWriter, r *http.Request) error {
+	asset, ok := dashboardAssets[r.URL.Path]
+	if !ok {
+		return apiError(http.StatusNotFound, fmt.Errorf("no such page: %s", r.URL.Path))
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use GET", r.Method))
+	}
+	body, err := dashboardFiles.ReadFile(asset.file)
+	if err != nil {
+		return apiError(http.StatusInternalServerError, fmt.Errorf("dashboard asset %s: %w", asset.file, err))
+	}
+	h := w.Header()
+	h.Set("Content-Type", asset.contentType)
+	h.Set("Content-Security-Policy", dashboardCSP)
+	h.Set("X-Content-Type-Options", "nosniff")
+	// revalidate, so a new Caddy build's page is picked up at once
+	h.Set("Cache-Control", "no-cache")
+	_, err = w.Write(body)
+	return err
+}

@@ -1,0 +1,76 @@
+package statsapi
+
+// The body of POST /lbpool/state comes from whoever reaches the admin
+// endpoint: any bytes must give a request with every field, or a 4xx with
+// a JSON error, never a panic. The seed corpus (the f.Add calls and
+// testdata/fuzz/FuzzStateRequestBody/) runs with every `go test`.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func FuzzStateRequestBody(f *testing.F) {
+	for _, seed := range []string{
+		`{"pool":"web","backend":"127.0.0.1:9002","state":"drain"}`,
+		`{"pool":"web","backend":"http://ops:xxxxx@127.0.0.1:9002","state":"ready"}`,
+		`{"pool":"fuzz-none","backend":"a:80","state":"maint"}`,
+		`{"pool":"fuzz-none","backend":"a:80","state":"off"}`,
+		`{"pool":"web","state":"drain"}`,
+		`{"pool":"web","backend":"a","state":"drain","x":1}`,
+		`{"pool":"web","backend":"a","state":"drain"} {}`,
+		`{"pool":"web","backend":"a","state":"drain"}  `,
+		`{"Pool":"web","BACKEND":"a","state":"drain"}`,
+		`{"pool":1,"backend":"a","state":"drain"}`,
+		`{"pool":"\u0000","backend":"\ud800","state":"drain"}`,
+		`[]`,
+		`null`,
+		`{`,
+		``,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := decodeStateRequest(bytes.NewReader(body))
+		if err == nil {
+			if req.Pool == "" || req.Backend == "" || req.State == "" {
+				t.Fatalf("%q decoded without a field: %+v", body, req)
+			}
+			// what was read is what the client meant: it encodes and reads back the same
+			data, _ := json.Marshal(req)
+			again, err := decodeStateRequest(bytes.NewReader(data))
+			if err != nil || again != req {
+				t.Fatalf("%q read as %+v, which reads back as %+v (%v)", body, req, again, err)
+			}
+		} else if err.Error() == "" {
+			t.Fatalf("%q: an error without a message", body)
+		}
+
+		// the whole route: a status the README names, and the error as JSON
+		r := httptest.NewRequest(http.MethodPost, "/lbpool/state", bytes.NewReader(body))
+		w := httptest.NewRecorder()
+		herr := Admin{}.handleState(w, r)
+		var apiErr caddy.APIError
+		switch {
+		case herr == nil:
+			if w.Code != http.StatusOK || !json.Valid(w.Body.Bytes()) {
+				t.Fatalf("%q: %d %q", body, w.Code, w.Body)
+			}
+		case !errors.As(herr, &apiErr):
+			t.Fatalf("%q: an error that is not an API error: %v", body, herr)
+		case apiErr.HTTPStatus != http.StatusBadRequest && apiErr.HTTPStatus != http.StatusNotFound &&
+			apiErr.HTTPStatus != http.StatusRequestEntityTooLarge:
+			t.Fatalf("%q: status %d", body, apiErr.HTTPStatus)
+		case err != nil && apiErr.HTTPStatus == 404:
+			t.Fatalf("%q: a body that does not decode (%v) answered 404", body, err)
+		case apiErr.Err == nil || apiErr.Err.Error() == "":
+			t.Fatalf("%q: status %d without an error message", body, apiErr.HTTPStatus)
+		}
+	})
+}
