@@ -1,6 +1,7 @@
 package leastconn
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -55,7 +56,7 @@ func parseBackendURL(raw string) (backendAddr, error) {
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return backendAddr{}, fmt.Errorf("lbpool: backend %q: %v", redactRaw(raw), redactErr(err, raw))
+		return backendAddr{}, fmt.Errorf("lbpool: backend %q: %v", redactRaw(raw), parseErr(err))
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return backendAddr{}, fmt.Errorf("lbpool: backend %q: scheme %q not supported (use http or https)", redactRaw(raw), u.Scheme)
@@ -77,6 +78,9 @@ func parseBackendURL(raw string) (backendAddr, error) {
 		return backendAddr{}, fmt.Errorf("lbpool: backend %q: bad port %q", redactRaw(raw), port)
 	}
 	hostport := net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+	if _, _, err := net.SplitHostPort(hostport); err != nil {
+		return backendAddr{}, fmt.Errorf("lbpool: backend %q: bad host %q", redactRaw(raw), u.Hostname())
+	}
 	a := backendAddr{
 		scheme:   u.Scheme,
 		hostport: hostport,
@@ -120,18 +124,14 @@ func redactRaw(raw string) string {
 	return raw[:start] + user + raw[at:]
 }
 
-// redactErr keeps url.Parse errors from echoing a password.
-func redactErr(err error, raw string) string {
-	msg := err.Error()
-	if r := redactRaw(raw); r != raw {
-		msg = strings.ReplaceAll(msg, raw, r)
-		if u, perr := url.Parse(raw); perr == nil && u.User != nil {
-			if p, ok := u.User.Password(); ok && p != "" {
-				msg = strings.ReplaceAll(msg, p, "xxxxx")
-			}
-		}
+// parseErr gives the reason a URL did not parse without the URL itself
+// (url.Error quotes it, password and all).
+func parseErr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
 	}
-	return msg
+	return err
 }
 
 // Backend is the shared, reload-surviving state of one backend in one pool.

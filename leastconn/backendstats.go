@@ -64,17 +64,27 @@ func (f *statsFetcher) work(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case b := <-f.queue:
-			s := b.pool.spec.Load()
-			mem, err := b.fetchStats(ctx, s)
-			if err != nil {
-				if c := s.logger.Check(zapcore.DebugLevel, "backend stats fetch failed"); c != nil {
-					c.Write(zap.String("pool", s.name), zap.String("backend", b.URL()), zap.Error(err))
-				}
-				continue // keep the last good value
-			}
-			b.memoryBytes.Store(mem)
+			f.fetch(ctx, b)
 		}
 	}
+}
+
+// fetch asks one backend for its stats and keeps the figure if it is good.
+func (f *statsFetcher) fetch(ctx context.Context, b *Backend) {
+	s := b.pool.spec.Load()
+	defer func() {
+		if r := recover(); r != nil { // a second line of defence: log, keep working
+			s.logger.Error("backend stats fetch panicked", zap.String("backend", b.URL()), zap.Any("error", r))
+		}
+	}()
+	mem, err := b.fetchStats(ctx, s)
+	if err != nil {
+		if c := s.logger.Check(zapcore.DebugLevel, "backend stats fetch failed"); c != nil {
+			c.Write(zap.String("pool", s.name), zap.String("backend", b.URL()), zap.Error(err))
+		}
+		return // keep the last good value
+	}
+	b.memoryBytes.Store(mem)
 }
 
 // fetchStats asks a backend for its memory use, bounded in size and time.
@@ -112,7 +122,14 @@ var errNoMemory = errors.New("no memory figure in stats")
 // parseStats reads a memory figure in bytes from JSON {"memory_usage": n}
 // or from Prometheus text (process_resident_memory_bytes, else
 // go_memstats_alloc_bytes).
-func parseStats(body []byte) (int64, error) {
+func parseStats(body []byte) (mem int64, err error) {
+	// the Prometheus text parser has panicked on some malformed input; a
+	// backend's answer must never take the process down
+	defer func() {
+		if r := recover(); r != nil {
+			mem, err = 0, fmt.Errorf("stats text: unreadable (%v)", r)
+		}
+	}()
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) > 0 && trimmed[0] == '{' {
 		var v struct {

@@ -193,8 +193,9 @@ func (h *Handler) roundTripDirect(w http.ResponseWriter, out *http.Request, b *B
 			return nil, nil, ctx.Err()
 		}
 		// a kept-alive connection the backend closed while it was idle:
-		// nothing was processed, so one more try on a new connection
-		if reused && attempt == 0 && staleConn(err) {
+		// most likely nothing was processed, so an idempotent request gets
+		// one more try on a new connection (others may have been acted on)
+		if reused && attempt == 0 && staleConn(err) && idempotent(out.Method) {
 			continue
 		}
 		return nil, nil, err

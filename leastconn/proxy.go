@@ -127,12 +127,18 @@ func (e *tryError) Error() string { return e.err.Error() }
 // retryableAfterConnect: a try that failed after connecting is retried only
 // for idempotent requests without a body, as the backend may have acted.
 func retryableAfterConnect(r *http.Request, out *http.Request) bool {
-	switch r.Method {
+	return idempotent(r.Method) && out.Body == nil
+}
+
+// idempotent methods may be sent again when a try broke off: repeating them
+// has no further effect (RFC 9110 §9.2.2; PUT and DELETE too, but lbpool
+// stays with the methods that also change nothing at all).
+func idempotent(method string) bool {
+	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-	default:
-		return false
+		return true
 	}
-	return out.Body == nil
+	return false
 }
 
 // retryAfter is the Retry-After value for 503s: the next health check is at
@@ -314,8 +320,8 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	w.WriteHeader(resp.StatusCode)
 
 	if err := copyBody(w, resp, flushesAtOnce(resp)); err != nil {
-		if errors.Is(err, errBackendRead) {
-			b.failures.Add(1)
+		if errors.Is(err, errBackendRead) && r.Context().Err() == nil {
+			b.failures.Add(1) // the backend broke off (not the client leaving)
 		}
 		// the status is out: the only way to tell the client is to abort
 		panic(http.ErrAbortHandler)
