@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary play the backends and the load generator,
+// as the bench binary does, when the harness starts it with -backend or
+// -load.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && (os.Args[1] == "-backend" || os.Args[1] == "-load") {
+		if err := dispatch(os.Args[1:], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func TestHistogramBucketsAreContiguous(t *testing.T) {
+	next := uint64(0)
+	for i := range histogramBuckets {
+		low, width := bucketRange(i)
+		if low != next {
+			t.Fatalf("bucket %d starts at %d, want %d", i, low, next)
+		}
+		if got := bucketOf(low); got != i {
+			t.Fatalf("bucketOf(%d) = %d, want %d", low, got, i)
+		}
+		if got := bucketOf(low + width - 1); got != i {
+			t.Fatalf("bucketOf(%d) = %d, want %d", low+width-1, got, i)
+		}
+		next = low + width
+	}
+}
+
+func TestHistogramQuantilesWithinPrecision(t *testing.T) {
+	var h histogram
+	for us := 1; us <= 100000; us++ {
+		h.record(time.Duration(us) * time.Microsecond)
+	}
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+	}{
+		{0.5, 50 * time.Millisecond},
+		{0.99, 99 * time.Millisecond},
+		{0.999, 99900 * time.Microsecond},
+		{1, 100 * time.Millisecond},
+	} {
+		got := h.quantile(c.q)
+		if diff := float64(got-c.want) / float64(c.want); diff < -0.02 || diff > 0.02 {
+			t.Errorf("quantile(%v) = %v, want %v within 2%%", c.q, got, c.want)
+		}
+	}
+	if h.max != 100*time.Millisecond || h.total != 100000 {
+		t.Errorf("max %v, total %d", h.max, h.total)
+	}
+}
+
+// startBackend serves a backend in the test process.
+func startBackend(t *testing.T, delay time.Duration) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go newBackend("b1", delay).serve(ctx, ln)
+	return ln.Addr().String()
+}
+
+func TestBackendCountsTrafficNotChecks(t *testing.T) {
+	addr := startBackend(t, 0)
+	client := &http.Client{Timeout: 5 * time.Second}
+	get := func(method, path, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for range 3 {
+		if code, body := get("GET", "/?x=1", ""); code != 200 || body != "backend b1" || len(body) != bodyLength {
+			t.Fatalf("GET / = %d %q", code, body)
+		}
+	}
+	if code, _ := get("POST", "/any", "a body the backend must skip"); code != 200 {
+		t.Fatalf("POST /any = %d", code)
+	}
+	if code, body := get("GET", "/health", ""); code != 200 || body != "ok" {
+		t.Fatalf("GET /health = %d %q", code, body)
+	}
+	_, body := get("GET", "/count", "")
+	var c struct{ Requests int64 }
+	if err := json.Unmarshal([]byte(body), &c); err != nil || c.Requests != 4 {
+		t.Fatalf("GET /count = %q (%v), want 4 requests", body, err)
+	}
+}
+
+func TestBackendDelaysTrafficOnly(t *testing.T) {
+	addr := startBackend(t, 100*time.Millisecond)
+	client := &http.Client{Timeout: 5 * time.Second}
+	for path, slow := range map[string]bool{"/": true, "/health": false} {
+		start := time.Now()
+		resp, err := client.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if took := time.Since(start); (took >= 100*time.Millisecond) != slow {
+			t.Errorf("GET %s took %v; slow: %v", path, took, slow)
+		}
+	}
+}
+
+func TestReadResponseLengthChunkedAndClose(t *testing.T) {
+	stream := "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" +
+		"HTTP/1.1 502 Bad Gateway\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nTrailer: 1\r\n\r\n" +
+		"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi"
+	br := bufio.NewReader(strings.NewReader(stream))
+	for i, want := range []struct {
+		status    int
+		keepAlive bool
+	}{{200, true}, {502, true}, {200, false}} {
+		status, keepAlive, err := readResponse(br)
+		if err != nil || status != want.status || keepAlive != want.keepAlive {
+			t.Fatalf("response %d: status %d, keep-alive %v, err %v; want %d, %v", i, status, keepAlive, err, want.status, want.keepAlive)
+		}
+	}
+	if _, _, err := readResponse(bufio.NewReader(strings.NewReader("SSH-2.0\r\n\r\n"))); err == nil {
+		t.Error("a non-HTTP answer was accepted")
+	}
+}
+
+// TestQuickRunMeasuresEveryConfiguration runs the whole harness in -quick
+// mode: Caddy built and started, backends and load generator as processes,
+// every configuration in both scenarios, and the report files written.
+func TestQuickRunMeasuresEveryConfiguration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds Caddy and runs it under load for about 20s; skipped with -short")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := parseOptions([]string{"-quick", "-out", t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.exe = exe
+	var stdout strings.Builder
+	opts.stdout = &stdout
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := run(ctx, opts); err != nil {
+		t.Fatalf("run: %v\n%s", err, stdout.String())
+	}
+
+	b, err := os.ReadFile(filepath.Join(opts.out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res results
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{"throughput": 4, "quality": 3}
+	for _, r := range res.Runs {
+		want[r.Scenario]--
+		if r.Requests == 0 || r.Errors != 0 || r.LBCPUSeconds <= 0 || r.P99us <= 0 {
+			t.Errorf("%s %s: %d requests, %d errors, %.3fs LB CPU, p99 %.0fµs", r.Scenario, r.Config, r.Requests, r.Errors, r.LBCPUSeconds, r.P99us)
+		}
+		if r.Config != "respond" && len(r.Shares) != numBackends {
+			t.Errorf("%s %s: shares %v", r.Scenario, r.Config, r.Shares)
+		}
+		if r.Scenario == "quality" && r.Config == "rp_round_robin" && (r.Shares[1] < 0.2 || r.Shares[1] > 0.45) {
+			t.Errorf("round_robin gave the slow backend %.0f%%, want about a third", r.Shares[1]*100)
+		}
+	}
+	for sc, n := range want {
+		if n != 0 {
+			t.Errorf("%s: %d runs missing", sc, n)
+		}
+	}
+	if len(res.Targets) != 4 {
+		t.Errorf("targets: %+v", res.Targets)
+	}
+	for _, name := range []string{"report.txt", "chart.svg", "caddyfiles/throughput-lbpool.Caddyfile"} {
+		if _, err := os.Stat(filepath.Join(opts.out, name)); err != nil {
+			t.Error(err)
+		}
+	}
+	svg, _ := os.ReadFile(filepath.Join(opts.out, "chart.svg"))
+	if err := xml.Unmarshal(svg, new(struct{})); err != nil {
+		t.Errorf("chart.svg is not well-formed XML: %v", err)
+	}
+	if !strings.Contains(stdout.String(), "ratios to rp_least_conn") {
+		t.Errorf("no ratios in the report:\n%s", stdout.String())
+	}
+}

@@ -1,0 +1,390 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The load role is a closed-loop HTTP/1.1 load generator: each of -conns
+// keep-alive connections sends a GET, reads the whole response, and sends the
+// next. It records every request's raw latency (from writing the request to
+// the last byte of the response, with no correction for coordinated omission)
+// and samples the load balancer's CPU time, the per-core busy time and the
+// backends' counters at the start and the end of the measured window, so all
+// of them cover exactly the same interval. It is lean on purpose (no
+// allocation per request, no net/http) because it shares a core with the
+// backends.
+
+// loadResult is what the load role prints as JSON on stdout.
+type loadResult struct {
+	Requests int64   `json:"requests"` // completed in the measured window, any status
+	Errors   int64   `json:"errors"`   // non-200 answers and broken connections
+	Seconds  float64 `json:"seconds"`  // length of the measured window
+
+	P50us  float64 `json:"p50_us"`
+	P90us  float64 `json:"p90_us"`
+	P99us  float64 `json:"p99_us"`
+	P999us float64 `json:"p999_us"`
+	MaxUs  float64 `json:"max_us"`
+	MeanUs float64 `json:"mean_us"`
+
+	LBCPUSeconds   float64   `json:"lb_cpu_seconds"`   // utime+stime of the LB process
+	LoadCPUSeconds float64   `json:"load_cpu_seconds"` // of the load generator and the backends
+	CPUBusy        []float64 `json:"cpu_busy"`         // per core, the busy fraction of the window
+	Backends       []int64   `json:"backend_requests"`
+}
+
+// loadSpec is the load role's command line.
+type loadSpec struct {
+	addr     string // host:port of the load balancer
+	path     string
+	conns    int
+	warmup   time.Duration
+	duration time.Duration
+	timeout  time.Duration // per request
+	lbPID    int           // 0: no CPU sampling
+	loadPIDs []int         // the backends; the load generator adds itself
+	backends []string      // host:port of each backend's /count
+}
+
+// runLoad is the load role: bench -load -addr 127.0.0.1:PORT ...
+func runLoad(args []string) error {
+	fs := flag.NewFlagSet("load", flag.ContinueOnError)
+	var s loadSpec
+	var backends string
+	fs.StringVar(&s.addr, "addr", "", "load balancer host:port")
+	fs.StringVar(&s.path, "path", "/", "request path")
+	fs.IntVar(&s.conns, "conns", 64, "keep-alive connections (concurrent clients)")
+	fs.DurationVar(&s.warmup, "warmup", 2*time.Second, "load before the measured window")
+	fs.DurationVar(&s.duration, "duration", 8*time.Second, "measured window")
+	fs.DurationVar(&s.timeout, "timeout", 10*time.Second, "bound on one request")
+	fs.IntVar(&s.lbPID, "lb-pid", 0, "PID of the load balancer, for its CPU time")
+	fs.StringVar(&backends, "backends", "", "comma-separated backend host:port, for their request counters")
+	pids := fs.String("backend-pids", "", "comma-separated PIDs of the backends, for their CPU time")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	for p := range strings.SplitSeq(*pids, ",") {
+		if n, err := strconv.Atoi(p); err == nil {
+			s.loadPIDs = append(s.loadPIDs, n)
+		}
+	}
+	s.loadPIDs = append(s.loadPIDs, os.Getpid())
+	if backends != "" {
+		s.backends = strings.Split(backends, ",")
+	}
+	res, err := generate(s)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// sample is the state read at each end of the measured window.
+type sample struct {
+	lbTicks   int64
+	loadTicks int64
+	cpus      []cpuTicks
+	backends  []int64
+	at        time.Time
+}
+
+func takeSample(s loadSpec) (sample, error) {
+	var out sample
+	var err error
+	if s.lbPID > 0 {
+		if out.lbTicks, err = processTicks(s.lbPID); err != nil {
+			return out, err
+		}
+	}
+	for _, pid := range s.loadPIDs {
+		n, err := processTicks(pid)
+		if err != nil {
+			return out, err
+		}
+		out.loadTicks += n
+	}
+	if out.cpus, err = readCPUTicks(); err != nil {
+		return out, err
+	}
+	for _, b := range s.backends {
+		n, err := readCounter(b)
+		if err != nil {
+			return out, err
+		}
+		out.backends = append(out.backends, n)
+	}
+	out.at = time.Now()
+	return out, nil
+}
+
+// worker is one closed-loop client.
+type worker struct {
+	spec     loadSpec
+	request  []byte
+	start    time.Time // of the measured window
+	end      time.Time
+	hist     histogram
+	requests int64
+	errors   int64
+}
+
+func generate(s loadSpec) (*loadResult, error) {
+	if s.addr == "" || s.conns < 1 || s.duration <= 0 {
+		return nil, errors.New("load: need -addr, -conns >= 1 and -duration > 0")
+	}
+	request := fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lbpool-bench\r\nAccept: */*\r\n\r\n", s.path, s.addr)
+	workers := make([]*worker, s.conns)
+	conns := make([]net.Conn, s.conns)
+	for i := range workers {
+		c, err := net.DialTimeout("tcp", s.addr, s.timeout)
+		if err != nil {
+			for _, c := range conns[:i] {
+				c.Close()
+			}
+			return nil, fmt.Errorf("load: connecting to %s: %w", s.addr, err)
+		}
+		conns[i] = c
+	}
+	start := time.Now().Add(s.warmup)
+	end := start.Add(s.duration)
+	var wg sync.WaitGroup
+	for i := range workers {
+		w := &worker{spec: s, request: request, start: start, end: end}
+		workers[i] = w
+		wg.Go(func() { w.run(conns[i]) })
+	}
+
+	time.Sleep(time.Until(start))
+	before, err := takeSample(s)
+	if err != nil {
+		return nil, fmt.Errorf("load: sampling at the start: %w", err)
+	}
+	time.Sleep(time.Until(end))
+	after, err := takeSample(s)
+	if err != nil {
+		return nil, fmt.Errorf("load: sampling at the end: %w", err)
+	}
+	wg.Wait()
+
+	var all histogram
+	res := &loadResult{Seconds: after.at.Sub(before.at).Seconds()}
+	for _, w := range workers {
+		all.merge(&w.hist)
+		res.Requests += w.requests
+		res.Errors += w.errors
+	}
+	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+	res.P50us, res.P90us, res.P99us = us(all.quantile(0.50)), us(all.quantile(0.90)), us(all.quantile(0.99))
+	res.P999us, res.MaxUs, res.MeanUs = us(all.quantile(0.999)), us(all.max), us(all.mean())
+	res.LBCPUSeconds = float64(after.lbTicks-before.lbTicks) / float64(clockTicks())
+	res.LoadCPUSeconds = float64(after.loadTicks-before.loadTicks) / float64(clockTicks())
+	res.CPUBusy = busyFractions(before.cpus, after.cpus)
+	for i := range after.backends {
+		res.Backends = append(res.Backends, after.backends[i]-before.backends[i])
+	}
+	return res, nil
+}
+
+// run sends requests on c until the window ends. A broken connection or a
+// non-200 answer is an error; the worker reconnects and goes on.
+func (w *worker) run(c net.Conn) {
+	br := bufio.NewReaderSize(c, 16<<10)
+	var deadlineAt time.Time
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	for {
+		begin := time.Now()
+		if !begin.Before(w.end) {
+			return
+		}
+		if c == nil {
+			var err error
+			if c, err = net.DialTimeout("tcp", w.spec.addr, w.spec.timeout); err != nil {
+				w.countError(begin)
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			br.Reset(c)
+			deadlineAt = time.Time{}
+		}
+		// Moving the deadline costs a timer update, so it moves once a
+		// second and always lies between timeout and timeout+1s ahead.
+		if begin.After(deadlineAt) {
+			c.SetDeadline(begin.Add(w.spec.timeout + time.Second))
+			deadlineAt = begin.Add(time.Second)
+		}
+		status, keepAlive, err := w.roundTrip(c, br)
+		done := time.Now()
+		if err != nil {
+			w.countError(done)
+			c.Close()
+			c = nil
+			continue
+		}
+		if !done.Before(w.start) && done.Before(w.end) {
+			w.requests++
+			if status != 200 {
+				w.errors++
+			}
+			w.hist.record(done.Sub(begin))
+		}
+		if !keepAlive {
+			c.Close()
+			c = nil
+		}
+	}
+}
+
+func (w *worker) countError(at time.Time) {
+	if !at.Before(w.start) && at.Before(w.end) {
+		w.errors++
+	}
+}
+
+func (w *worker) roundTrip(c net.Conn, br *bufio.Reader) (status int, keepAlive bool, err error) {
+	if _, err := c.Write(w.request); err != nil {
+		return 0, false, err
+	}
+	return readResponse(br)
+}
+
+var errBadResponse = errors.New("malformed response")
+
+// readResponse reads one response to a GET and discards its body, with a
+// Content-Length or chunked. It returns the status and whether the
+// connection stays open.
+func readResponse(br *bufio.Reader) (status int, keepAlive bool, err error) {
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		return 0, false, err
+	}
+	// HTTP/1.1 200 OK
+	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) {
+		return 0, false, errBadResponse
+	}
+	keepAlive = line[7] == '1'
+	for _, d := range line[9:12] {
+		if d < '0' || d > '9' {
+			return 0, false, errBadResponse
+		}
+		status = status*10 + int(d-'0')
+	}
+	length, chunked := int64(-1), false
+	for {
+		h, err := br.ReadSlice('\n')
+		if err != nil {
+			return 0, false, err
+		}
+		h = bytes.TrimRight(h, "\r\n")
+		if len(h) == 0 {
+			break
+		}
+		colon := bytes.IndexByte(h, ':')
+		if colon < 0 {
+			return 0, false, errBadResponse
+		}
+		name, value := h[:colon], bytes.TrimSpace(h[colon+1:])
+		switch {
+		case bytes.EqualFold(name, []byte("Content-Length")):
+			if length, err = parseInt(value); err != nil {
+				return 0, false, err
+			}
+		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
+			chunked = bytes.EqualFold(value, []byte("chunked"))
+		case bytes.EqualFold(name, []byte("Connection")):
+			keepAlive = !bytes.EqualFold(value, []byte("close"))
+		}
+	}
+	switch {
+	case chunked:
+		err = discardChunked(br)
+	case length >= 0:
+		_, err = br.Discard(int(length))
+	case status == 204 || status == 304:
+	default: // the body runs to the end of the connection
+		_, err = io.Copy(io.Discard, br)
+		keepAlive = false
+	}
+	return status, keepAlive, err
+}
+
+func discardChunked(br *bufio.Reader) error {
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		line = bytes.TrimRight(line, "\r\n")
+		if semi := bytes.IndexByte(line, ';'); semi >= 0 {
+			line = line[:semi]
+		}
+		size, err := strconv.ParseInt(string(bytes.TrimSpace(line)), 16, 64)
+		if err != nil || size < 0 {
+			return errBadResponse
+		}
+		if size == 0 {
+			for { // trailers, up to the empty line
+				t, err := br.ReadSlice('\n')
+				if err != nil {
+					return err
+				}
+				if len(bytes.TrimRight(t, "\r\n")) == 0 {
+					return nil
+				}
+			}
+		}
+		if _, err := br.Discard(int(size) + 2); err != nil {
+			return err
+		}
+	}
+}
+
+// parseInt parses a non-negative decimal without allocating.
+func parseInt(b []byte) (int64, error) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, errBadResponse
+	}
+	var n int64
+	for _, d := range b {
+		if d < '0' || d > '9' {
+			return 0, errBadResponse
+		}
+		n = n*10 + int64(d-'0')
+	}
+	return n, nil
+}
+
+// countClient reads the backends' counters; it is used twice per run, off the
+// request path.
+var countClient = &http.Client{Timeout: 5 * time.Second}
+
+func readCounter(addr string) (int64, error) {
+	resp, err := countClient.Get("http://" + addr + "/count")
+	if err != nil {
+		return 0, fmt.Errorf("backend counter %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	var c struct {
+		Requests int64 `json:"requests"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
+		return 0, fmt.Errorf("backend counter %s: %w", addr, err)
+	}
+	return c.Requests, nil
+}

@@ -1,0 +1,613 @@
+// Command bench measures lbpool against Caddy's own reverse_proxy, in one
+// command from the repository root:
+//
+//	go run ./bench            # about 4 minutes; -quick for a smoke test
+//	go run ./bench -publish   # also copies the chart to docs/bench.svg
+//
+// It builds ./cmd/caddy once (Caddy with the standard modules and lbpool),
+// starts three fast backends on 127.0.0.1 (this program, as subprocesses),
+// and runs two scenarios, each configuration in turn within every repeat so
+// that ratios are paired between neighbours in time:
+//
+//   - throughput: 64 keep-alive clients; req/s, raw p50 and p99, and the load
+//     balancer's CPU time per request (utime+stime from /proc over the
+//     measured window only);
+//   - quality: one backend 50 ms slow, 32 clients; p50, p99 and each
+//     backend's share of the requests.
+//
+// The configurations are lbpool, reverse_proxy with lb_policy least_conn and
+// with round_robin, all in the same binary with equivalent settings (see
+// configs.go), and Caddy's respond as the floor of what any proxy costs.
+// Caddy runs on one core and everything else (backends, load generator,
+// harness) on another, with taskset where available. Each run starts a fresh
+// Caddy, warms up, then measures. Before each repeat the harness waits a
+// little for idle cores, and a repeat in which other work took over a fifth
+// of Caddy's core runs again (-redo-noisy times in all), since pairing only
+// helps when both sides of a pair saw the same machine. Results go to stdout
+// and bench/out/ (report.txt, results.json, chart.svg, the Caddyfiles used).
+//
+// The same binary plays the backends (bench -backend ...) and the load
+// generator (bench -load ...).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := dispatch(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// dispatch runs the role the first argument names, or the harness.
+func dispatch(args []string, stdout io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "-backend", "--backend":
+			return runBackend(args[1:])
+		case "-load", "--load":
+			return runLoad(args[1:])
+		}
+	}
+	opts, err := parseOptions(args)
+	if err != nil {
+		return err
+	}
+	opts.stdout = stdout
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return run(ctx, opts)
+}
+
+// options are the harness's flags.
+type options struct {
+	Repeats      int           `json:"repeats"`
+	Warmup       time.Duration `json:"warmup_ns"`
+	Duration     time.Duration `json:"duration_ns"`
+	Conns        int           `json:"conns"`
+	QualityConns int           `json:"quality_conns"`
+	SlowDelay    time.Duration `json:"slow_delay_ns"`
+	Configs      []string      `json:"configs"`
+	Scenarios    []string      `json:"scenarios"`
+	Quick        bool          `json:"quick"`
+
+	out            string
+	publish        bool
+	pin            bool
+	lbCPUs         string
+	loadCPUs       string
+	profile        []string
+	profileSeconds int
+	quietWait      time.Duration
+	redoNoisy      int
+	caddyBin       string
+	exe            string // the binary that plays backends and load generator
+	stdout         io.Writer
+}
+
+func parseOptions(args []string) (options, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var o options
+	var configs, scenarios, profile string
+	fs.IntVar(&o.Repeats, "repeats", 3, "repeats of every configuration, alternating")
+	fs.DurationVar(&o.Warmup, "warmup", 2*time.Second, "load before each measured window")
+	fs.DurationVar(&o.Duration, "duration", 8*time.Second, "measured window of each run")
+	fs.IntVar(&o.Conns, "conns", 64, "keep-alive clients in the throughput scenario")
+	fs.IntVar(&o.QualityConns, "quality-conns", 32, "keep-alive clients in the quality scenario")
+	fs.DurationVar(&o.SlowDelay, "slow", 50*time.Millisecond, "delay of the slow backend in the quality scenario")
+	fs.StringVar(&configs, "configs", "lbpool,rp_least_conn,rp_round_robin,respond", "configurations, comma-separated (respond runs in the throughput scenario only)")
+	fs.StringVar(&scenarios, "scenarios", "throughput,quality", "scenarios, comma-separated")
+	fs.BoolVar(&o.Quick, "quick", false, "smoke test: 1 repeat of 1s runs after 0.3s warm-up")
+	fs.StringVar(&o.out, "out", "", "folder for report.txt, results.json and chart.svg (default bench/out)")
+	fs.BoolVar(&o.publish, "publish", false, "also copy the chart to docs/bench.svg")
+	fs.BoolVar(&o.pin, "pin", true, "pin the load balancer and the rest to separate cores with taskset")
+	fs.StringVar(&o.lbCPUs, "lb-cpus", "", "taskset CPU list for Caddy (default: the first usable core)")
+	fs.StringVar(&o.loadCPUs, "load-cpus", "", "taskset CPU list for backends and load generator (default: the second usable core)")
+	fs.StringVar(&profile, "profile", "", "configurations to profile in one extra, unmeasured throughput run each (CPU profile from Caddy's admin /debug/pprof)")
+	fs.IntVar(&o.profileSeconds, "profile-seconds", 5, "length of each CPU profile")
+	fs.DurationVar(&o.quietWait, "quiet-wait", 10*time.Second, "before each repeat, wait up to this long for idle cores")
+	fs.IntVar(&o.redoNoisy, "redo-noisy", 2, "times in all a repeat may run again because other work took over 20% of the load balancer's core")
+	fs.StringVar(&o.caddyBin, "caddy", "", "use this Caddy binary instead of building ./cmd/caddy")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if o.Quick {
+		o.Repeats, o.Warmup, o.Duration, o.quietWait, o.redoNoisy = 1, 300*time.Millisecond, time.Second, 0, 0
+	}
+	o.Configs, o.Scenarios, o.profile = splitList(configs), splitList(scenarios), splitList(profile)
+	for _, c := range append(slices.Clone(o.Configs), o.profile...) {
+		if _, ok := configByName(c); !ok {
+			return o, fmt.Errorf("unknown configuration %q (known: lbpool, rp_least_conn, rp_round_robin, respond)", c)
+		}
+	}
+	if !slices.Contains(o.Configs, baseline) {
+		return o, fmt.Errorf("-configs must include %s: every ratio is taken against it", baseline)
+	}
+	for _, s := range o.Scenarios {
+		if s != "throughput" && s != "quality" {
+			return o, fmt.Errorf("unknown scenario %q (known: throughput, quality)", s)
+		}
+	}
+	if o.Repeats < 1 || o.Conns < 1 || o.QualityConns < 1 || o.Duration <= 0 || o.Warmup < 0 {
+		return o, errors.New("-repeats, -conns, -quality-conns and -duration must be positive")
+	}
+	return o, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+// scenario is one workload, run for several configurations.
+type scenario struct {
+	Name    string   `json:"name"`
+	Conns   int      `json:"conns"`
+	Slow    int      `json:"slow_backend"` // index of the slow backend, -1 for none
+	Delay   string   `json:"slow_delay"`
+	Configs []string `json:"configs"`
+
+	delay time.Duration
+}
+
+func scenarios(o options) []scenario {
+	var out []scenario
+	for _, name := range o.Scenarios {
+		switch name {
+		case "throughput":
+			out = append(out, scenario{Name: name, Conns: o.Conns, Slow: -1, Configs: o.Configs})
+		case "quality":
+			var proxies []string
+			for _, c := range o.Configs {
+				if cfg, _ := configByName(c); cfg.proxies {
+					proxies = append(proxies, c)
+				}
+			}
+			out = append(out, scenario{Name: name, Conns: o.QualityConns, Slow: 1, delay: o.SlowDelay,
+				Delay: o.SlowDelay.String(), Configs: proxies})
+		}
+	}
+	return out
+}
+
+// numBackends is how many backends every proxy configuration balances over.
+const numBackends = 3
+
+// harness holds what every run shares.
+type harness struct {
+	opts   options
+	procs  *procs
+	caddy  string
+	tmp    string
+	out    string
+	env    []string // Caddy's environment: config and data folders in tmp
+	lbCPUs string
+	ldCPUs string
+	saved  map[string]bool // Caddyfiles already copied to out
+
+	warnings  []string
+	redosLeft int         // repeats that may still run again for being noisy
+	discarded []runRecord // runs of those repeats
+}
+
+func run(ctx context.Context, o options) error {
+	began := time.Now()
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return err
+	}
+	if o.out == "" {
+		o.out = filepath.Join(root, "bench", "out")
+	}
+	if o.exe == "" {
+		if o.exe, err = os.Executable(); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(o.out, "caddyfiles"), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "lbpool-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+
+	h := &harness{opts: o, procs: newProcs(), tmp: tmp, out: o.out, saved: map[string]bool{}, redosLeft: o.redoNoisy}
+	defer h.procs.stopAll()
+	var note string
+	h.lbCPUs, h.ldCPUs, note = pinning(o.pin, o.lbCPUs, o.loadCPUs)
+	if err := pinSelf(h.ldCPUs); err != nil {
+		return err
+	}
+	h.env = append(os.Environ(), "HOME="+tmp,
+		"XDG_CONFIG_HOME="+filepath.Join(tmp, "config"), "XDG_DATA_HOME="+filepath.Join(tmp, "data"))
+
+	scs := scenarios(o)
+	estimate := estimateDuration(o, scs)
+	fmt.Fprintf(o.stdout, "lbpool bench: building ./cmd/caddy, then about %v of runs, more if a noisy repeat runs again (%s)\n",
+		estimate.Round(time.Second), note)
+	if o.caddyBin != "" {
+		h.caddy = o.caddyBin
+	} else if h.caddy, err = buildCaddy(ctx, root, tmp); err != nil {
+		return err
+	}
+
+	res := &results{Machine: describeMachine(h.caddy), Options: o, Pinning: note,
+		LBCPUs: h.lbCPUs, LoadCPUs: h.ldCPUs, Scenarios: scs}
+	for _, sc := range scs {
+		runs, err := h.runScenario(ctx, sc)
+		if err != nil {
+			return err
+		}
+		res.Runs = append(res.Runs, runs...)
+	}
+	for _, name := range o.profile {
+		top, err := h.profileRun(ctx, name)
+		if err != nil {
+			return err
+		}
+		res.Profiles = append(res.Profiles, profileTop{Config: name, Top: top})
+	}
+	res.Warnings, res.Discarded = h.warnings, h.discarded
+	res.Elapsed = time.Since(began).Round(time.Second).String()
+	res.summarise()
+	return h.write(res, root)
+}
+
+func estimateDuration(o options, scs []scenario) time.Duration {
+	var n int
+	for _, sc := range scs {
+		n += len(sc.Configs) * o.Repeats
+	}
+	n += len(o.profile)
+	return time.Duration(n) * (o.Warmup + o.Duration + 700*time.Millisecond)
+}
+
+// runScenario starts the scenario's backends and runs every configuration
+// once per repeat, rotating the order so no configuration always goes first.
+func (h *harness) runScenario(ctx context.Context, sc scenario) ([]runRecord, error) {
+	backends, stop, err := h.startBackends(ctx, sc)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	var runs []runRecord
+	for r := 0; r < h.opts.Repeats; {
+		h.waitQuiet(ctx)
+		rep, err := h.runRepeat(ctx, sc, backends, r)
+		if err != nil {
+			return nil, err
+		}
+		if worst := noisiest(rep); worst > noisyLimit && h.redosLeft > 0 {
+			// Paired ratios hold only if both sides of a pair ran on the
+			// same machine conditions; other work landing in some runs of
+			// a repeat breaks that, so the repeat runs again.
+			h.redosLeft--
+			w := fmt.Sprintf("%s, repeat %d: other work took up to %.0f%% of the load balancer's core; the repeat ran again (its runs are kept in results.json as discarded)",
+				sc.Name, r+1, worst*100)
+			h.warnings = append(h.warnings, w)
+			fmt.Fprintln(h.opts.stdout, "  "+w)
+			h.discarded = append(h.discarded, rep...)
+			continue
+		}
+		runs = append(runs, rep...)
+		r++
+	}
+	return runs, nil
+}
+
+// runRepeat runs every configuration of a scenario once, in the repeat's
+// rotated order.
+func (h *harness) runRepeat(ctx context.Context, sc scenario, backends backendSet, r int) ([]runRecord, error) {
+	var runs []runRecord
+	for pos, name := range rotate(sc.Configs, r) {
+		cfg, _ := configByName(name)
+		fmt.Fprintf(h.opts.stdout, "  %s, repeat %d/%d: %s ...", sc.Name, r+1, h.opts.Repeats, name)
+		rec, err := h.runOne(ctx, sc, cfg, backends, h.opts.Warmup, h.opts.Duration, nil)
+		if err != nil {
+			fmt.Fprintln(h.opts.stdout)
+			return nil, fmt.Errorf("%s, repeat %d, %s: %w", sc.Name, r+1, name, err)
+		}
+		rec.Repeat, rec.Position = r+1, pos+1
+		fmt.Fprintf(h.opts.stdout, " %.0f req/s, p99 %.2f ms, LB %.1f µs/req, others on LB core %.0f%%\n",
+			rec.ReqPerSec, rec.P99us/1e3, rec.LBCPUPerReqUs, rec.OthersOnLBCore*100)
+		runs = append(runs, rec)
+	}
+	return runs, nil
+}
+
+// noisiest is the largest share of the load balancer's core that other work
+// took in any of the runs.
+func noisiest(runs []runRecord) float64 {
+	var worst float64
+	for _, r := range runs {
+		worst = max(worst, r.OthersOnLBCore)
+	}
+	return worst
+}
+
+// quietLimit is how busy (0 to 1) a core may be, with nothing of the
+// harness running, for the machine to count as quiet.
+const quietLimit = 0.10
+
+// waitQuiet waits, up to -quiet-wait, until the cores the runs use are
+// nearly idle, so that other work on the machine does not land in one
+// configuration's run and not its neighbour's. It notes a busy machine in
+// the results and goes on.
+func (h *harness) waitQuiet(ctx context.Context) {
+	deadline := time.Now().Add(h.opts.quietWait)
+	told := false
+	for {
+		before, err1 := readCPUTicks()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+		after, err2 := readCPUTicks()
+		if err1 != nil || err2 != nil {
+			return
+		}
+		fracs := busyFractions(before, after)
+		cores := []int{singleCore(h.lbCPUs), singleCore(h.ldCPUs)}
+		if cores[0] < 0 || cores[1] < 0 {
+			cores = cores[:0]
+			for c := range fracs {
+				cores = append(cores, c)
+			}
+		}
+		var busiest float64
+		var desc []string
+		for _, c := range cores {
+			if c < len(fracs) {
+				busiest = max(busiest, fracs[c])
+				desc = append(desc, fmt.Sprintf("core %d %.0f%%", c, fracs[c]*100))
+			}
+		}
+		if busiest <= quietLimit {
+			return
+		}
+		if time.Now().After(deadline) {
+			w := fmt.Sprintf("the machine was busy before a repeat (%s, with none of the harness's load running)", strings.Join(desc, ", "))
+			h.warnings = append(h.warnings, w)
+			fmt.Fprintln(h.opts.stdout, "  warning: "+w)
+			return
+		}
+		if !told {
+			fmt.Fprintf(h.opts.stdout, "  waiting up to %v for a quiet machine (%s busy)\n", h.opts.quietWait, strings.Join(desc, ", "))
+			told = true
+		}
+	}
+}
+
+func rotate(list []string, by int) []string {
+	if len(list) == 0 {
+		return nil
+	}
+	by %= len(list)
+	return append(slices.Clone(list[by:]), list[:by]...)
+}
+
+// startBackends starts the scenario's backends (pinned with the load
+// generator) and waits until each answers.
+func (h *harness) startBackends(ctx context.Context, sc scenario) (bs backendSet, stop func(), err error) {
+	var started []*proc
+	stop = func() {
+		for _, p := range started {
+			h.procs.stop(p)
+		}
+	}
+	for i := range numBackends {
+		port, err := freePort()
+		if err != nil {
+			stop()
+			return bs, nil, err
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		name := fmt.Sprintf("b%d", i+1)
+		args := []string{"-backend", "-listen", addr, "-name", name}
+		if i == sc.Slow {
+			args = append(args, "-delay", sc.delay.String())
+		}
+		p, err := h.procs.start(procSpec{name: "backend " + name, cpus: h.ldCPUs, env: os.Environ(),
+			logFile: filepath.Join(h.tmp, sc.Name+"-"+name+".log"), bin: h.opts.exe, args: args})
+		if err != nil {
+			stop()
+			return bs, nil, err
+		}
+		started = append(started, p)
+		bs.addrs = append(bs.addrs, addr)
+		bs.pids = append(bs.pids, strconv.Itoa(p.pid()))
+	}
+	for i, addr := range bs.addrs {
+		if err := waitHTTP(ctx, started[i], "http://"+addr+"/health", 10*time.Second); err != nil {
+			stop()
+			return bs, nil, err
+		}
+	}
+	return bs, stop, nil
+}
+
+// backendSet is a scenario's running backends.
+type backendSet struct {
+	addrs []string // host:port
+	pids  []string
+}
+
+// runOne runs one configuration: a fresh Caddy, the load generator (which
+// warms up, then measures), and Caddy stopped again. During the measured
+// window, during (if set) is called with Caddy's admin address.
+func (h *harness) runOne(ctx context.Context, sc scenario, cfg lbConfig, backends backendSet,
+	warmup, duration time.Duration, during func(admin string) error) (runRecord, error) {
+	rec := runRecord{Scenario: sc.Name, Config: cfg.Name}
+	adminPort, err1 := freePort()
+	sitePort, err2 := freePort()
+	if err := errors.Join(err1, err2); err != nil {
+		return rec, err
+	}
+	file := filepath.Join(h.tmp, "Caddyfile")
+	text := caddyfile(cfg, adminPort, sitePort, backends.addrs)
+	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+		return rec, err
+	}
+	if key := sc.Name + "-" + cfg.Name; !h.saved[key] {
+		h.saved[key] = true
+		if err := os.WriteFile(filepath.Join(h.out, "caddyfiles", key+".Caddyfile"), []byte(text), 0o644); err != nil {
+			return rec, err
+		}
+	}
+
+	// Caddy takes over a second to shut down gracefully, with nothing to
+	// save here, so it gets little time before it is killed.
+	caddy, err := h.procs.start(procSpec{name: "caddy (" + cfg.Name + ")", cpus: h.lbCPUs, env: h.env, grace: 300 * time.Millisecond,
+		logFile: filepath.Join(h.tmp, "caddy.log"), bin: h.caddy,
+		args: []string{"run", "--config", file, "--adapter", "caddyfile"}})
+	if err != nil {
+		return rec, err
+	}
+	defer h.procs.stop(caddy)
+	site := fmt.Sprintf("127.0.0.1:%d", sitePort)
+	if err := waitHTTP(ctx, caddy, "http://"+site+"/", 15*time.Second); err != nil {
+		return rec, err
+	}
+
+	var counters []string
+	if cfg.proxies {
+		counters = backends.addrs
+	}
+	var stdout strings.Builder
+	load, err := h.procs.start(procSpec{name: "load generator", cpus: h.ldCPUs, env: os.Environ(),
+		stdout: &stdout, logFile: filepath.Join(h.tmp, "load.log"), bin: h.opts.exe,
+		args: []string{"-load", "-addr", site, "-conns", strconv.Itoa(sc.Conns),
+			"-warmup", warmup.String(), "-duration", duration.String(),
+			"-lb-pid", strconv.Itoa(caddy.pid()), "-backends", strings.Join(counters, ","),
+			"-backend-pids", strings.Join(backends.pids, ",")}})
+	if err != nil {
+		return rec, err
+	}
+	duringErr := make(chan error, 1)
+	if during != nil {
+		go func() {
+			select {
+			case <-time.After(warmup):
+				duringErr <- during(fmt.Sprintf("127.0.0.1:%d", adminPort))
+			case <-ctx.Done():
+				duringErr <- ctx.Err()
+			}
+		}()
+	} else {
+		duringErr <- nil
+	}
+	if err := h.procs.wait(ctx, load, warmup+duration+30*time.Second); err != nil {
+		return rec, err
+	}
+	if err := <-duringErr; err != nil {
+		return rec, err
+	}
+	if caddy.exited() {
+		return rec, fmt.Errorf("caddy exited during the run: %v%s", caddy.err, logTail(caddy.log))
+	}
+	if err := rec.fill(stdout.String()); err != nil {
+		return rec, err
+	}
+	if lb := singleCore(h.lbCPUs); lb >= 0 && lb < len(rec.CPUBusy) {
+		rec.OthersOnLBCore = max(rec.CPUBusy[lb]-rec.CaddyCore, 0)
+		rec.LBCorePerReqUs = rec.CPUBusy[lb] * rec.Seconds / float64(rec.Requests) * 1e6
+	}
+	return rec, nil
+}
+
+// waitHTTP polls url until it answers 200, p exits, or bound passes.
+func waitHTTP(ctx context.Context, p *proc, url string, bound time.Duration) error {
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(bound)
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		if p.exited() {
+			return fmt.Errorf("%s exited before answering: %v%s", p.name, p.err, logTail(p.log))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not answer %s within %v: %v%s", p.name, url, bound, err, logTail(p.log))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// profileRun runs one extra, unmeasured throughput run of a configuration and
+// takes a CPU profile of Caddy from its admin endpoint in the middle of it.
+func (h *harness) profileRun(ctx context.Context, name string) (string, error) {
+	cfg, _ := configByName(name)
+	sc := scenario{Name: "profile", Conns: h.opts.Conns, Slow: -1}
+	backends, stop, err := h.startBackends(ctx, sc)
+	if err != nil {
+		return "", err
+	}
+	defer stop()
+	secs := h.opts.profileSeconds
+	file := filepath.Join(h.out, "profile-"+name+".pprof")
+	fmt.Fprintf(h.opts.stdout, "  profile: %s, %ds CPU profile ...\n", name, secs)
+	_, err = h.runOne(ctx, sc, cfg, backends, h.opts.Warmup, time.Duration(secs+1)*time.Second, func(admin string) error {
+		client := &http.Client{Timeout: time.Duration(secs+15) * time.Second}
+		resp, err := client.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs))
+		if err != nil {
+			return fmt.Errorf("profile: %w", err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("profile: status %d", resp.StatusCode)
+		}
+		f, err := os.Create(file)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(f, resp.Body); err != nil {
+			f.Close()
+			return fmt.Errorf("profile: %w", err)
+		}
+		return f.Close()
+	})
+	if err != nil {
+		return "", fmt.Errorf("profile of %s: %w", name, err)
+	}
+	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=15", file).Output()
+	if err != nil {
+		return "", fmt.Errorf("go tool pprof -top %s: %w", file, err)
+	}
+	return string(out), nil
+}

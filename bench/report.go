@@ -1,0 +1,497 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// runRecord is one measured run of one configuration.
+type runRecord struct {
+	Scenario string `json:"scenario"`
+	Repeat   int    `json:"repeat"`
+	Position int    `json:"position"` // its place in the repeat's order
+	Config   string `json:"config"`
+	loadResult
+
+	ReqPerSec       float64 `json:"req_per_sec"`
+	LBCPUPerReqUs   float64 `json:"lb_cpu_per_request_us"`
+	LoadCPUPerReqUs float64 `json:"load_cpu_per_request_us"` // load generator and backends
+	// CaddyCore is the share of one core Caddy used; OthersOnLBCore is what
+	// else kept the load balancer's core busy (other processes, interrupts),
+	// a sign of a noisy machine when it is large.
+	CaddyCore      float64 `json:"caddy_core"`
+	OthersOnLBCore float64 `json:"others_on_lb_core"`
+	// LBCorePerReqUs is all the busy time of the load balancer's core per
+	// request: Caddy plus interrupts and network work the kernel charges to
+	// no process, and anything else that ran there. An upper bound.
+	LBCorePerReqUs float64   `json:"lb_core_per_request_us,omitempty"`
+	Shares         []float64 `json:"backend_shares,omitempty"` // of the requests the backends counted
+}
+
+// fill reads the load generator's JSON and derives the rates.
+func (r *runRecord) fill(loadJSON string) error {
+	if err := json.Unmarshal([]byte(loadJSON), &r.loadResult); err != nil {
+		return fmt.Errorf("load generator output %q: %w", loadJSON, err)
+	}
+	if r.Requests == 0 || r.Seconds <= 0 {
+		return fmt.Errorf("no request completed in the measured window")
+	}
+	r.ReqPerSec = float64(r.Requests) / r.Seconds
+	r.LBCPUPerReqUs = r.LBCPUSeconds / float64(r.Requests) * 1e6
+	r.LoadCPUPerReqUs = r.LoadCPUSeconds / float64(r.Requests) * 1e6
+	r.CaddyCore = r.LBCPUSeconds / r.Seconds
+	var total int64
+	for _, n := range r.Backends {
+		total += n
+	}
+	for _, n := range r.Backends {
+		if total > 0 {
+			r.Shares = append(r.Shares, float64(n)/float64(total))
+		}
+	}
+	return nil
+}
+
+// metric is one figure of a run, with the direction that is better.
+type metric struct {
+	Name   string
+	Unit   string
+	Higher bool // higher is better
+	value  func(r *runRecord, slow int) float64
+}
+
+var (
+	metricReqPerSec = metric{"req/s", "", true, func(r *runRecord, _ int) float64 { return r.ReqPerSec }}
+	metricP50       = metric{"p50", "ms", false, func(r *runRecord, _ int) float64 { return r.P50us / 1e3 }}
+	metricP99       = metric{"p99", "ms", false, func(r *runRecord, _ int) float64 { return r.P99us / 1e3 }}
+	metricLBCPU     = metric{"LB CPU/req", "µs", false, func(r *runRecord, _ int) float64 { return r.LBCPUPerReqUs }}
+	metricLBCore    = metric{"LB core/req", "µs", false, func(r *runRecord, _ int) float64 { return r.LBCorePerReqUs }}
+	metricSlowShare = metric{"slow share", "%", false, func(r *runRecord, slow int) float64 {
+		if slow < 0 || slow >= len(r.Shares) {
+			return math.NaN()
+		}
+		return r.Shares[slow] * 100
+	}}
+)
+
+// scenarioMetrics are the ratios reported per scenario.
+func scenarioMetrics(sc scenario) []metric {
+	if sc.Slow >= 0 {
+		return []metric{metricSlowShare, metricP99, metricP50, metricReqPerSec, metricLBCPU}
+	}
+	return []metric{metricLBCPU, metricLBCore, metricP99, metricP50, metricReqPerSec}
+}
+
+// noisyLimit is the share of the load balancer's core that other work may
+// take in a run before the report calls the run noisy.
+const noisyLimit = 0.20
+
+// ratio is one configuration's metric over the baseline's, paired within
+// each repeat. Missing values (a zero baseline) are null.
+type ratio struct {
+	Scenario  string     `json:"scenario"`
+	Config    string     `json:"config"`
+	Metric    string     `json:"metric"`
+	PerRepeat []*float64 `json:"per_repeat"`
+	Median    *float64   `json:"median"`
+}
+
+// target is one of issue 6's goals for lbpool, checked on the median of the
+// paired ratios.
+type target struct {
+	Scenario string   `json:"scenario"`
+	Metric   string   `json:"metric"`
+	Limit    float64  `json:"limit"` // lbpool ÷ baseline must be at most this
+	Median   *float64 `json:"median"`
+	MetIn    int      `json:"met_in_repeats"`
+	Repeats  int      `json:"repeats"`
+	Met      bool     `json:"met"`
+}
+
+var targets = []struct {
+	scenario string
+	metric   metric
+	limit    float64
+}{
+	{"throughput", metricLBCPU, 0.67},
+	{"throughput", metricP99, 1.00},
+	{"quality", metricSlowShare, 1.00},
+	{"quality", metricP99, 1.00},
+}
+
+// profileTop is the top of one configuration's CPU profile.
+type profileTop struct {
+	Config string `json:"config"`
+	Top    string `json:"top"`
+}
+
+// results is everything one harness run found; it is written as JSON.
+type results struct {
+	Command   string       `json:"command"`
+	Date      string       `json:"date"`
+	Elapsed   string       `json:"elapsed"`
+	Machine   machine      `json:"machine"`
+	Pinning   string       `json:"pinning"`
+	LBCPUs    string       `json:"lb_cpus"`   // taskset list; "" when not pinned
+	LoadCPUs  string       `json:"load_cpus"` // backends, load generator, harness
+	Options   options      `json:"options"`
+	Scenarios []scenario   `json:"scenarios"`
+	Runs      []runRecord  `json:"runs"`
+	Ratios    []ratio      `json:"ratios"`
+	Targets   []target     `json:"targets"`
+	Profiles  []profileTop `json:"profiles,omitempty"`
+	Warnings  []string     `json:"warnings,omitempty"`
+	Discarded []runRecord  `json:"discarded_runs,omitempty"` // of repeats that ran again for being noisy
+}
+
+// find returns the run of a configuration in a repeat of a scenario.
+func (res *results) find(sc string, repeat int, config string) *runRecord {
+	for i := range res.Runs {
+		r := &res.Runs[i]
+		if r.Scenario == sc && r.Repeat == repeat && r.Config == config {
+			return r
+		}
+	}
+	return nil
+}
+
+// summarise computes the paired ratios and checks the targets.
+func (res *results) summarise() {
+	res.Date = time.Now().UTC().Format("2006-01-02 15:04 MST")
+	res.Command = "go run ./bench" + commandArgs()
+	res.Ratios, res.Targets = nil, nil
+	var noisy int
+	var worst float64
+	for _, r := range res.Runs {
+		if r.OthersOnLBCore > noisyLimit {
+			noisy++
+			worst = max(worst, r.OthersOnLBCore)
+		}
+	}
+	if noisy > 0 {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("in %d of %d runs, other work took over %.0f%% of the load balancer's core (up to %.0f%%): those runs are noisy",
+			noisy, len(res.Runs), noisyLimit*100, worst*100))
+	}
+	for _, sc := range res.Scenarios {
+		for _, m := range scenarioMetrics(sc) {
+			for _, c := range sc.Configs {
+				if c == baseline {
+					continue
+				}
+				res.Ratios = append(res.Ratios, res.pairedRatio(sc, c, m))
+			}
+		}
+	}
+	for _, t := range targets {
+		sc := res.scenario(t.scenario)
+		if sc == nil || !slices.Contains(sc.Configs, "lbpool") {
+			continue
+		}
+		rt := res.pairedRatio(*sc, "lbpool", t.metric)
+		tg := target{Scenario: t.scenario, Metric: t.metric.Name, Limit: t.limit, Median: rt.Median, Repeats: len(rt.PerRepeat)}
+		for _, v := range rt.PerRepeat {
+			if v != nil && *v <= t.limit {
+				tg.MetIn++
+			}
+		}
+		tg.Met = rt.Median != nil && *rt.Median <= t.limit
+		res.Targets = append(res.Targets, tg)
+	}
+}
+
+func (res *results) scenario(name string) *scenario {
+	for i := range res.Scenarios {
+		if res.Scenarios[i].Name == name {
+			return &res.Scenarios[i]
+		}
+	}
+	return nil
+}
+
+func (res *results) pairedRatio(sc scenario, config string, m metric) ratio {
+	rt := ratio{Scenario: sc.Name, Config: config, Metric: m.Name}
+	var vals []float64
+	for rep := 1; rep <= res.Options.Repeats; rep++ {
+		a, b := res.find(sc.Name, rep, config), res.find(sc.Name, rep, baseline)
+		var v *float64
+		if a != nil && b != nil {
+			num, den := m.value(a, sc.Slow), m.value(b, sc.Slow)
+			switch {
+			case num == 0 && den == 0:
+				v = ptr(1.0)
+			case den > 0 && !math.IsNaN(num):
+				v = ptr(num / den)
+			}
+		}
+		if v != nil {
+			vals = append(vals, *v)
+		}
+		rt.PerRepeat = append(rt.PerRepeat, v)
+	}
+	if len(vals) > 0 {
+		rt.Median = ptr(median(vals))
+	}
+	return rt
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func median(vals []float64) float64 {
+	s := slices.Clone(vals)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// commandArgs is the harness's own flags, for the reproducing command.
+func commandArgs() string {
+	var b strings.Builder
+	for _, a := range os.Args[1:] {
+		if strings.HasPrefix(a, "-test.") {
+			continue // run from the test
+		}
+		b.WriteString(" " + a)
+	}
+	return b.String()
+}
+
+// machine describes where the numbers come from.
+type machine struct {
+	CPU    string `json:"cpu"`
+	Cores  int    `json:"cores"`
+	OS     string `json:"os"`
+	Kernel string `json:"kernel"`
+	Go     string `json:"go"`
+	Caddy  string `json:"caddy"`
+}
+
+func describeMachine(caddyBin string) machine {
+	m := machine{Cores: runtime.NumCPU(), Go: runtime.Version(), CPU: "unknown", OS: runtime.GOOS}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/etc/os-release"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "PRETTY_NAME="); ok {
+				m.OS = strings.Trim(v, `"`)
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if out, err := exec.Command(caddyBin, "version").Output(); err == nil {
+		m.Caddy, _, _ = strings.Cut(strings.TrimSpace(string(out)), " ")
+	}
+	return m
+}
+
+// write prints the report and writes report.txt, results.json and chart.svg
+// (and docs/bench.svg with -publish).
+func (h *harness) write(res *results, root string) error {
+	var text bytes.Buffer
+	res.report(&text)
+	fmt.Fprint(h.opts.stdout, "\n"+text.String())
+	js, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	svg := res.chart()
+	files := map[string][]byte{"report.txt": text.Bytes(), "results.json": js, "chart.svg": svg}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(h.out, name), b, 0o644); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(h.opts.stdout, "\nwrote %s: report.txt, results.json, chart.svg, caddyfiles/\n", relTo(root, h.out))
+	if h.opts.publish {
+		docs := filepath.Join(root, "docs")
+		if err := os.MkdirAll(docs, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(docs, "bench.svg"), svg, 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintln(h.opts.stdout, "published the chart to docs/bench.svg")
+	}
+	return nil
+}
+
+func relTo(root, path string) string {
+	if rel, err := filepath.Rel(root, path); err == nil && !strings.HasPrefix(rel, "..") {
+		return rel
+	}
+	return path
+}
+
+// report writes the plain-text report.
+func (res *results) report(w io.Writer) {
+	m := res.Machine
+	o := res.Options
+	fmt.Fprintf(w, "lbpool bench, %s, %s\n", res.Date, res.Command)
+	fmt.Fprintf(w, "machine: %s, %d cores, %s, kernel %s, %s, Caddy %s\n", m.CPU, m.Cores, m.OS, m.Kernel, m.Go, m.Caddy)
+	fmt.Fprintf(w, "pinning: %s\n", res.Pinning)
+	fmt.Fprintf(w, "each run: a fresh Caddy, %v warm-up, %v measured; %d repeats, configurations rotated in each; took %s\n",
+		o.Warmup, o.Duration, o.Repeats, res.Elapsed)
+	fmt.Fprintln(w, "latency: raw per request (request written to last byte read), closed loop, no coordinated-omission correction")
+	fmt.Fprintln(w, "LB CPU/req (LB µs/req): Caddy's utime+stime over the measured window ÷ requests completed in it;")
+	fmt.Fprintln(w, "  LB core/req: all busy time of Caddy's core ÷ requests (adds interrupts and other work there: an upper bound)")
+	fmt.Fprintln(w, "load generator: this harness (Go, raw HTTP/1.1 keep-alive), sharing its core with the backends;")
+	fmt.Fprintln(w, "  when that core nears 100% busy, req/s is capped by it and not by the load balancer")
+
+	for _, warning := range res.Warnings {
+		fmt.Fprintln(w, "warning: "+warning)
+	}
+
+	for _, sc := range res.Scenarios {
+		fmt.Fprintln(w)
+		if sc.Slow >= 0 {
+			fmt.Fprintf(w, "== quality: %d backends, b%d answers after %s; %d keep-alive clients\n", numBackends, sc.Slow+1, sc.Delay, sc.Conns)
+		} else {
+			fmt.Fprintf(w, "== throughput: %d fast backends; %d keep-alive clients\n", numBackends, sc.Conns)
+		}
+		for rep := 1; rep <= o.Repeats; rep++ {
+			res.repeatTable(w, sc, rep)
+		}
+		res.ratioTable(w, sc)
+	}
+
+	if len(res.Targets) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "== targets of issue 6: lbpool ÷ %s, median of the paired ratios\n", baseline)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "scenario\tmetric\tlimit\tmedian\tmet in\tverdict\t")
+		for _, t := range res.Targets {
+			verdict := "not met"
+			if t.Met {
+				verdict = "met"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t≤ %.2fx\t%s\t%d/%d\t%s\t\n", t.Scenario, t.Metric, t.Limit, fmtRatio(t.Median), t.MetIn, t.Repeats, verdict)
+		}
+		tw.Flush()
+	}
+	for _, p := range res.Profiles {
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "== CPU profile of Caddy, %s, throughput load (go tool pprof -top -nodecount=15)\n", p.Config)
+		fmt.Fprint(w, p.Top)
+	}
+}
+
+func (res *results) repeatTable(w io.Writer, sc scenario, rep int) {
+	var order []string
+	for _, r := range res.Runs {
+		if r.Scenario == sc.Name && r.Repeat == rep {
+			order = append(order, r.Config)
+		}
+	}
+	fmt.Fprintf(w, "repeat %d (in this order)\n", rep)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	head := "config\treq/s\tp50 ms\tp99 ms\tmax ms\tLB µs/req\tLB core µs/req\tload µs/req\tCaddy\tothers on LB core\tload core\t"
+	if sc.Slow >= 0 {
+		for i := range numBackends {
+			name := fmt.Sprintf("b%d", i+1)
+			if i == sc.Slow {
+				name += " slow"
+			}
+			head += name + "\t"
+		}
+	}
+	fmt.Fprintln(tw, head+"errors\t")
+	lb, ld := singleCore(res.LBCPUs), singleCore(res.LoadCPUs)
+	for _, name := range order {
+		r := res.find(sc.Name, rep, name)
+		line := fmt.Sprintf("%s\t%.0f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.1f\t%.0f%%\t%s\t%s\t", r.Config, r.ReqPerSec, r.P50us/1e3, r.P99us/1e3,
+			r.MaxUs/1e3, r.LBCPUPerReqUs, orDash(r.LBCorePerReqUs), r.LoadCPUPerReqUs, r.CaddyCore*100, others(r, lb), busy(r.CPUBusy, ld))
+		if sc.Slow >= 0 {
+			for i := range numBackends {
+				if i < len(r.Shares) {
+					line += fmt.Sprintf("%.1f%%\t", r.Shares[i]*100)
+				} else {
+					line += "-\t"
+				}
+			}
+		}
+		fmt.Fprintf(tw, "%s%d\t\n", line, r.Errors)
+	}
+	tw.Flush()
+}
+
+func (res *results) ratioTable(w io.Writer, sc scenario) {
+	fmt.Fprintf(w, "ratios to %s, paired within each repeat (config ÷ %s; below 1 is better except req/s)\n", baseline, baseline)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	head := "metric\tconfig\t"
+	for rep := 1; rep <= res.Options.Repeats; rep++ {
+		head += fmt.Sprintf("r%d\t", rep)
+	}
+	fmt.Fprintln(tw, head+"median\t")
+	for _, rt := range res.Ratios {
+		if rt.Scenario != sc.Name {
+			continue
+		}
+		line := rt.Metric + "\t" + rt.Config + "\t"
+		for _, v := range rt.PerRepeat {
+			line += fmtRatio(v) + "\t"
+		}
+		fmt.Fprintln(tw, line+fmtRatio(rt.Median)+"\t")
+	}
+	tw.Flush()
+}
+
+func fmtRatio(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", *v)
+}
+
+// singleCore is the core a taskset list names when it names exactly one,
+// else -1 (the busy columns then show "-").
+func singleCore(list string) int {
+	n, err := strconv.Atoi(list)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+func orDash(v float64) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+// others is the LB core's busy share not spent in Caddy.
+func others(r *runRecord, core int) string {
+	if core < 0 || core >= len(r.CPUBusy) {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", max(r.CPUBusy[core]-r.CaddyCore, 0)*100)
+}
+
+func busy(fracs []float64, core int) string {
+	if core < 0 || core >= len(fracs) {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", fracs[core]*100)
+}
