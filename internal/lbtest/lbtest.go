@@ -317,8 +317,10 @@ func (b *Backend) Close() {
 	s := b.Server
 	b.Server = nil
 	b.mu.Unlock()
-	// not under b.mu: Close waits for handlers, and handlers take b.mu
+	// not under b.mu: Close waits for handlers, and handlers take b.mu.
+	// Stop accepting first, then drop the open connections.
 	if s != nil {
+		_ = s.Listener.Close()
 		s.CloseClientConnections()
 		s.Close()
 	}
