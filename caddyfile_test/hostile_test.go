@@ -713,13 +713,7 @@ func trackedSite(c *lbtest.Caddy, backends ...*trackedBackend) string {
 	for i, b := range backends {
 		addrs[i] = b.addr()
 	}
-	return fmt.Sprintf(`:%d {
-	lbpool %s {
-		name web
-		health_uri /health
-		health_interval 1h
-	}
-}`, c.HTTPPort, strings.Join(addrs, " "))
+	return c.SiteAt("health_interval 1h", addrs...)
 }
 
 // dialCaddy opens a raw connection to the site.

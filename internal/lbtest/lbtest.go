@@ -356,6 +356,11 @@ func (c *Caddy) Site(extra string, backends ...*Backend) string {
 	for i, b := range backends {
 		addrs[i] = b.Addr()
 	}
+	return c.SiteAt(extra, addrs...)
+}
+
+// SiteAt is Site for backends given by address.
+func (c *Caddy) SiteAt(extra string, addrs ...string) string {
 	return fmt.Sprintf(`:%d {
 	lbpool %s {
 		name web
