@@ -85,7 +85,10 @@ func (h *Handler) pick(tried *triedSet) int {
 func (h *Handler) pickExact(tried *triedSet) int {
 	bs := h.backends
 	n := len(bs)
-	start := int(h.lease.next.Load() % uint64(n))
+	start := int(h.lease.next.Load()) // below n but for a pool that shrank
+	if start >= n {
+		start = 0
+	}
 	first, ties := -1, 0
 	idle := true
 	var bestLoad, bestWeight, now int64
@@ -122,7 +125,11 @@ func (h *Handler) pickExact(tried *triedSet) int {
 	chosen := first
 	switch {
 	case idle:
-		h.lease.next.Store(uint64(first) + 1)
+		next := first + 1
+		if next == n {
+			next = 0
+		}
+		h.lease.next.Store(uint64(next))
 	case ties > 1:
 		chosen = h.nthTied(tried, start, rand.N(ties), bestLoad, bestWeight, first)
 	}
