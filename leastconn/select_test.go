@@ -2,6 +2,7 @@ package leastconn
 
 import (
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -285,4 +286,23 @@ func TestSampledPickFallsBackToTheFullScan(t *testing.T) {
 		}
 		h.backends[321].active.Add(-1)
 	}
+}
+
+// BenchmarkCountFloor is the floor under the parallel pick: only the two
+// atomic adds every request makes to its backend's active count (one at the
+// pick, one at the end), over 3 counters on their own cache lines, from
+// every core at once. No pick over shared counts can be cheaper.
+func BenchmarkCountFloor(b *testing.B) {
+	var counts [3]struct {
+		n atomic.Int64
+		_ [56]byte
+	}
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			counts[i%3].n.Add(1)
+			counts[i%3].n.Add(-1)
+			i++
+		}
+	})
 }
