@@ -420,11 +420,15 @@ func TestReloadUnderLoadKeepsCountersAndFailsNothing(t *testing.T) {
 // connection. What the tests hold lbpool to is the answer to every request
 // that reaches it.
 func getRetryingConnectionLoss(c *lbtest.Caddy, url string) (int, error) {
+	client := c.Client()
 	var err error
 	for range 3 {
 		var resp *http.Response
-		resp, err = c.Client().Get(url)
+		resp, err = client.Get(url)
 		if err != nil {
+			// resend on a new connection: the other kept-alive ones may be
+			// closing with the old server too
+			client = freshConnClient
 			continue
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
@@ -433,6 +437,8 @@ func getRetryingConnectionLoss(c *lbtest.Caddy, url string) (int, error) {
 	}
 	return 0, err
 }
+
+var freshConnClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
 func TestTLSBackendGetsHTTP2AndPassesChecks(t *testing.T) {
 	c := lbtest.Start(t)
@@ -466,5 +472,33 @@ func TestTLSBackendGetsHTTP2AndPassesChecks(t *testing.T) {
 		if p := <-protos; !strings.HasSuffix(p, "HTTP/2.0") {
 			t.Fatalf("backend saw %s, want HTTP/2 to a TLS backend", p)
 		}
+	}
+}
+
+func TestOnePoolNameWithTwoSettingsIsRefused(t *testing.T) {
+	c := lbtest.Start(t)
+	a := lbtest.NewBackend(t, "a", nil)
+	b := lbtest.NewBackend(t, "b", nil)
+	c.Load(t, site(c, "", a))
+	twice := fmt.Sprintf(`:%d {
+	lbpool %s {
+		name web
+	}
+}
+:%d {
+	lbpool %s {
+		name web
+	}
+}`, c.HTTPPort, a.Addr(), lbtest.FreePort(t), b.Addr())
+	err := c.TryLoad(twice)
+	if err == nil || !strings.Contains(err.Error(), `pool "web" is configured twice with different settings`) {
+		t.Fatalf("loading two different pools named web: %v", err)
+	}
+	// the running config is untouched, and so is its pool
+	if status, body := c.Get(t, c.URL("/")); status != 200 || body != "a" {
+		t.Fatalf("after the refused load: %d %q", status, body)
+	}
+	if got := c.Stats(t, "web"); len(got) != 1 || got[0].URL != a.URL() {
+		t.Fatalf("pool web after the refused load: %+v", got)
 	}
 }

@@ -1,7 +1,6 @@
 package leastconn
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -47,7 +46,7 @@ type poolSpec struct {
 	name        string
 	backends    []backendAddr
 	fingerprint string
-	owner       context.Context // the config that provisioned it
+	owner       <-chan struct{} // the Done channel of the config that provisioned it
 	seq         uint64
 	logger      *zap.Logger
 
@@ -88,7 +87,9 @@ type lease struct {
 // acquire attaches a handler's spec to its pool, creating the pool and any
 // new backends (and starting their checkers).
 func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
-	s.owner = ctx.Context
+	// every module of one config load shares its context's Done channel
+	// (the http app adds values per server, which makes the contexts differ)
+	s.owner = ctx.Done()
 
 	r.mu.Lock()
 	p := r.pools[s.name]
