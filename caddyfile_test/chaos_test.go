@@ -490,19 +490,12 @@ func TestMemoryAndGoroutinesFlatOver100kProxiedRequests(t *testing.T) {
 		goroutines = append(goroutines, settledGoroutines(c))
 	}
 	elapsed := time.Since(start)
-	var windows []string
-	for i := range heaps {
-		windows = append(windows, fmt.Sprintf("%.2f MiB/%d", mib(heaps[i]), goroutines[i]))
-	}
 	t.Logf("%d requests in %v (race detector: %v); live heap/goroutines after each %d: %s",
-		total, elapsed.Round(time.Millisecond), raceEnabled(), window, strings.Join(windows, ", "))
+		total, elapsed.Round(time.Millisecond), raceEnabled(), window, showWindows(heaps, goroutines))
 	if served := a.Requests.Load() + b.Requests.Load(); served != int64(total) {
 		t.Fatalf("backends served %d requests, want %d", served, total)
 	}
-	first, last := heaps[0], heaps[len(heaps)-1]
-	if last > first+heapMargin {
-		t.Errorf("live heap grew from %.2f MiB to %.2f MiB over %d requests", mib(first), mib(last), total-window)
-	}
+	checkHeapFlat(t, heaps, fmt.Sprintf("%d requests", total-window))
 	if g0, g1 := goroutines[0], goroutines[len(goroutines)-1]; g1 > g0+5 {
 		t.Errorf("goroutines grew from %d to %d over %d requests", g0, g1, total-window)
 	}
@@ -547,16 +540,9 @@ func TestMemoryAndGoroutinesFlatOver100Reloads(t *testing.T) {
 		}
 	}
 	elapsed := time.Since(start)
-	var windows []string
-	for i := range heaps {
-		windows = append(windows, fmt.Sprintf("%.2f MiB/%d", mib(heaps[i]), goroutines[i]))
-	}
 	t.Logf("%d reloads in %v; live heap/goroutines after each %d: %s",
-		leakReloads, elapsed.Round(time.Millisecond), leakReloadWindow, strings.Join(windows, ", "))
-	first, last := heaps[0], heaps[len(heaps)-1]
-	if last > first+heapMargin {
-		t.Errorf("live heap grew from %.2f MiB to %.2f MiB over %d reloads", mib(first), mib(last), leakReloads-leakReloadWindow)
-	}
+		leakReloads, elapsed.Round(time.Millisecond), leakReloadWindow, showWindows(heaps, goroutines))
+	checkHeapFlat(t, heaps, fmt.Sprintf("%d reloads", leakReloads-leakReloadWindow))
 	// checks and stats fetches in flight move the count by a few; a leak of
 	// one goroutine per reload would add 90
 	if g0, g1 := goroutines[0], goroutines[len(goroutines)-1]; g1 > g0+10 {
@@ -568,5 +554,23 @@ func TestMemoryAndGoroutinesFlatOver100Reloads(t *testing.T) {
 	}, func() { t.Logf("baseline %d, now %d", baseline, runtime.NumGoroutine()); dumpGoroutines(t) })
 	if got := poolStats(t, c, ""); len(got) != 0 {
 		t.Fatalf("%d backends remain after removing every pool", len(got))
+	}
+}
+
+// showWindows shows the live heap and goroutines measured after each window.
+func showWindows(heaps []uint64, goroutines []int) string {
+	var windows []string
+	for i := range heaps {
+		windows = append(windows, fmt.Sprintf("%.2f MiB/%d", mib(heaps[i]), goroutines[i]))
+	}
+	return strings.Join(windows, ", ")
+}
+
+// checkHeapFlat fails when the live heap of the last window exceeds the
+// first by more than heapMargin.
+func checkHeapFlat(t *testing.T, heaps []uint64, over string) {
+	t.Helper()
+	if first, last := heaps[0], heaps[len(heaps)-1]; last > first+heapMargin {
+		t.Errorf("live heap grew from %.2f MiB to %.2f MiB over %s", mib(first), mib(last), over)
 	}
 }
