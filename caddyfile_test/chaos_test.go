@@ -6,7 +6,6 @@ package caddyfile_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -23,7 +22,6 @@ import (
 	"time"
 
 	"github.com/lbpool/lbpool/internal/lbtest"
-	"github.com/lbpool/lbpool/leastconn"
 )
 
 // Bounds of the chaos soak.
@@ -114,93 +112,33 @@ func (cb *chaosBackend) restart(t *testing.T) {
 	cb.mu.Unlock()
 }
 
-// getResendingOnce GETs url and reads the whole body. It resends the request
-// once when the connection to Caddy broke before any answer came back,
-// following the rule of getRetryingConnectionLoss: on Linux each config has
-// its own SO_REUSEPORT socket, the old one is closed on reload, and the
-// kernel resets connections still queued on it before any handler runs
-// (reverse_proxy has the same). Any answer that is not a full 200 is a
-// failure.
-func getResendingOnce(client *http.Client, url string) error {
-	var err error
-	for range 2 {
+// getResending GETs url and reads the whole body; any answer that is not a
+// full 200 is an error. A request that got no answer at all, on a
+// connection Caddy closed unread, is sent again (up to twice more), and
+// resent says how many times. A config reload stops the old HTTP server
+// while the new one already serves, and net/http's Server drops a request
+// it reads after Shutdown began without answering it, before any handler
+// runs; it does the same with reverse_proxy or respond. Tests that resend
+// also check that the backends served exactly the 200s the clients got, so
+// a request lbpool took and lost cannot hide in a resend.
+func getResending(client *http.Client, url string) (resent int, err error) {
+	for try := range 3 {
 		var resp *http.Response
-		resp, err = client.Get(url)
-		if err != nil {
-			continue // no answer at all: the one resend
+		if resp, err = client.Get(url); err != nil {
+			resent = try + 1
+			continue
 		}
 		_, rerr := io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		switch {
 		case rerr != nil:
-			return fmt.Errorf("status %d, body broken off: %v", resp.StatusCode, rerr)
+			return try, fmt.Errorf("status %d, body broken off: %v", resp.StatusCode, rerr)
 		case resp.StatusCode != http.StatusOK:
-			return fmt.Errorf("status %d", resp.StatusCode)
+			return try, fmt.Errorf("status %d", resp.StatusCode)
 		}
-		return nil
+		return try, nil
 	}
-	return fmt.Errorf("no answer, twice: %v", err)
-}
-
-// adminClient talks to the admin endpoint on connections of its own.
-var adminClient = &http.Client{Timeout: 10 * time.Second}
-
-// admin calls the admin endpoint like lbtest's Caddy.Admin, but sends the
-// request again (up to twice, 50ms apart) when the connection broke before
-// any answer: every config load replaces Caddy's admin server and closes
-// the old one, its socket and its kept-alive connections, after Load has
-// returned (the reload rule of getRetryingConnectionLoss). Setting an admin
-// state twice is harmless.
-func admin(t testing.TB, c *lbtest.Caddy, method, path, body string) (int, []byte) {
-	t.Helper()
-	var err error
-	for try := range 3 {
-		if try > 0 {
-			time.Sleep(50 * time.Millisecond)
-		}
-		req, rerr := http.NewRequest(method, fmt.Sprintf("http://localhost:%d%s", c.AdminPort, path), strings.NewReader(body))
-		if rerr != nil {
-			t.Fatal(rerr)
-		}
-		var resp *http.Response
-		if resp, err = adminClient.Do(req); err != nil {
-			continue
-		}
-		data, rerr := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if rerr != nil {
-			t.Fatalf("%s %s: reading the answer: %v", method, path, rerr)
-		}
-		return resp.StatusCode, data
-	}
-	t.Fatalf("%s %s: %v", method, path, err)
-	return 0, nil
-}
-
-// poolStats reads GET /lbpool/stats?pool=name.
-func poolStats(t testing.TB, c *lbtest.Caddy, pool string) []leastconn.BackendStats {
-	t.Helper()
-	status, body := admin(t, c, http.MethodGet, "/lbpool/stats?pool="+pool, "")
-	if status != http.StatusOK {
-		t.Fatalf("stats of pool %s: %d %s", pool, status, body)
-	}
-	var out []leastconn.BackendStats
-	if err := json.Unmarshal(body, &out); err != nil {
-		t.Fatalf("stats JSON: %v\n%s", err, body)
-	}
-	return out
-}
-
-// backendStats is one backend of poolStats, by URL.
-func backendStats(t testing.TB, c *lbtest.Caddy, pool, url string) leastconn.BackendStats {
-	t.Helper()
-	for _, s := range poolStats(t, c, pool) {
-		if s.URL == url {
-			return s
-		}
-	}
-	t.Fatalf("backend %s not in pool %s", url, pool)
-	return leastconn.BackendStats{}
+	return resent - 1, fmt.Errorf("no answer, three times: %v", err)
 }
 
 // settledGoroutines closes the test client's idle connections and returns
@@ -265,7 +203,7 @@ func TestChaosSoakFailsNoRequestAndLeavesCountsExact(t *testing.T) {
 	}
 	c.Load(t, config(0))
 	lbtest.Eventually(t, 5*time.Second, "every backend checked and up", func() bool {
-		for _, s := range poolStats(t, c, "chaos") {
+		for _, s := range c.Stats(t, "chaos") {
 			if s.LastCheck == nil || !s.Alive {
 				return false
 			}
@@ -283,7 +221,7 @@ func TestChaosSoakFailsNoRequestAndLeavesCountsExact(t *testing.T) {
 		wg.Go(func() {
 			for ctx.Err() == nil && time.Since(testStart) < chaosTestBound-10*time.Second {
 				sent.Add(1)
-				if err := getResendingOnce(c.Client(), c.URL("/")); err != nil {
+				if _, err := getResending(c.Client(), c.URL("/")); err != nil {
 					failed.Add(1)
 					failMu.Lock()
 					if len(failures) < 10 {
@@ -319,7 +257,7 @@ func TestChaosSoakFailsNoRequestAndLeavesCountsExact(t *testing.T) {
 	}
 	setState := func(i int, state string) {
 		body := fmt.Sprintf(`{"pool":"chaos","backend":%q,"state":%q}`, backends[i].addr, state)
-		if status, resp := admin(t, c, http.MethodPost, "/lbpool/state", body); status != http.StatusOK {
+		if status, resp := c.Admin(t, http.MethodPost, "/lbpool/state", body); status != http.StatusOK {
 			t.Fatalf("%s %s: %d %s", state, backends[i].name, status, resp)
 		}
 	}
@@ -392,7 +330,7 @@ func TestChaosSoakFailsNoRequestAndLeavesCountsExact(t *testing.T) {
 		t.Errorf("the schedule ran out of time: %d reloads, %d kills, %d flips, %d drains", reloads, done[killed], done[sick], done[drained])
 	}
 	lbtest.Eventually(t, 10*time.Second, "every backend up and ready again", func() bool {
-		for _, s := range poolStats(t, c, "chaos") {
+		for _, s := range c.Stats(t, "chaos") {
 			if !s.Alive || s.State != "ready" {
 				return false
 			}
@@ -406,15 +344,15 @@ func TestChaosSoakFailsNoRequestAndLeavesCountsExact(t *testing.T) {
 		t.Errorf("%d of %d GETs failed while at least two backends served; first ones:\n%s", n, sent.Load(), strings.Join(failures, "\n"))
 	}
 	lbtest.EventuallyOr(t, 5*time.Second, "every active_connections back to 0", func() bool {
-		for _, s := range poolStats(t, c, "chaos") {
+		for _, s := range c.Stats(t, "chaos") {
 			if s.ActiveConnections != 0 {
 				return false
 			}
 		}
 		return true
-	}, func() { t.Logf("stats: %+v", poolStats(t, c, "chaos")) })
+	}, func() { t.Logf("stats: %+v", c.Stats(t, "chaos")) })
 	var total, answered uint64
-	for i, s := range poolStats(t, c, "chaos") {
+	for i, s := range c.Stats(t, "chaos") {
 		total += s.RequestsTotal
 		answered += uint64(backends[i].answered.Load())
 		t.Logf("%s: requests_total %d, answered %d, arrived %d, failures_total %d, retries_total %d, status_changes %d",
@@ -499,7 +437,7 @@ func TestMemoryAndGoroutinesFlatOver100kProxiedRequests(t *testing.T) {
 	if g0, g1 := goroutines[0], goroutines[len(goroutines)-1]; g1 > g0+5 {
 		t.Errorf("goroutines grew from %d to %d over %d requests", g0, g1, total-window)
 	}
-	for _, s := range poolStats(t, c, "web") {
+	for _, s := range c.Stats(t, "web") {
 		if s.ActiveConnections != 0 {
 			t.Errorf("%s: %d active after the load", s.URL, s.ActiveConnections)
 		}
@@ -552,7 +490,7 @@ func TestMemoryAndGoroutinesFlatOver100Reloads(t *testing.T) {
 	lbtest.EventuallyOr(t, 10*time.Second, "goroutines back to the baseline", func() bool {
 		return settledGoroutines(c) <= baseline+5
 	}, func() { t.Logf("baseline %d, now %d", baseline, runtime.NumGoroutine()); dumpGoroutines(t) })
-	if got := poolStats(t, c, ""); len(got) != 0 {
+	if got := c.Stats(t, ""); len(got) != 0 {
 		t.Fatalf("%d backends remain after removing every pool", len(got))
 	}
 }

@@ -156,7 +156,7 @@ func TestHostileBackendThatNeverAnswersGets504InBoundedTime(t *testing.T) {
 		response_header_timeout 300ms
 	}
 }`, c.HTTPPort, rb.addr()))
-	lbtest.Eventually(t, 5*time.Second, "the first check", func() bool { return backendStats(t, c, "mute", rb.url()).LastCheck != nil })
+	lbtest.Eventually(t, 5*time.Second, "the first check", func() bool { return c.Backend(t, "mute", rb.url()).LastCheck != nil })
 
 	for i, method := range []string{http.MethodGet, http.MethodPost} {
 		req, _ := http.NewRequest(method, c.URL("/never"), strings.NewReader("x"))
@@ -188,9 +188,9 @@ func TestHostileBackendThatNeverAnswersGets504InBoundedTime(t *testing.T) {
 		t.Logf("%s: 504 after %v", method, took.Round(time.Millisecond))
 	}
 	lbtest.Eventually(t, 5*time.Second, "active_connections back to 0", func() bool {
-		return backendStats(t, c, "mute", rb.url()).ActiveConnections == 0
+		return c.Backend(t, "mute", rb.url()).ActiveConnections == 0
 	})
-	if s := backendStats(t, c, "mute", rb.url()); s.FailuresTotal != 2 || s.RequestsTotal != 0 {
+	if s := c.Backend(t, "mute", rb.url()); s.FailuresTotal != 2 || s.RequestsTotal != 0 {
 		t.Fatalf("failures_total %d, requests_total %d; want 2 failures and no answered request", s.FailuresTotal, s.RequestsTotal)
 	}
 }
@@ -229,10 +229,10 @@ func TestHostileSilentBackendFailsItsCheckWithinTheHealthTimeout(t *testing.T) {
 	}
 }`, c.HTTPPort, ln.Addr()))
 	lbtest.Eventually(t, 5*time.Second, "the first check to fail", func() bool {
-		s := backendStats(t, c, "silent", url)
+		s := c.Backend(t, "silent", url)
 		return s.LastCheck != nil && !s.Alive
 	})
-	s := backendStats(t, c, "silent", url)
+	s := c.Backend(t, "silent", url)
 	if s.LastCheck.Error != "timeout" || s.LastCheck.Status != 0 || s.LastCheck.DurationMS > 2000 {
 		t.Fatalf("last check %+v, want a timeout after about 300ms", *s.LastCheck)
 	}
@@ -306,7 +306,7 @@ func TestHostileHealthAndStatsEndpointsAreReadBounded(t *testing.T) {
 					t.Fatalf("only %d hostile fetches in 30s", i)
 				}
 			}
-			s := backendStats(t, c, "hostile", rb.url())
+			s := c.Backend(t, "hostile", rb.url())
 			c.Load(t, emptySite(c))
 			heapAfter := heapAfterGC()
 			t.Logf("%.1f MiB sent in %d fetches; live heap %.2f MiB before, %.2f MiB after; stats %+v",
@@ -365,7 +365,7 @@ func TestHostileStatsBodyDoesNotCrashCaddy(t *testing.T) {
 	if status, got := c.Get(t, c.URL("/")); status != 200 || got != "ok" {
 		t.Fatalf("after the bad stats: %d %q", status, got)
 	}
-	if s := backendStats(t, c, "web", b.URL()); s.MemoryBytes != nil || !s.Alive {
+	if s := c.Backend(t, "web", b.URL()); s.MemoryBytes != nil || !s.Alive {
 		t.Fatalf("memory %v, alive %v: a bad stats body gives no figure and leaves health alone", s.MemoryBytes, s.Alive)
 	}
 }
@@ -483,12 +483,12 @@ func TestHostileBackendClosingMidBodyAbortsTheClientAndCountsAFailure(t *testing
 				t.Logf("try %d: %v", i, err)
 			}
 			lbtest.Eventually(t, 5*time.Second, "active_connections back to 0", func() bool {
-				return backendStats(t, c, "web", b.URL()).ActiveConnections == 0
+				return c.Backend(t, "web", b.URL()).ActiveConnections == 0
 			})
 			// Go's client resends a GET whose kept-alive connection gave no
 			// answer: count what reached the backend
 			n := uint64(cuts.Load())
-			if s := backendStats(t, c, "web", b.URL()); n < 3 || s.FailuresTotal != n || s.RequestsTotal != n {
+			if s := c.Backend(t, "web", b.URL()); n < 3 || s.FailuresTotal != n || s.RequestsTotal != n {
 				t.Fatalf("failures_total %d, requests_total %d for %d responses broken off; want each counted", s.FailuresTotal, s.RequestsTotal, n)
 			}
 			if status, body := c.Get(t, c.URL("/")); status != 200 || body != "whole" {
@@ -621,9 +621,9 @@ func TestHostileBackend1xxTrailersAndHugeHeaders(t *testing.T) {
 					t.Fatalf("%d %q after %v, want a prompt 502 with a body", status, body, time.Since(start))
 				}
 				lbtest.Eventually(t, 5*time.Second, "active_connections back to 0", func() bool {
-					return backendStats(t, c, "web", b.URL()).ActiveConnections == 0
+					return c.Backend(t, "web", b.URL()).ActiveConnections == 0
 				})
-				if s := backendStats(t, c, "web", b.URL()); s.FailuresTotal != 1 {
+				if s := c.Backend(t, "web", b.URL()); s.FailuresTotal != 1 {
 					t.Fatalf("failures_total %d, want 1", s.FailuresTotal)
 				}
 				lbtest.Eventually(t, 5*time.Second, "the backend to serve a normal answer again", func() bool {
@@ -640,7 +640,7 @@ func TestHostileBackend1xxTrailersAndHugeHeaders(t *testing.T) {
 			c.Load(t, site(c, "health_interval 1h", b))
 			tc.check(t, c, b)
 			lbtest.Eventually(t, 5*time.Second, "active_connections back to 0", func() bool {
-				return backendStats(t, c, "web", b.URL()).ActiveConnections == 0
+				return c.Backend(t, "web", b.URL()).ActiveConnections == 0
 			})
 		})
 	}
@@ -734,10 +734,10 @@ func dialCaddy(t *testing.T, c *lbtest.Caddy) net.Conn {
 func assertBackendUntouched(t *testing.T, c *lbtest.Caddy, tb *trackedBackend) {
 	t.Helper()
 	lbtest.Eventually(t, 5*time.Second, "active_connections back to 0", func() bool {
-		return backendStats(t, c, "web", tb.url()).ActiveConnections == 0
+		return c.Backend(t, "web", tb.url()).ActiveConnections == 0
 	})
 	lbtest.Eventually(t, 5*time.Second, "no backend connection left mid-request", func() bool { return tb.busy() == 0 })
-	if s := backendStats(t, c, "web", tb.url()); !s.Alive || s.FailuresTotal != 0 {
+	if s := c.Backend(t, "web", tb.url()); !s.Alive || s.FailuresTotal != 0 {
 		t.Errorf("alive %v, failures_total %d: a client's disconnect was blamed on the backend", s.Alive, s.FailuresTotal)
 	}
 	if status, body := c.Get(t, c.URL("/")); status != 200 || body != "ok" {
@@ -864,7 +864,7 @@ func TestSlowClientsDoNotStarveOthers(t *testing.T) {
 	}
 	active := func() int64 {
 		var n int64
-		for _, s := range poolStats(t, c, "web") {
+		for _, s := range c.Stats(t, "web") {
 			n += s.ActiveConnections
 		}
 		return n

@@ -44,6 +44,13 @@ type Caddy struct {
 	HTTPPort  int
 	LogFile   string
 	client    *http.Client
+
+	// httpSocket is the listening socket of HTTPPort, held by the test
+	// process for its whole life and handed to Caddy as "fd/<n>" (see
+	// TryLoad); it is never closed, as Caddy keeps its own *os.File for the
+	// same descriptor.
+	httpSocket *os.File
+	httpFd     uintptr
 }
 
 var (
@@ -59,11 +66,25 @@ func Start(t testing.TB) *Caddy {
 		if err != nil {
 			t.Fatal(err)
 		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sock, err := l.(*net.TCPListener).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Close() // sock is a second descriptor of the same socket
 		instance = &Caddy{
-			AdminPort: FreePort(t),
-			HTTPPort:  FreePort(t),
-			LogFile:   dir + "/caddy.log",
-			client:    &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}},
+			AdminPort:  FreePort(t),
+			HTTPPort:   l.Addr().(*net.TCPAddr).Port,
+			LogFile:    dir + "/caddy.log",
+			client:     &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}},
+			httpSocket: sock,
+			// Fd leaves the descriptor in blocking mode, so the *os.File
+			// Caddy makes of it never changes its mode again; each listener
+			// Caddy makes from it is a non-blocking duplicate
+			httpFd: sock.Fd(),
 		}
 	})
 	return instance
@@ -107,9 +128,19 @@ func (c *Caddy) Load(t testing.TB, site string) {
 }
 
 // TryLoad is Load that returns the error.
+//
+// Servers that listen on HTTPPort get the test process's socket instead, as
+// "fd/<n>". Caddy makes a new TCP socket for each config (SO_REUSEPORT) and
+// closes the old one after a reload; the kernel resets connections still
+// queued on the old one, before any handler sees them. With one socket
+// shared by every config (as under systemd socket activation) nothing is
+// reset, so tests can hold every request sent across a reload to a 200.
 func (c *Caddy) TryLoad(site string) error {
 	cfg, err := Adapt(c.Globals() + site)
 	if err != nil {
+		return err
+	}
+	if cfg, err = c.onHeldSocket(cfg); err != nil {
 		return err
 	}
 	err = caddy.Load(cfg, true)
@@ -117,6 +148,28 @@ func (c *Caddy) TryLoad(site string) error {
 	// one are closing, and a POST sent on one would not be retried
 	c.client.CloseIdleConnections()
 	return err
+}
+
+// onHeldSocket rewrites the listen address ":<HTTPPort>" of the config's
+// HTTP servers to the held socket.
+func (c *Caddy) onHeldSocket(cfg []byte) ([]byte, error) {
+	var doc map[string]any
+	if err := json.Unmarshal(cfg, &doc); err != nil {
+		return nil, err
+	}
+	apps, _ := doc["apps"].(map[string]any)
+	httpApp, _ := apps["http"].(map[string]any)
+	servers, _ := httpApp["servers"].(map[string]any)
+	port := fmt.Sprintf(":%d", c.HTTPPort)
+	for _, srv := range servers {
+		listen, _ := srv.(map[string]any)["listen"].([]any)
+		for i, addr := range listen {
+			if addr == port {
+				listen[i] = fmt.Sprintf("fd/%d", c.httpFd)
+			}
+		}
+	}
+	return json.Marshal(doc)
 }
 
 // URL is the address of a path on the site listening on the HTTP port.
@@ -139,33 +192,44 @@ func (c *Caddy) Get(t testing.TB, url string) (int, string) {
 // Client is an HTTP client with a large keep-alive pool, for load.
 func (c *Caddy) Client() *http.Client { return c.client }
 
-// Admin calls the admin endpoint and returns status and body.
+// Admin calls the admin endpoint and returns status and body. Every config
+// load replaces Caddy's admin server and closes the old one, its socket and
+// its kept-alive connections, after the load has returned; a request caught
+// on its way out gets no answer at all and is sent again (up to twice, 50ms
+// apart). Every admin request the tests send can be sent twice: reads, and
+// state changes that set an absolute state.
 func (c *Caddy) Admin(t testing.TB, method, path string, body string) (int, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, fmt.Sprintf("http://localhost:%d%s", c.AdminPort, path), strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.client.Do(req)
-	if err != nil {
-		// a load replaces the admin server; a request caught on its way
-		// out is sent once more
-		req, _ = http.NewRequest(method, req.URL.String(), strings.NewReader(body))
+	var err error
+	for try := range 3 {
+		if try > 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+		req, rerr := http.NewRequest(method, fmt.Sprintf("http://localhost:%d%s", c.AdminPort, path), strings.NewReader(body))
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
 		if body != "" {
 			req.Header.Set("Content-Type", "application/json")
 		}
-		resp, err = c.client.Do(req)
+		var resp *http.Response
+		if resp, err = adminClient.Do(req); err != nil {
+			continue
+		}
+		data, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if rerr != nil {
+			t.Fatalf("%s %s: reading the answer: %v", method, path, rerr)
+		}
+		return resp.StatusCode, data
 	}
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
+	t.Fatalf("%s %s: %v", method, path, err)
+	return 0, nil
 }
+
+// adminClient talks to the admin endpoint on connections of its own, apart
+// from the load the tests send.
+var adminClient = &http.Client{Timeout: 10 * time.Second}
 
 // Stats reads /lbpool/stats for a pool ("" for all).
 func (c *Caddy) Stats(t testing.TB, pool string) []leastconn.BackendStats {
