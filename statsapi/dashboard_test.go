@@ -23,8 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-
 	"github.com/lbpool/lbpool/internal/lbtest"
 )
 
@@ -108,11 +106,7 @@ func loadForBrowser(t *testing.T, c *lbtest.Caddy, site string) {
 	if !strings.Contains(globals, plain) {
 		t.Fatalf("lbtest's globals have no %q line to replace:\n%s", plain, globals)
 	}
-	cfg, err := lbtest.Adapt(strings.Replace(globals, plain, browserAdmin(c.AdminPort)+"\n", 1) + site)
-	if err != nil {
-		t.Fatalf("adapting: %v", err)
-	}
-	if err := caddy.Load(cfg, true); err != nil {
+	if err := c.LoadCaddyfile(strings.Replace(globals, plain, browserAdmin(c.AdminPort)+"\n", 1) + site); err != nil {
 		t.Fatalf("loading: %v", err)
 	}
 }

@@ -128,15 +128,21 @@ func (c *Caddy) Load(t testing.TB, site string) {
 }
 
 // TryLoad is Load that returns the error.
+func (c *Caddy) TryLoad(site string) error {
+	return c.LoadCaddyfile(c.Globals() + site)
+}
+
+// LoadCaddyfile adapts a whole Caddyfile, global options included, and
+// loads it.
 //
 // Servers that listen on HTTPPort get the test process's socket instead, as
 // "fd/<n>". Caddy makes a new TCP socket for each config (SO_REUSEPORT) and
 // closes the old one after a reload; the kernel resets connections still
-// queued on the old one, before any handler sees them. With one socket
-// shared by every config (as under systemd socket activation) nothing is
-// reset, so tests can hold every request sent across a reload to a 200.
-func (c *Caddy) TryLoad(site string) error {
-	cfg, err := Adapt(c.Globals() + site)
+// queued on the old one, before any handler sees them. One socket shared by
+// every config (as under systemd socket activation) resets nothing, so the
+// reload tests see only what Caddy's servers and lbpool do.
+func (c *Caddy) LoadCaddyfile(caddyfile string) error {
+	cfg, err := Adapt(caddyfile)
 	if err != nil {
 		return err
 	}
