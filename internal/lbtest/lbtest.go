@@ -283,6 +283,10 @@ lines:
 	return out
 }
 
+// Panics returns the handler panics net/http recovered and Caddy logged
+// (at error level) so far in this process.
+func (c *Caddy) Panics() []string { return c.Logs("http: panic serving") }
+
 // EventuallyOr is Eventually that runs explain before failing.
 func EventuallyOr(t testing.TB, timeout time.Duration, what string, cond func() bool, explain func()) {
 	t.Helper()
