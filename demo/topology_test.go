@@ -658,4 +658,9 @@ func TestDemoTopologySurvivesLosingABackend(t *testing.T) {
 	if want := []string{app2URL + " down", app2URL + " up"}; !slices.Equal(got, want) {
 		t.Errorf("status changes logged: %q, want %q", got, want)
 	}
+	// net/http recovers a handler panic and Caddy logs it: nothing else
+	// would show one
+	if log, err := os.ReadFile(logFile); err != nil || bytes.Contains(log, []byte("http: panic serving")) {
+		t.Errorf("the log has a handler panic (or cannot be read: %v)", err)
+	}
 }

@@ -299,8 +299,10 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 			done(true)
 			return
 		}
-		done(false) // close the connection first: Close must not drain a body left unread
-		resp.Body.Close()
+		// a body left unread is dropped with its connection: Body.Close
+		// would drain it, and done hands the connection's reader back to
+		// be reused
+		done(false)
 	}()
 
 	if resp.StatusCode == http.StatusSwitchingProtocols {
@@ -464,9 +466,10 @@ func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, resp *http.Resp
 	if hdr.Get("Upgrade") == "" {
 		hdr.Set("Upgrade", r.Header.Get("Upgrade"))
 	}
-	resp.Header = hdr
-	resp.Body = nil
-	if err := resp.Write(brw); err != nil {
+	head := *resp // the head alone; proxyTo still closes resp.Body
+	head.Header = hdr
+	head.Body = nil
+	if err := head.Write(brw); err != nil {
 		return nil
 	}
 	if err := brw.Flush(); err != nil {

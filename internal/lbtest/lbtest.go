@@ -59,7 +59,9 @@ var (
 )
 
 // Start returns the process's Caddy, stopping nothing; Load a config to use
-// it. Call Stop from TestMain.
+// it. Call Stop from TestMain. The test fails if a handler panics while it
+// runs: net/http recovers such a panic and Caddy logs it, and nothing else
+// would show it.
 func Start(t testing.TB) *Caddy {
 	instanceOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "lbtest")
@@ -85,6 +87,12 @@ func Start(t testing.TB) *Caddy {
 			// Caddy makes of it never changes its mode again; each listener
 			// Caddy makes from it is a non-blocking duplicate
 			httpFd: sock.Fd(),
+		}
+	})
+	logged := instance.logSize()
+	t.Cleanup(func() {
+		if p := instance.panicsSince(logged); len(p) > 0 {
+			t.Errorf("%d handler panics during the test; the first:\n%s", len(p), p[0])
 		}
 	})
 	return instance
@@ -283,9 +291,35 @@ lines:
 	return out
 }
 
-// Panics returns the handler panics net/http recovered and Caddy logged
-// (at error level) so far in this process.
-func (c *Caddy) Panics() []string { return c.Logs("http: panic serving") }
+// logSize is how many bytes Caddy has logged so far.
+func (c *Caddy) logSize() int64 {
+	fi, err := os.Stat(c.LogFile)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// panicsSince returns the handler panics net/http recovered and Caddy
+// logged after the first offset bytes of the log.
+func (c *Caddy) panicsSince(offset int64) []string {
+	f, err := os.Open(c.LogFile)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	data, _ := io.ReadAll(io.NewSectionReader(f, offset, 1<<40))
+	var out []string
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		if bytes.Contains(line, []byte(panicLogged)) {
+			out = append(out, string(line))
+		}
+	}
+	return out
+}
+
+// panicLogged starts net/http's message for a handler panic it recovered.
+const panicLogged = "http: panic serving"
 
 // EventuallyOr is Eventually that runs explain before failing.
 func EventuallyOr(t testing.TB, timeout time.Duration, what string, cond func() bool, explain func()) {
