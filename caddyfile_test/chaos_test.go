@@ -112,49 +112,10 @@ func (cb *chaosBackend) restart(t *testing.T) {
 	cb.mu.Unlock()
 }
 
-// getResending GETs url and reads the whole body; any answer that is not a
-// full 200 is an error. A request that got no answer at all, on a
-// connection Caddy closed unread, is sent again, 20ms apart, for up to
-// resendFor; resent says how many times. A config reload stops the old HTTP
-// server while the new one already serves, and net/http's Server closes a
-// connection whose request it reads after Shutdown began without answering
-// it, before any handler runs; it does the same with reverse_proxy or
-// respond, and a burst of reloads can do it to one request several times.
-// Tests that resend also check that the backends served exactly the 200s
-// the clients got, and every test fails on a handler panic (see
-// lbtest.Start), so a request lbpool took and lost cannot hide in a resend.
-func getResending(client *http.Client, url string) (resent int, err error) {
-	deadline := time.Now().Add(resendFor)
-	for try := 0; ; try++ {
-		if try > 0 {
-			time.Sleep(20 * time.Millisecond)
-		}
-		resp, err := client.Get(url)
-		if err != nil {
-			if time.Now().After(deadline) {
-				return try, fmt.Errorf("no answer for %v (%d tries): %v", resendFor, try+1, err)
-			}
-			continue
-		}
-		_, rerr := io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		switch {
-		case rerr != nil:
-			return try, fmt.Errorf("status %d, body broken off: %v", resp.StatusCode, rerr)
-		case resp.StatusCode != http.StatusOK:
-			return try, fmt.Errorf("status %d", resp.StatusCode)
-		}
-		return try, nil
-	}
-}
-
-// resendFor bounds getResending's resends of one request.
-const resendFor = 3 * time.Second
-
-// settledGoroutines closes the test client's idle connections and returns
+// settledGoroutines closes the test clients' idle connections and returns
 // the goroutine count once it stops falling (bounded: about 2s).
 func settledGoroutines(c *lbtest.Caddy) int {
-	c.Client().CloseIdleConnections()
+	c.CloseIdleConnections()
 	n := runtime.NumGoroutine()
 	for range 20 {
 		time.Sleep(100 * time.Millisecond)
@@ -231,7 +192,7 @@ func TestChaosSoakFailsNoRequestAndLeavesCountsExact(t *testing.T) {
 		wg.Go(func() {
 			for ctx.Err() == nil && time.Since(testStart) < chaosTestBound-10*time.Second {
 				sent.Add(1)
-				if _, err := getResending(c.Client(), c.URL("/")); err != nil {
+				if _, err := lbtest.GetResending(c.Client(), c.URL("/")); err != nil {
 					failed.Add(1)
 					failMu.Lock()
 					if len(failures) < 10 {

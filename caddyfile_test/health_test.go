@@ -357,7 +357,7 @@ func TestNoGoroutineGrowthAcrossReloadsAndPoolRemoval(t *testing.T) {
 	empty := fmt.Sprintf(":%d {\n\trespond ok\n}", c.HTTPPort)
 	c.Load(t, empty)
 	settle := func() int {
-		c.Client().CloseIdleConnections()
+		c.CloseIdleConnections()
 		return runtime.NumGoroutine()
 	}
 	baseline := settle()

@@ -380,7 +380,7 @@ func TestReloadUnderLoadKeepsCountersAndFailsNothing(t *testing.T) {
 	for range 8 {
 		wg.Go(func() {
 			for ctx.Err() == nil && sent.Add(1) < 20000 {
-				n, err := getResending(c.Client(), c.URL("/"))
+				n, err := lbtest.GetResending(c.Client(), c.URL("/"))
 				resent.Add(int64(n))
 				if err != nil {
 					t.Log(err)
@@ -482,4 +482,83 @@ func TestOnePoolNameWithTwoSettingsIsRefused(t *testing.T) {
 	if got := c.Stats(t, "web"); len(got) != 1 || got[0].URL != a.URL() {
 		t.Fatalf("pool web after the refused load: %+v", got)
 	}
+}
+
+func TestRetryAfterItsPoolWentLeavesNoIdleConnection(t *testing.T) {
+	c := lbtest.Start(t)
+	arrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var open atomic.Int64 // connections to either backend not yet closed
+	tlsBackend := func(h http.HandlerFunc) string {
+		srv := httptest.NewUnstartedServer(h) // HTTPS, HTTP/1.1 only
+		srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+			switch s {
+			case http.StateNew:
+				open.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				open.Add(-1)
+			}
+		}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		return srv.Listener.Addr().String()
+	}
+	// first answers its checks, then holds the first request until the pool
+	// is gone and breaks its connection; second answers everything
+	first := tlsBackend(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			return
+		}
+		arrived <- struct{}{}
+		<-release
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	})
+	second := tlsBackend(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "second") })
+	c.Load(t, fmt.Sprintf(`:%d {
+	lbpool https://%s https://%s {
+		name gone
+		health_uri /health
+		health_interval 1h
+		tls_insecure_skip_verify
+	}
+}`, c.HTTPPort, first, second))
+	lbtest.Eventually(t, 5*time.Second, "both backends checked", func() bool {
+		for _, s := range c.Stats(t, "gone") {
+			if s.LastCheck == nil {
+				return false
+			}
+		}
+		return true
+	})
+
+	// HTTPS requests go through net/http's Transport, shared by the pool
+	answer := make(chan string, 1)
+	go func() {
+		status, body := 0, ""
+		if resp, err := c.Client().Get(c.URL("/")); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			status, body = resp.StatusCode, string(b)
+		}
+		answer <- fmt.Sprint(status, " ", body)
+	}()
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the GET never reached the first backend")
+	}
+	// the pool goes, and its transport with it, while the GET is in flight;
+	// then the first backend breaks off and the GET is retried on the
+	// second, through the transport nobody holds any more
+	c.Load(t, emptySite(c))
+	close(release)
+	if got := <-answer; got != "200 second" {
+		t.Fatalf("the GET in flight got %q, want 200 from the second backend", got)
+	}
+	// the retry's connection went back to that transport: it must be closed
+	// then, not left idle until the transport's idle timeout
+	lbtest.Eventually(t, 5*time.Second, "every backend connection closed", func() bool { return open.Load() == 0 })
 }

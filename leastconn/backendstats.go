@@ -103,6 +103,7 @@ func (b *Backend) fetchStats(ctx context.Context, s *poolSpec) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	defer s.transport.used()
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return 0, fmt.Errorf("status %d", resp.StatusCode)

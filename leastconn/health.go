@@ -147,6 +147,7 @@ func (b *Backend) check(ctx context.Context, s *poolSpec) checkResult {
 		res.reason = errReason(err)
 		return res
 	}
+	defer s.transport.used()
 	defer resp.Body.Close()
 	res.status = resp.StatusCode
 	var body []byte

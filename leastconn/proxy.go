@@ -292,6 +292,7 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	defer func() {
 		if done == nil {
 			resp.Body.Close()
+			h.spec.transport.used()
 			return
 		}
 		if clean {

@@ -72,7 +72,18 @@ type poolSpec struct {
 
 type sharedTransport struct {
 	*http.Transport
-	refs int
+	refs     int // guarded by the registry's mu
+	released atomic.Bool
+}
+
+// used is called when a request on t has ended and its response body is
+// closed. A request that ends after the last reference was given back
+// leaves its connection idle in a transport nobody will use again (until
+// its idle timeout); used closes it then, as the release did the others.
+func (t *sharedTransport) used() {
+	if t.released.Load() {
+		t.CloseIdleConnections()
+	}
 }
 
 // lease is what one handler holds in the registry: its pool, its spec and
@@ -225,6 +236,7 @@ func (r *registry) releaseTransport(t *sharedTransport) {
 				delete(r.transports, k)
 			}
 		}
+		t.released.Store(true)
 		t.CloseIdleConnections()
 	}
 }

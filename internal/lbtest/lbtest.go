@@ -5,6 +5,7 @@ package lbtest
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -44,13 +45,6 @@ type Caddy struct {
 	HTTPPort  int
 	LogFile   string
 	client    *http.Client
-
-	// httpSocket is the listening socket of HTTPPort, held by the test
-	// process for its whole life and handed to Caddy as "fd/<n>" (see
-	// TryLoad); it is never closed, as Caddy keeps its own *os.File for the
-	// same descriptor.
-	httpSocket *os.File
-	httpFd     uintptr
 }
 
 var (
@@ -68,25 +62,15 @@ func Start(t testing.TB) *Caddy {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		port, err := holdHTTPSocket()
 		if err != nil {
 			t.Fatal(err)
 		}
-		sock, err := l.(*net.TCPListener).File()
-		if err != nil {
-			t.Fatal(err)
-		}
-		l.Close() // sock is a second descriptor of the same socket
 		instance = &Caddy{
-			AdminPort:  FreePort(t),
-			HTTPPort:   l.Addr().(*net.TCPAddr).Port,
-			LogFile:    dir + "/caddy.log",
-			client:     &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}},
-			httpSocket: sock,
-			// Fd leaves the descriptor in blocking mode, so the *os.File
-			// Caddy makes of it never changes its mode again; each listener
-			// Caddy makes from it is a non-blocking duplicate
-			httpFd: sock.Fd(),
+			AdminPort: FreePort(t),
+			HTTPPort:  port,
+			LogFile:   dir + "/caddy.log",
+			client:    &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}},
 		}
 	})
 	logged := instance.logSize()
@@ -141,14 +125,9 @@ func (c *Caddy) TryLoad(site string) error {
 }
 
 // LoadCaddyfile adapts a whole Caddyfile, global options included, and
-// loads it.
-//
-// Servers that listen on HTTPPort get the test process's socket instead, as
-// "fd/<n>". Caddy makes a new TCP socket for each config (SO_REUSEPORT) and
-// closes the old one after a reload; the kernel resets connections still
-// queued on the old one, before any handler sees them. One socket shared by
-// every config (as under systemd socket activation) resets nothing, so the
-// reload tests see only what Caddy's servers and lbpool do.
+// loads it. Servers that listen on HTTPPort get the socket the test process
+// holds (see holdHTTPSocket); once the load is done, the previous config's
+// servers accept no more connections on it.
 func (c *Caddy) LoadCaddyfile(caddyfile string) error {
 	cfg, err := Adapt(caddyfile)
 	if err != nil {
@@ -157,11 +136,15 @@ func (c *Caddy) LoadCaddyfile(caddyfile string) error {
 	if cfg, err = c.onHeldSocket(cfg); err != nil {
 		return err
 	}
+	previous := heldListeners()
 	err = caddy.Load(cfg, true)
 	// a load replaces the admin server: connections kept alive to the old
 	// one are closing, and a POST sent on one would not be retried
-	c.client.CloseIdleConnections()
-	return err
+	c.CloseIdleConnections()
+	if err != nil {
+		return err
+	}
+	return awaitClosed(previous, 10*time.Second)
 }
 
 // onHeldSocket rewrites the listen address ":<HTTPPort>" of the config's
@@ -179,7 +162,7 @@ func (c *Caddy) onHeldSocket(cfg []byte) ([]byte, error) {
 		listen, _ := srv.(map[string]any)["listen"].([]any)
 		for i, addr := range listen {
 			if addr == port {
-				listen[i] = fmt.Sprintf("fd/%d", c.httpFd)
+				listen[i] = heldNetwork + "/" + held.addr
 			}
 		}
 	}
@@ -201,6 +184,13 @@ func (c *Caddy) Get(t testing.TB, url string) (int, string) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body)
+}
+
+// CloseIdleConnections closes the kept-alive connections of the load client
+// and of the admin client, and so their goroutines and those serving them.
+func (c *Caddy) CloseIdleConnections() {
+	c.client.CloseIdleConnections()
+	adminClient.CloseIdleConnections()
 }
 
 // Client is an HTTP client with a large keep-alive pool, for load.
@@ -480,21 +470,15 @@ func (c *Caddy) SiteAt(extra string, addrs ...string) string {
 
 // Traffic sends GETs to path from clients goroutines until max requests
 // were sent or stop (if not nil) returns true, and returns how many were
-// sent and how many did not get a 200.
+// sent and how many did not get a full 200. Nothing is resent: send no
+// Traffic while a config loads (see GetResending).
 func (c *Caddy) Traffic(clients, max int, path string, stop func() bool) (sent, failed int64) {
 	var nSent, nFailed atomic.Int64
 	var wg sync.WaitGroup
 	for range clients {
 		wg.Go(func() {
 			for (stop == nil || !stop()) && nSent.Add(1) <= int64(max) {
-				resp, err := c.client.Get(c.URL(path))
-				if err != nil {
-					nFailed.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
+				if err := get200(c.client, c.URL(path)); err != nil {
 					nFailed.Add(1)
 				}
 			}
@@ -503,3 +487,55 @@ func (c *Caddy) Traffic(clients, max int, path string, stop func() bool) (sent, 
 	wg.Wait()
 	return min(nSent.Load(), int64(max)), nFailed.Load()
 }
+
+// GetResending GETs url and reads the whole body; any answer that is not a
+// full 200 is an error. A request that got no answer at all, on a
+// connection Caddy closed unread, is sent again, 20ms apart, for up to
+// resendFor; resent says how many times. A config reload stops the old HTTP
+// server while the new one already serves, and net/http's Server closes a
+// connection whose request it reads after Shutdown began without answering
+// it, before any handler runs; it does the same with reverse_proxy or
+// respond, and a burst of reloads can do it to one request several times.
+// Every test fails on a handler panic (see Start), and the tests that
+// resend check that the backends served exactly the 200s the clients got,
+// so a request lbpool took and lost cannot hide in a resend.
+func GetResending(client *http.Client, url string) (resent int, err error) {
+	deadline := time.Now().Add(resendFor)
+	for try := 0; ; try++ {
+		if try > 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		err = get200(client, url)
+		var lost noAnswer
+		if !errors.As(err, &lost) {
+			return try, err
+		}
+		if time.Now().After(deadline) {
+			return try, fmt.Errorf("no answer for %v (%d tries): %v", resendFor, try+1, lost.error)
+		}
+	}
+}
+
+// noAnswer is the error of a request that got no response at all.
+type noAnswer struct{ error }
+
+// get200 GETs url and reads the whole body; any answer that is not a full
+// 200 is an error, and no answer at all is a noAnswer.
+func get200(client *http.Client, url string) error {
+	resp, err := client.Get(url)
+	if err != nil {
+		return noAnswer{err}
+	}
+	_, rerr := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	switch {
+	case rerr != nil:
+		return fmt.Errorf("status %d, body broken off: %v", resp.StatusCode, rerr)
+	case resp.StatusCode != http.StatusOK:
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// resendFor bounds GetResending's resends of one request.
+const resendFor = 3 * time.Second
