@@ -670,6 +670,15 @@ type trackedBackend struct {
 }
 
 func newTrackedBackend(t *testing.T, handler http.HandlerFunc) *trackedBackend {
+	return startTrackedBackend(t, handler, false)
+}
+
+// newTrackedTLSBackend is newTrackedBackend over HTTPS (HTTP/1.1 only).
+func newTrackedTLSBackend(t *testing.T, handler http.HandlerFunc) *trackedBackend {
+	return startTrackedBackend(t, handler, true)
+}
+
+func startTrackedBackend(t *testing.T, handler http.HandlerFunc, withTLS bool) *trackedBackend {
 	tb := &trackedBackend{state: map[net.Conn]http.ConnState{}}
 	tb.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/health" {
@@ -686,13 +695,24 @@ func newTrackedBackend(t *testing.T, handler http.HandlerFunc) *trackedBackend {
 		}
 		tb.state[conn] = s
 	}
-	tb.srv.Start()
+	if withTLS {
+		tb.srv.StartTLS()
+	} else {
+		tb.srv.Start()
+	}
 	t.Cleanup(tb.srv.Close)
 	return tb
 }
 
 func (tb *trackedBackend) addr() string { return tb.srv.Listener.Addr().String() }
 func (tb *trackedBackend) url() string  { return "http://" + tb.addr() }
+
+// open counts connections not yet closed.
+func (tb *trackedBackend) open() int {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return len(tb.state)
+}
 
 // busy counts connections in the middle of a request (neither idle nor
 // closed).

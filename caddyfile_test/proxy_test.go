@@ -488,27 +488,9 @@ func TestRetryAfterItsPoolWentLeavesNoIdleConnection(t *testing.T) {
 	c := lbtest.Start(t)
 	arrived := make(chan struct{}, 1)
 	release := make(chan struct{})
-	var open atomic.Int64 // connections to either backend not yet closed
-	tlsBackend := func(h http.HandlerFunc) string {
-		srv := httptest.NewUnstartedServer(h) // HTTPS, HTTP/1.1 only
-		srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-			switch s {
-			case http.StateNew:
-				open.Add(1)
-			case http.StateClosed, http.StateHijacked:
-				open.Add(-1)
-			}
-		}
-		srv.StartTLS()
-		t.Cleanup(srv.Close)
-		return srv.Listener.Addr().String()
-	}
-	// first answers its checks, then holds the first request until the pool
-	// is gone and breaks its connection; second answers everything
-	first := tlsBackend(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/health" {
-			return
-		}
+	// first holds the first request until the pool is gone and breaks its
+	// connection; second answers everything
+	first := newTrackedTLSBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		arrived <- struct{}{}
 		<-release
 		conn, _, err := http.NewResponseController(w).Hijack()
@@ -516,7 +498,7 @@ func TestRetryAfterItsPoolWentLeavesNoIdleConnection(t *testing.T) {
 			conn.Close()
 		}
 	})
-	second := tlsBackend(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "second") })
+	second := newTrackedTLSBackend(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "second") })
 	c.Load(t, fmt.Sprintf(`:%d {
 	lbpool https://%s https://%s {
 		name gone
@@ -524,7 +506,7 @@ func TestRetryAfterItsPoolWentLeavesNoIdleConnection(t *testing.T) {
 		health_interval 1h
 		tls_insecure_skip_verify
 	}
-}`, c.HTTPPort, first, second))
+}`, c.HTTPPort, first.addr(), second.addr()))
 	lbtest.Eventually(t, 5*time.Second, "both backends checked", func() bool {
 		for _, s := range c.Stats(t, "gone") {
 			if s.LastCheck == nil {
@@ -560,5 +542,5 @@ func TestRetryAfterItsPoolWentLeavesNoIdleConnection(t *testing.T) {
 	}
 	// the retry's connection went back to that transport: it must be closed
 	// then, not left idle until the transport's idle timeout
-	lbtest.Eventually(t, 5*time.Second, "every backend connection closed", func() bool { return open.Load() == 0 })
+	lbtest.Eventually(t, 5*time.Second, "every backend connection closed", func() bool { return first.open()+second.open() == 0 })
 }

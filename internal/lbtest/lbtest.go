@@ -75,7 +75,7 @@ func Start(t testing.TB) *Caddy {
 	})
 	logged := instance.logSize()
 	t.Cleanup(func() {
-		if p := instance.panicsSince(logged); len(p) > 0 {
+		if p := instance.logLines(logged, panicLogged); len(p) > 0 {
 			t.Errorf("%d handler panics during the test; the first:\n%s", len(p), p[0])
 		}
 	})
@@ -267,7 +267,18 @@ func (c *Caddy) Backend(t testing.TB, pool, url string) leastconn.BackendStats {
 
 // Logs returns the lines of Caddy's log that contain all of the substrings.
 func (c *Caddy) Logs(substrings ...string) []string {
-	data, _ := os.ReadFile(c.LogFile)
+	return c.logLines(0, substrings...)
+}
+
+// logLines returns the lines of Caddy's log after its first offset bytes
+// that contain all of the substrings.
+func (c *Caddy) logLines(offset int64, substrings ...string) []string {
+	f, err := os.Open(c.LogFile)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	data, _ := io.ReadAll(io.NewSectionReader(f, offset, 1<<40))
 	var out []string
 lines:
 	for _, line := range bytes.Split(data, []byte("\n")) {
@@ -288,24 +299,6 @@ func (c *Caddy) logSize() int64 {
 		return 0
 	}
 	return fi.Size()
-}
-
-// panicsSince returns the handler panics net/http recovered and Caddy
-// logged after the first offset bytes of the log.
-func (c *Caddy) panicsSince(offset int64) []string {
-	f, err := os.Open(c.LogFile)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	data, _ := io.ReadAll(io.NewSectionReader(f, offset, 1<<40))
-	var out []string
-	for _, line := range bytes.Split(data, []byte("\n")) {
-		if bytes.Contains(line, []byte(panicLogged)) {
-			out = append(out, string(line))
-		}
-	}
-	return out
 }
 
 // panicLogged starts net/http's message for a handler panic it recovered.
