@@ -31,7 +31,8 @@ import (
 // rawBackend is a TCP server on 127.0.0.1 that speaks HTTP/1.1 by hand, to
 // play backends that no HTTP server library would let a handler be. serve
 // answers one request read from conn and says whether the connection may
-// carry another.
+// carry another; it may answer before reading the request's body (what it
+// leaves unread is read after it returns).
 type rawBackend struct {
 	ln    net.Listener
 	serve func(conn net.Conn, req *http.Request) (keepAlive bool)
@@ -77,8 +78,10 @@ func (rb *rawBackend) handle(conn net.Conn) {
 		if err != nil {
 			return
 		}
-		_, _ = io.Copy(io.Discard, req.Body)
 		if !rb.serve(conn, req) {
+			return
+		}
+		if _, err := io.Copy(io.Discard, req.Body); err != nil {
 			return
 		}
 	}

@@ -4,12 +4,10 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"io"
 	"math"
 	"net"
 	"net/http"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -40,6 +38,7 @@ type h1Conn struct {
 	bw       *bufio.Writer
 	lastUsed time.Time
 	limit    int64 // bytes Read may still return; bounds headers
+	peek     idlePeeker
 }
 
 // Read reads from the connection, at most limit bytes in all.
@@ -65,19 +64,34 @@ type h1Pool struct {
 
 var bufPool = struct{ r, w sync.Pool }{}
 
+// get returns the most recently used idle connection that can carry a
+// request, or nil. Connections idle too long, or on which the backend
+// wrote or closed while they sat idle, are closed on the way; the check
+// runs outside the lock.
 func (p *h1Pool) get(now time.Time) *h1Conn {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for n := len(p.idle); n > 0; n = len(p.idle) {
-		c := p.idle[n-1]
-		p.idle[n-1] = nil
-		p.idle = p.idle[:n-1]
-		if now.Sub(c.lastUsed) < h1IdleTimeout {
+	for {
+		c := p.pop()
+		if c == nil {
+			return nil
+		}
+		if now.Sub(c.lastUsed) < h1IdleTimeout && c.peek.quiet() {
 			return c
 		}
 		c.close()
 	}
-	return nil
+}
+
+func (p *h1Pool) pop() *h1Conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.idle)
+	if n == 0 {
+		return nil
+	}
+	c := p.idle[n-1]
+	p.idle[n-1] = nil
+	p.idle = p.idle[:n-1]
+	return c
 }
 
 // put keeps c for reuse, or closes it when the pool is full.
@@ -141,6 +155,7 @@ func newH1Conn(nc net.Conn) *h1Conn {
 		bw.Reset(nc)
 	}
 	c.br, c.bw = br, bw
+	c.peek.init(nc)
 	return c
 }
 
@@ -161,7 +176,10 @@ func (h *Handler) roundTripDirect(w http.ResponseWriter, out *http.Request, b *B
 	s := h.spec
 	for attempt := 0; ; attempt++ {
 		now := time.Now()
-		c := b.h1.get(now)
+		var c *h1Conn
+		if attempt == 0 {
+			c = b.h1.get(now)
+		}
 		reused := c != nil
 		if c == nil {
 			d := net.Dialer{Timeout: s.dialTimeout, KeepAlive: 30 * time.Second}
@@ -179,7 +197,10 @@ func (h *Handler) roundTripDirect(w http.ResponseWriter, out *http.Request, b *B
 		if err == nil {
 			_ = c.SetDeadline(time.Time{})
 			done := func(reuse bool) {
-				if stop() && reuse && !resp.Close {
+				// bytes left after the response (a body on a HEAD or a 204,
+				// more than Content-Length said) would be read as the next
+				// response: such a connection is not kept
+				if stop() && reuse && !resp.Close && c.br.Buffered() == 0 {
 					b.h1.put(c, time.Now())
 					return
 				}
@@ -192,15 +213,38 @@ func (h *Handler) roundTripDirect(w http.ResponseWriter, out *http.Request, b *B
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
 		}
-		// a kept-alive connection the backend closed while it was idle:
-		// most likely nothing was processed, so an idempotent request gets
-		// one more try on a new connection (others may have been acted on)
-		if reused && attempt == 0 && staleConn(err) && idempotent(out.Method) {
+		if !reused || isTimeout(err) {
+			return nil, nil, err
+		}
+		// a connection that sat idle in the pool broke: closed by the
+		// backend meanwhile, or holding late bytes of an earlier response.
+		// That is the connection's fault, not the backend's. An idempotent
+		// request goes once more on a new connection, as net/http's
+		// Transport does; others may have been acted on and are not resent
+		if idempotent(out.Method) {
 			continue
 		}
-		return nil, nil, err
+		return nil, nil, reusedConnError{err}
 	}
 }
+
+// reusedConnError is a failure on a connection that was kept alive from an
+// earlier request: it does not count against the backend's health.
+type reusedConnError struct{ err error }
+
+func (e reusedConnError) Error() string { return e.err.Error() }
+func (e reusedConnError) Unwrap() error { return e.err }
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// errBadStatus: a status line whose code is not one HTTP defines
+// (RFC 9110 §15: 100-599). net/http's server would panic writing it.
+var errBadStatus = errors.New("backend answered with a status code outside 100-599")
+
+func validStatusCode(code int) bool { return code >= 100 && code <= 599 }
 
 func writeAndRead(c *h1Conn, out *http.Request, w http.ResponseWriter) (*http.Response, error) {
 	if err := out.Write(c.bw); err != nil {
@@ -216,16 +260,13 @@ func writeAndRead(c *h1Conn, out *http.Request, w http.ResponseWriter) (*http.Re
 		if err != nil {
 			return nil, err
 		}
+		if !validStatusCode(resp.StatusCode) {
+			return nil, errBadStatus
+		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			return resp, nil
 		}
 		forward1xx(w, resp.StatusCode, resp.Header)
 	}
 	return nil, errors.New("too many informational responses")
-}
-
-// staleConn: the error of a connection that was closed on the other side.
-func staleConn(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

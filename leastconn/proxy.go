@@ -95,7 +95,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			writeError(w, http.StatusGatewayTimeout, "lbpool: backend did not answer in time", 0)
 			return nil
 		}
-		b.passiveFailure(failReason(fail.err))
+		if !fail.connFault {
+			b.passiveFailure(failReason(fail.err))
+		}
 		if fail.reached && !retryableAfterConnect(r, out) {
 			break
 		}
@@ -117,9 +119,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // tryError is a try that failed before the response began, so the client
 // has been sent nothing yet.
 type tryError struct {
-	err     error
-	reached bool // the connection was made: the backend may have seen the request
-	timeout bool // no response headers in time
+	err       error
+	reached   bool // the connection was made: the backend may have seen the request
+	timeout   bool // no response headers in time
+	connFault bool // a kept-alive connection broke: not held against the backend
 }
 
 func (e *tryError) Error() string { return e.err.Error() }
@@ -279,11 +282,12 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	}
 	if err != nil {
 		var de dialError
-		var ne net.Error
+		var rc reusedConnError
 		return &tryError{
-			err:     err,
-			reached: !errors.As(err, &de),
-			timeout: errors.As(err, &ne) && ne.Timeout() && !errors.As(err, &de), // a dial timeout is unreachable
+			err:       err,
+			reached:   !errors.As(err, &de),
+			timeout:   isTimeout(err) && !errors.As(err, &de), // a dial timeout is unreachable
+			connFault: errors.As(err, &rc),
 		}
 	}
 	b.latency.observe(time.Since(start))
@@ -325,6 +329,10 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	if err := copyBody(w, resp, flushesAtOnce(resp)); err != nil {
 		if errors.Is(err, errBackendRead) && r.Context().Err() == nil {
 			b.failures.Add(1) // the backend broke off (not the client leaving)
+			// what did arrive reaches the client before the abort, so it
+			// sees the status and the partial body, as reverse_proxy's
+			// clients do
+			_ = http.NewResponseController(w).Flush()
 		}
 		// the status is out: the only way to tell the client is to abort
 		panic(http.ErrAbortHandler)
@@ -363,23 +371,45 @@ func setBasicAuth(h http.Header, u interface {
 }
 
 // roundTripTransport sends out through net/http's Transport, forwarding
-// informational responses (103 Early Hints) to the client as they come.
+// informational responses (103 Early Hints) to the client as they come. An
+// error on a connection the Transport reused (and did not retry, as the
+// request could not be sent again) is the connection's, not the
+// backend's: it comes back as a reusedConnError.
 func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (*http.Response, error) {
 	var mu sync.Mutex
-	returned := false
-	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, hdr textproto.MIMEHeader) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if !returned { // the Transport may call this from its own goroutine
-			forward1xx(w, code, http.Header(hdr))
-		}
-		return nil
-	}}
+	returned, reused := false, false
+	trace := &httptrace.ClientTrace{
+		Got1xxResponse: func(code int, hdr textproto.MIMEHeader) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if !returned { // the Transport may call this from its own goroutine
+				forward1xx(w, code, http.Header(hdr))
+			}
+			return nil
+		},
+		GotConn: func(info httptrace.GotConnInfo) {
+			mu.Lock()
+			reused = info.Reused
+			mu.Unlock()
+		},
+	}
 	resp, err := h.spec.transport.RoundTrip(out.WithContext(httptrace.WithClientTrace(out.Context(), trace)))
 	mu.Lock()
 	returned = true
+	onReused := reused
 	mu.Unlock()
-	return resp, err
+	if err != nil {
+		if onReused {
+			return nil, reusedConnError{err}
+		}
+		return nil, err
+	}
+	if !validStatusCode(resp.StatusCode) {
+		resp.Body.Close()
+		h.spec.transport.used()
+		return nil, errBadStatus
+	}
+	return resp, nil
 }
 
 // forward1xx passes an informational response (other than 100 Continue,

@@ -1,0 +1,380 @@
+package caddyfile_test
+
+// Differential tests: one Caddy runs lbpool and Caddy's own reverse_proxy
+// (net/http's Transport) side by side, each in front of its own copy of a
+// raw-socket backend, and every response shape in the catalogue goes
+// through both. What the client gets, what the next request on that
+// backend gets, how often the backend saw the request and whether the
+// backend was held to have failed must be the same, except where a shape
+// lists a deliberate difference (README, "Where lbpool differs from
+// reverse_proxy").
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"reflect"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lbpool/lbpool/internal/lbtest"
+)
+
+// responseShape is one way a backend answers.
+type responseShape struct {
+	name   string
+	method string // GET unless set
+	body   string // a request body, sent with Content-Length
+	// serve answers the request on the raw connection and says whether the
+	// connection stays open for another request.
+	serve func(conn net.Conn, req *http.Request) bool
+	// lateBytes: serve writes bytes after its response, 200ms later; the
+	// next request waits until they were sent.
+	lateBytes bool
+	// resent: the shape spoils a reused connection's response in a way
+	// net/http's Transport does not resend, and lbpool does (once, on a
+	// new connection, for an idempotent request): the backend sees
+	// lbpool's request once more than reverse_proxy's.
+	resent bool
+	// differs says how and why lbpool deliberately answers otherwise; ""
+	// when it must answer as reverse_proxy does.
+	differs string
+	// lbpoolOnly: reverse_proxy panics on the shape (net/http logs the
+	// panic, which fails every test here), so only lbpool gets it.
+	lbpoolOnly bool
+}
+
+// writeRaw is a serve func that writes s and says keepAlive.
+func writeRaw(s string, keepAlive bool) func(net.Conn, *http.Request) bool {
+	return func(conn net.Conn, _ *http.Request) bool {
+		_, _ = io.WriteString(conn, s)
+		return keepAlive
+	}
+}
+
+var responseShapes = []responseShape{
+	{name: "bytes past Content-Length in the same write",
+		serve: writeRaw("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nABCDEFGHIJK", true)},
+	{name: "bytes past Content-Length written later", lateBytes: true,
+		serve: writeRaw("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nABC", true)},
+	{name: "body on a HEAD response", method: http.MethodHead,
+		serve: writeRaw("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", true)},
+	{name: "body on a 204",
+		serve: writeRaw("HTTP/1.1 204 No Content\r\n\r\nhello", true)},
+	{name: "body on a 304",
+		serve: writeRaw("HTTP/1.1 304 Not Modified\r\nEtag: \"v1\"\r\n\r\nhello", true)},
+	{name: "two equal Content-Lengths",
+		serve: writeRaw("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", true)},
+	{name: "two different Content-Lengths", resent: true,
+		serve: writeRaw("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!", true)},
+	{name: "Content-Length with chunked",
+		serve: writeRaw("HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", true)},
+	{name: "chunked with trailers",
+		serve: writeRaw("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n2\r\nok\r\n0\r\nX-Sum: 42\r\n\r\n", true)},
+	{name: "malformed chunk",
+		serve: writeRaw("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n", false)},
+	{name: "bare LF line endings",
+		serve: writeRaw("HTTP/1.1 200 OK\nContent-Length: 2\nX-Lf: yes\n\nok", true)},
+	{name: "obsolete line folding",
+		serve: writeRaw("HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok", true)},
+	{name: "header line without a colon", resent: true,
+		serve: writeRaw("HTTP/1.1 200 OK\r\nNoColonHere\r\nContent-Length: 2\r\n\r\nok", true)},
+	{name: "HTTP/1.0 without a length",
+		serve: writeRaw("HTTP/1.0 200 OK\r\nX-Old: yes\r\n\r\nuntil the end", false)},
+	{name: "Connection close then more bytes",
+		serve: writeRaw("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nokMORE BYTES", true)},
+	{name: "close in the middle of the headers", resent: true,
+		serve: writeRaw("HTTP/1.1 200 OK\r\nX-Partial: ye", false)},
+	{name: "close in the middle of the body",
+		serve: writeRaw("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", false)},
+	{name: "early response before the request body was read", method: http.MethodPost,
+		body:  strings.Repeat("b", 64<<10),
+		serve: writeRaw("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly", true)},
+	{name: "1xx before the final response",
+		serve: writeRaw("HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true)},
+	{name: "status code 600",
+		serve:   writeRaw("HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok", true),
+		differs: "lbpool answers 502 and counts a failure: HTTP defines 100-599 (RFC 9110 §15); reverse_proxy passes 600 on"},
+	{name: "status code 099", lbpoolOnly: true,
+		serve:   writeRaw("HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok", true),
+		differs: "lbpool answers 502 and counts a failure; reverse_proxy hands 99 to net/http, whose WriteHeader panics (the client's connection is dropped)"},
+}
+
+// outcome is what one proxy made of one shape.
+type outcome struct {
+	Client   clientView
+	Next     string // the next request on the same backend: status and body, after the backend is back if it was held down
+	Hits     int64  // how often the backend received the shape's request
+	HeldDown bool   // the proxy counted a failure against the backend
+}
+
+// clientView is what the client got.
+type clientView struct {
+	Status        int
+	Informational []int
+	Header        http.Header
+	Body          string
+	Trailer       http.Header
+	Aborted       bool // no response, or the body broke off
+}
+
+// diffBackend is a raw backend that answers /health and /ok itself and
+// every other path with the shape.
+type diffBackend struct {
+	*rawBackend
+	hits, late atomic.Int64
+}
+
+func newDiffBackend(t *testing.T, s responseShape) *diffBackend {
+	db := &diffBackend{}
+	db.rawBackend = newRawBackend(t, func(conn net.Conn, req *http.Request) bool {
+		if req.URL.Path == "/health" || strings.HasSuffix(req.URL.Path, "/ok") {
+			_, _ = io.WriteString(conn, healthyAnswer)
+			return true
+		}
+		db.hits.Add(1)
+		keep := s.serve(conn, req)
+		if s.lateBytes {
+			time.Sleep(200 * time.Millisecond)
+			_, _ = io.WriteString(conn, "DEFGH")
+			db.late.Add(1)
+		}
+		return keep
+	})
+	return db
+}
+
+// diffSite routes /lb/* to lbpool in front of lb and /rp/* to reverse_proxy
+// in front of rp; reverse_proxy counts a failure against its upstream as
+// lbpool does (passive health, one failure is enough).
+func diffSite(c *lbtest.Caddy, lb, rp string) string {
+	return fmt.Sprintf(`:%d {
+	handle /lb/* {
+		lbpool %s {
+			name diff
+			health_uri /health
+			health_interval 1h
+			response_header_timeout 5s
+		}
+	}
+	handle /rp/* {
+		reverse_proxy %s {
+			fail_duration 1m
+			max_fails 1
+			transport http {
+				response_header_timeout 5s
+			}
+		}
+	}
+}`, c.HTTPPort, lb, rp)
+}
+
+// diffClient sends each request on a connection of its own, so a response
+// that breaks off cannot touch the next.
+var diffClient = &http.Client{
+	Timeout:   10 * time.Second,
+	Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true},
+}
+
+func send(t *testing.T, method, url, body string) clientView {
+	t.Helper()
+	var v clientView
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, _ textproto.MIMEHeader) error {
+		v.Informational = append(v.Informational, code)
+		return nil
+	}}
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+	resp, err := diffClient.Do(req)
+	if err != nil {
+		v.Aborted = true
+		return v
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	v.Status, v.Body, v.Aborted = resp.StatusCode, string(data), err != nil
+	v.Header = resp.Header.Clone()
+	for _, k := range []string{"Date", "Via", "Server"} {
+		v.Header.Del(k) // each proxy's own
+	}
+	if len(resp.Trailer) > 0 {
+		v.Trailer = resp.Trailer
+	}
+	return v
+}
+
+// upstreamFails reads reverse_proxy's failure count for addr.
+func upstreamFails(t *testing.T, c *lbtest.Caddy, addr string) int {
+	t.Helper()
+	status, body := c.Admin(t, http.MethodGet, "/reverse_proxy/upstreams", "")
+	if status != http.StatusOK {
+		t.Fatalf("upstreams: %d %s", status, body)
+	}
+	var ups []struct {
+		Address string `json:"address"`
+		Fails   int    `json:"fails"`
+	}
+	if err := json.Unmarshal(body, &ups); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range ups {
+		if u.Address == addr {
+			return u.Fails
+		}
+	}
+	return 0
+}
+
+func TestDifferentialResponseShapes(t *testing.T) {
+	c := lbtest.Start(t)
+	for _, s := range responseShapes {
+		t.Run(s.name, func(t *testing.T) {
+			lb, rp := newDiffBackend(t, s), newDiffBackend(t, s)
+			c.Load(t, diffSite(c, lb.addr(), rp.addr()))
+			lbtest.Eventually(t, 5*time.Second, "lbpool's first check", func() bool {
+				return c.Backend(t, "diff", lb.url()).LastCheck != nil
+			})
+			method := s.method
+			if method == "" {
+				method = http.MethodGet
+			}
+			run := func(prefix string, db *diffBackend, heldDown func() bool, backUp func()) outcome {
+				// a kept-alive connection first, so the shape's request
+				// goes on a reused one, as most requests do
+				if v := send(t, http.MethodGet, c.URL(prefix+"/ok"), ""); v.Status != 200 {
+					t.Fatalf("%s warm-up: %+v", prefix, v)
+				}
+				var o outcome
+				o.Client = send(t, method, c.URL(prefix+"/shape"), s.body)
+				if s.lateBytes {
+					lbtest.Eventually(t, 5*time.Second, "the late bytes sent", func() bool { return db.late.Load() == 1 })
+				}
+				o.HeldDown = heldDown()
+				o.Hits = db.hits.Load()
+				if o.HeldDown && backUp == nil {
+					o.Next = "(held down)"
+					return o
+				}
+				if o.HeldDown {
+					backUp()
+				}
+				next := send(t, http.MethodGet, c.URL(prefix+"/ok"), "")
+				o.Next = fmt.Sprintf("%d %s", next.Status, next.Body)
+				return o
+			}
+			gotLB := run("/lb", lb, func() bool {
+				return c.Backend(t, "diff", lb.url()).StatusChanges > 0
+			}, func() {
+				lbtest.Eventually(t, 5*time.Second, "lbpool's backend up again", func() bool {
+					return c.Backend(t, "diff", lb.url()).Alive
+				})
+			})
+			if gotLB.Next != "200 ok" {
+				t.Errorf("lbpool: the next request on the backend got %q, want 200 ok", gotLB.Next)
+			}
+			if s.lbpoolOnly {
+				t.Logf("lbpool: %s", describe(gotLB))
+			} else {
+				gotRP := run("/rp", rp, func() bool { return upstreamFails(t, c, rp.addr()) > 0 }, nil)
+				compareWithReverseProxy(t, s, gotLB, gotRP)
+			}
+			if s.differs != "" {
+				if gotLB.Client.Status != http.StatusBadGateway || !gotLB.HeldDown {
+					t.Errorf("lbpool should answer 502 and hold the backend down: %s", describe(gotLB))
+				}
+			}
+		})
+	}
+}
+
+// compareWithReverseProxy fails unless lbpool's outcome is reverse_proxy's,
+// but for what each proxy writes of its own and the shape's listed
+// difference.
+func compareWithReverseProxy(t *testing.T, s responseShape, gotLB, gotRP outcome) {
+	t.Helper()
+	t.Logf("lbpool:        %s", describe(gotLB))
+	t.Logf("reverse_proxy: %s", describe(gotRP))
+	if s.differs != "" {
+		t.Logf("deliberate difference: %s", s.differs)
+		return
+	}
+	if gotRP.Next != "(held down)" && gotRP.Next != "200 ok" {
+		t.Errorf("reverse_proxy's next request got %q: the shape is not what this test expects", gotRP.Next)
+	}
+	gotRP.Next = gotLB.Next // compared above: lbpool's is 200 also where reverse_proxy's upstream is held down
+	if s.resent {
+		gotRP.Hits++
+	}
+	if !strings.Contains(rawOf(s), "Content-Type") {
+		// the backend sent none: a guess from the first bytes, which
+		// reverse_proxy makes or not depending on when it flushes
+		gotLB.Client.Header.Del("Content-Type")
+		gotRP.Client.Header.Del("Content-Type")
+	}
+	if proxyError(gotLB.Client.Status) && gotLB.Client.Status == gotRP.Client.Status {
+		// each proxy writes its own error page
+		gotLB.Client.Header, gotLB.Client.Body = nil, ""
+		gotRP.Client.Header, gotRP.Client.Body = nil, ""
+	}
+	compareOutcomes(t, gotLB, gotRP)
+}
+
+// rawOf is what the shape's backend writes for a GET.
+func rawOf(s responseShape) string {
+	a, b := net.Pipe()
+	defer a.Close()
+	done := make(chan string)
+	go func() {
+		data, _ := io.ReadAll(b)
+		done <- string(data)
+	}()
+	req, _ := http.NewRequest(http.MethodGet, "http://backend/shape", nil)
+	s.serve(a, req)
+	a.Close()
+	return <-done
+}
+
+func proxyError(status int) bool {
+	return status == http.StatusBadGateway || status == http.StatusServiceUnavailable || status == http.StatusGatewayTimeout
+}
+
+func compareOutcomes(t *testing.T, lb, rp outcome) {
+	t.Helper()
+	if !reflect.DeepEqual(lb, rp) {
+		t.Errorf("lbpool and reverse_proxy differ:\n  lbpool:        %s\n  reverse_proxy: %s", describe(lb), describe(rp))
+	}
+}
+
+func describe(o outcome) string {
+	keys := make([]string, 0, len(o.Client.Header))
+	for k := range o.Client.Header {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var hdr strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&hdr, "%s=%q ", k, o.Client.Header[k])
+	}
+	return fmt.Sprintf("status %d 1xx %v aborted %v body %q headers [%s] trailer %v; next %q; hits %d; held down %v",
+		o.Client.Status, o.Client.Informational, o.Client.Aborted, o.Client.Body, strings.TrimSpace(hdr.String()),
+		o.Client.Trailer, o.Next, o.Hits, o.HeldDown)
+}
+
+// keep bufio imported for the request shapes below
+var _ = bufio.NewReader
