@@ -13,20 +13,26 @@ func newTestHandler(weights ...int) *Handler {
 	p := &Pool{name: "test"}
 	h := &Handler{lease: &lease{}}
 	for i, w := range weights {
-		h.backends = append(h.backends, newBackend(p, backendAddr{key: fmt.Sprint(i), display: fmt.Sprint(i), weight: w}))
+		h.lease.backends = append(h.lease.backends, newBackend(p, backendAddr{key: fmt.Sprint(i), display: fmt.Sprint(i), weight: w}))
 	}
-	h.lease.backends = h.backends
+	h.lease.view.Store(h.lease.buildView())
 	return h
 }
+
+// viewed is the backends of the handler's current view.
+func (h *Handler) viewed() []*Backend { return h.lease.view.Load().backends }
+
+// pickNow picks from the handler's current view.
+func (h *Handler) pickNow(tried *triedSet) int { return h.pick(h.lease.view.Load(), tried) }
 
 func TestPickRotatesAmongTiesWhenIdle(t *testing.T) {
 	h := newTestHandler(1, 1, 1)
 	counts := make([]int, 3)
 	for range 30 {
 		var tried triedSet
-		i := h.pick(&tried)
+		i := h.pickNow(&tried)
 		counts[i]++
-		h.backends[i].active.Add(-1) // done at once: the pool is idle again
+		h.viewed()[i].active.Add(-1) // done at once: the pool is idle again
 	}
 	for i, n := range counts {
 		if n != 10 {
@@ -37,13 +43,13 @@ func TestPickRotatesAmongTiesWhenIdle(t *testing.T) {
 
 func TestTiesRotateEvenlyAroundAnUnavailableBackend(t *testing.T) {
 	h := newTestHandler(1, 1, 1)
-	h.backends[1].flags.Store(flagDown)
+	h.viewed()[1].flags.Store(flagDown)
 	counts := make([]int, 3)
 	for range 30 {
 		var tried triedSet
-		i := h.pick(&tried)
+		i := h.pickNow(&tried)
 		counts[i]++
-		h.backends[i].active.Add(-1)
+		h.viewed()[i].active.Add(-1)
 	}
 	if counts[0] != 15 || counts[2] != 15 {
 		t.Fatalf("with the middle backend down, the others got %v, want 15/15", counts)
@@ -55,9 +61,9 @@ func TestPickCountsActiveAtSelection(t *testing.T) {
 	// 9 requests that stay in flight spread 3/3/3
 	for range 9 {
 		var tried triedSet
-		h.pick(&tried)
+		h.pickNow(&tried)
 	}
-	for i, b := range h.backends {
+	for i, b := range h.viewed() {
 		if got := b.active.Load(); got != 3 {
 			t.Fatalf("backend %d has %d active, want 3", i, got)
 		}
@@ -81,11 +87,11 @@ func TestPickMinimisesLoadOverWeight(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newTestHandler(tc.weights...)
 			for i, a := range tc.active {
-				h.backends[i].active.Store(a)
+				h.viewed()[i].active.Store(a)
 			}
 			h.lease.next.Store(0) // the scan starts at 0
 			var tried triedSet
-			got := h.pick(&tried)
+			got := h.pickNow(&tried)
 			wantLoad := float64(tc.active[tc.want]+1) / float64(tc.weights[tc.want])
 			gotLoad := float64(tc.active[got]+1) / float64(tc.weights[got])
 			if gotLoad > wantLoad {
@@ -97,37 +103,37 @@ func TestPickMinimisesLoadOverWeight(t *testing.T) {
 
 func TestPickSkipsUnavailableAndTried(t *testing.T) {
 	h := newTestHandler(1, 1, 1, 1)
-	h.backends[0].flags.Store(flagDown)
-	h.backends[1].flags.Store(flagDrain)
-	h.backends[2].flags.Store(flagMaint)
+	h.viewed()[0].flags.Store(flagDown)
+	h.viewed()[1].flags.Store(flagDrain)
+	h.viewed()[2].flags.Store(flagMaint)
 	var tried triedSet
 	for range 10 {
-		if got := h.pick(&tried); got != 3 {
+		if got := h.pickNow(&tried); got != 3 {
 			t.Fatalf("picked %d, want the only available backend 3", got)
 		}
 	}
 	tried.add(3)
-	if got := h.pick(&tried); got != -1 {
+	if got := h.pickNow(&tried); got != -1 {
 		t.Fatalf("picked %d with every backend unavailable or tried, want -1", got)
 	}
 }
 
 func TestTriedSetLargePool(t *testing.T) {
 	h := newTestHandler(make([]int, 200)...)
-	for _, b := range h.backends {
+	for _, b := range h.viewed() {
 		b.weight.Store(1)
 	}
 	tried := newTriedSet(200)
 	seen := map[int]bool{}
 	for range 200 {
-		i := h.pick(&tried)
+		i := h.pickNow(&tried)
 		if i < 0 || seen[i] {
 			t.Fatalf("pick %d repeated or missing", i)
 		}
 		seen[i] = true
 		tried.add(i)
 	}
-	if got := h.pick(&tried); got != -1 {
+	if got := h.pickNow(&tried); got != -1 {
 		t.Fatalf("picked %d after all were tried", got)
 	}
 }
@@ -140,13 +146,13 @@ func TestWeightedShareUnderSteadyLoad(t *testing.T) {
 	var inflight []int
 	for range 8 {
 		var tried triedSet
-		inflight = append(inflight, h.pick(&tried))
+		inflight = append(inflight, h.pickNow(&tried))
 	}
 	for range 4000 {
-		h.backends[inflight[0]].active.Add(-1)
+		h.viewed()[inflight[0]].active.Add(-1)
 		inflight = inflight[1:]
 		var tried triedSet
-		i := h.pick(&tried)
+		i := h.pickNow(&tried)
 		counts[i]++
 		inflight = append(inflight, i)
 	}
@@ -184,14 +190,14 @@ func TestSlowStartRampsLinearlyFromTenPercent(t *testing.T) {
 func TestPickAllocatesNothing(t *testing.T) {
 	for _, n := range []int{3, 64, 256} {
 		h := newTestHandler(make([]int, n)...)
-		for _, b := range h.backends {
+		for _, b := range h.viewed() {
 			b.weight.Store(1)
 		}
 		allocs := testing.AllocsPerRun(1000, func() {
 			var tried triedSet
 			if n <= 64 {
-				i := h.pick(&tried)
-				h.backends[i].active.Add(-1)
+				i := h.pickNow(&tried)
+				h.viewed()[i].active.Add(-1)
 			}
 		})
 		if n <= 64 && allocs != 0 {
@@ -206,15 +212,15 @@ func TestPickAllocatesNothing(t *testing.T) {
 // oldest as it picks a new one (the path real traffic takes).
 func benchmarkPick(b *testing.B, n int) {
 	h := newTestHandler(make([]int, n)...)
-	for i, be := range h.backends {
+	for i, be := range h.viewed() {
 		be.weight.Store(int64(1 + i%3))
 	}
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			var tried triedSet
-			i := h.pick(&tried)
-			h.backends[i].active.Add(-1)
+			i := h.pickNow(&tried)
+			h.viewed()[i].active.Add(-1)
 		}
 	})
 	b.Run("parallel", func(b *testing.B) {
@@ -223,17 +229,17 @@ func benchmarkPick(b *testing.B, n int) {
 			var inflight [8]int
 			for k := range inflight {
 				var tried triedSet
-				inflight[k] = h.pick(&tried)
+				inflight[k] = h.pickNow(&tried)
 			}
 			k := 0
 			for pb.Next() {
-				h.backends[inflight[k]].active.Add(-1)
+				h.viewed()[inflight[k]].active.Add(-1)
 				var tried triedSet
-				inflight[k] = h.pick(&tried)
+				inflight[k] = h.pickNow(&tried)
 				k = (k + 1) % len(inflight)
 			}
 			for _, i := range inflight {
-				h.backends[i].active.Add(-1)
+				h.viewed()[i].active.Add(-1)
 			}
 		})
 	})
@@ -246,7 +252,7 @@ func BenchmarkPick4096(b *testing.B) { benchmarkPick(b, 4096) }
 
 func TestSampledPickOnLargePoolsPrefersTheLessLoaded(t *testing.T) {
 	h := newTestHandler(make([]int, 1000)...)
-	for i, b := range h.backends {
+	for i, b := range h.viewed() {
 		b.weight.Store(1)
 		switch i % 4 {
 		case 0:
@@ -258,11 +264,11 @@ func TestSampledPickOnLargePoolsPrefersTheLessLoaded(t *testing.T) {
 	idle := 0
 	for range 10000 {
 		var tried triedSet
-		i := h.pick(&tried)
+		i := h.pickNow(&tried)
 		if i%4 == 0 {
 			t.Fatalf("picked unavailable backend %d", i)
 		}
-		if h.backends[i].active.Add(-1) == 0 {
+		if h.viewed()[i].active.Add(-1) == 0 {
 			idle++
 		}
 	}
@@ -274,17 +280,17 @@ func TestSampledPickOnLargePoolsPrefersTheLessLoaded(t *testing.T) {
 
 func TestSampledPickFallsBackToTheFullScan(t *testing.T) {
 	h := newTestHandler(make([]int, 500)...)
-	for _, b := range h.backends {
+	for _, b := range h.viewed() {
 		b.weight.Store(1)
 		b.flags.Store(flagDown)
 	}
-	h.backends[321].flags.Store(0)
+	h.viewed()[321].flags.Store(0)
 	for range 100 {
 		var tried triedSet
-		if i := h.pick(&tried); i != 321 {
+		if i := h.pickNow(&tried); i != 321 {
 			t.Fatalf("picked %d, want the only backend up, 321", i)
 		}
-		h.backends[321].active.Add(-1)
+		h.viewed()[321].active.Add(-1)
 	}
 }
 
