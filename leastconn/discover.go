@@ -332,12 +332,13 @@ func (src *source) refreshMembers(ctx context.Context, r *registry) {
 	src.mu.Unlock()
 
 	log := src.logger().With(zap.String("pool", src.pool.name), zap.String("source", src.spec.label))
-	switch {
-	case err != nil && !failing:
-		log.Warn("dns lookup failed; keeping the members", zap.Error(err), zap.Int("members", r.memberCount(src)))
-	case err != nil:
+	if err != nil {
+		if !failing {
+			log.Warn("dns lookup failed; keeping the members", zap.Error(err), zap.Int("members", r.memberCount(src)))
+		}
 		return
-	case failing:
+	}
+	if failing {
 		log.Info("dns lookup works again", zap.Int("addresses", len(answer)))
 	}
 	if truncated && !wasTruncated {
@@ -352,6 +353,16 @@ var errNoAddresses = errors.New("no addresses in the answer")
 
 // lookup asks DNS for the source's addresses, deduplicated.
 func (src *source) lookup(ctx context.Context) ([]found, error) {
+	answer, err := src.ask(ctx)
+	var de *net.DNSError
+	if len(src.spec.resolvers) > 0 && errors.As(err, &de) && de.Server != "" {
+		// the resolver names the system's server, not the one it asked
+		err = errors.New(strings.Replace(err.Error(), " on "+de.Server, "", 1))
+	}
+	return answer, err
+}
+
+func (src *source) ask(ctx context.Context) ([]found, error) {
 	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
 	s := src.spec
