@@ -19,6 +19,24 @@ func newTestHandler(weights ...int) *Handler {
 	return h
 }
 
+// newDiscoveredTestHandler builds a handler whose backends are all members
+// of one DNS source, in priority groups of the given sizes (priority 0, 1,
+// ...), as the registry builds its view.
+func newDiscoveredTestHandler(groups ...int) *Handler {
+	p := &Pool{name: "test"}
+	src := &source{pool: p}
+	for prio, n := range groups {
+		for i := range n {
+			key := fmt.Sprintf("%d.%d", prio, i)
+			b := newBackend(p, backendAddr{key: key, display: key, weight: 1})
+			src.members = append(src.members, member{b: b, priority: prio})
+		}
+	}
+	h := &Handler{lease: &lease{sources: []*source{src}}}
+	h.lease.view.Store(h.lease.buildView())
+	return h
+}
+
 // viewed is the backends of the handler's current view.
 func (h *Handler) viewed() []*Backend { return h.lease.view.Load().backends }
 
@@ -189,20 +207,25 @@ func TestSlowStartRampsLinearlyFromTenPercent(t *testing.T) {
 
 func TestPickAllocatesNothing(t *testing.T) {
 	for _, n := range []int{3, 64, 256} {
-		h := newTestHandler(make([]int, n)...)
-		for _, b := range h.viewed() {
-			b.weight.Store(1)
+		testPickAllocatesNothing(t, n, newTestHandler(make([]int, n)...))
+		testPickAllocatesNothing(t, n, newDiscoveredTestHandler(n/2, n-n/2))
+	}
+}
+
+func testPickAllocatesNothing(t *testing.T, n int, h *Handler) {
+	t.Helper()
+	for _, b := range h.viewed() {
+		b.weight.Store(1)
+	}
+	allocs := testing.AllocsPerRun(1000, func() {
+		var tried triedSet
+		if n <= 64 {
+			i := h.pickNow(&tried)
+			h.viewed()[i].active.Add(-1)
 		}
-		allocs := testing.AllocsPerRun(1000, func() {
-			var tried triedSet
-			if n <= 64 {
-				i := h.pickNow(&tried)
-				h.viewed()[i].active.Add(-1)
-			}
-		})
-		if n <= 64 && allocs != 0 {
-			t.Fatalf("pick over %d backends allocates %.1f times", n, allocs)
-		}
+	})
+	if n <= 64 && allocs != 0 {
+		t.Fatalf("pick over %d backends allocates %.1f times", n, allocs)
 	}
 }
 
@@ -210,8 +233,7 @@ func TestPickAllocatesNothing(t *testing.T) {
 // pick released at once: the round-robin path), and in parallel under
 // steady load, each goroutine keeping 8 requests in flight and releasing the
 // oldest as it picks a new one (the path real traffic takes).
-func benchmarkPick(b *testing.B, n int) {
-	h := newTestHandler(make([]int, n)...)
+func benchmarkPick(b *testing.B, h *Handler) {
 	for i, be := range h.viewed() {
 		be.weight.Store(int64(1 + i%3))
 	}
@@ -245,10 +267,19 @@ func benchmarkPick(b *testing.B, n int) {
 	})
 }
 
-func BenchmarkPick3(b *testing.B)    { benchmarkPick(b, 3) }
-func BenchmarkPick16(b *testing.B)   { benchmarkPick(b, 16) }
-func BenchmarkPick256(b *testing.B)  { benchmarkPick(b, 256) }
-func BenchmarkPick4096(b *testing.B) { benchmarkPick(b, 4096) }
+func BenchmarkPick3(b *testing.B)    { benchmarkPick(b, newTestHandler(make([]int, 3)...)) }
+func BenchmarkPick16(b *testing.B)   { benchmarkPick(b, newTestHandler(make([]int, 16)...)) }
+func BenchmarkPick256(b *testing.B)  { benchmarkPick(b, newTestHandler(make([]int, 256)...)) }
+func BenchmarkPick4096(b *testing.B) { benchmarkPick(b, newTestHandler(make([]int, 4096)...)) }
+
+// The same pools found through DNS (one priority group), and one whose
+// SRV answer has a backup group besides.
+func BenchmarkPickDiscovered3(b *testing.B)   { benchmarkPick(b, newDiscoveredTestHandler(3)) }
+func BenchmarkPickDiscovered16(b *testing.B)  { benchmarkPick(b, newDiscoveredTestHandler(16)) }
+func BenchmarkPickDiscovered256(b *testing.B) { benchmarkPick(b, newDiscoveredTestHandler(256)) }
+func BenchmarkPickDiscoveredWithBackupGroup3(b *testing.B) {
+	benchmarkPick(b, newDiscoveredTestHandler(3, 3))
+}
 
 func TestSampledPickOnLargePoolsPrefersTheLessLoaded(t *testing.T) {
 	h := newTestHandler(make([]int, 1000)...)
@@ -311,4 +342,33 @@ func BenchmarkCountFloor(b *testing.B) {
 			i++
 		}
 	})
+}
+
+func TestPickUsesTheFirstPriorityGroupThatCanTakeTraffic(t *testing.T) {
+	h := newDiscoveredTestHandler(2, 2)
+	v := h.lease.view.Load()
+	if len(v.groups) != 2 || v.groups[0] != 2 || v.groups[1] != 4 {
+		t.Fatalf("groups %v, want [2 4]", v.groups)
+	}
+	for range 20 {
+		var tried triedSet
+		if i := h.pickNow(&tried); i > 1 {
+			t.Fatalf("picked %d from the backup group while the first is up", i)
+		} else {
+			v.backends[i].active.Add(-1)
+		}
+	}
+	// a try that failed on both of the first group goes to the backup
+	var tried triedSet
+	tried.add(0)
+	tried.add(1)
+	if i := h.pickNow(&tried); i < 2 {
+		t.Fatalf("picked %d, want the backup group after the first was tried", i)
+	}
+	v.backends[0].flags.Store(flagDown)
+	v.backends[1].flags.Store(flagLeaving)
+	var fresh triedSet
+	if i := h.pickNow(&fresh); i < 2 {
+		t.Fatalf("picked %d from a group that is down or leaving", i)
+	}
 }
