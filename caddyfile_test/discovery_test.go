@@ -144,10 +144,12 @@ func TestDiscoveredMembersAreCheckedAndBalanced(t *testing.T) {
 		got[0].Members != 3 || got[0].Error != "" || got[0].LastLookup == nil {
 		t.Fatalf("discovery: %+v", got)
 	}
+	_, body := c.Admin(t, http.MethodGet, "/lbpool/discovery", "")
+	t.Logf("GET /lbpool/discovery:\n%s", body)
 	// a member is in the metrics like a static backend
-	status, body := c.Admin(t, http.MethodGet, "/metrics", "")
+	status, metrics := c.Admin(t, http.MethodGet, "/metrics", "")
 	want := fmt.Sprintf(`caddy_lbpool_backend_up{backend=%q,pool="web"} 1`, bs[1].URL())
-	if status != 200 || !strings.Contains(string(body), want) {
+	if status != 200 || !strings.Contains(string(metrics), want) {
 		t.Fatalf("metrics lack %s", want)
 	}
 	// and takes admin state
