@@ -19,15 +19,23 @@ const root = ".."
 // caddyVersion is the Caddy release the demo images pin.
 const caddyVersion = "2.11.9"
 
-// readCompose reads the block-style YAML subset docker-compose.yml is written
-// in ("key: value", "key:", "- item", nested by indentation) into a map from
-// dotted path ("services.lb.ports") to its values. A YAML library would need
-// a new go.mod requirement; this file needs no more than these few rules.
-func readCompose(t *testing.T) map[string][]string {
+// composeFiles are the demo's compose files: three named backends, and one
+// app service scaled and found through DNS.
+var composeFiles = []string{"docker-compose.yml", "docker-compose.dns.yml"}
+
+// readCompose reads docker-compose.yml; see readComposeFile.
+func readCompose(t *testing.T) map[string][]string { return readComposeFile(t, composeFiles[0]) }
+
+// readComposeFile reads the block-style YAML subset the compose files are
+// written in ("key: value", "key:", "- item", nested by indentation) into a
+// map from dotted path ("services.lb.ports") to its values. A YAML library
+// would need a new go.mod requirement; these files need no more than these
+// few rules.
+func readComposeFile(t *testing.T, name string) map[string][]string {
 	t.Helper()
-	f, err := os.Open(filepath.Join(root, "docker-compose.yml"))
+	f, err := os.Open(filepath.Join(root, name))
 	if err != nil {
-		t.Fatalf("open docker-compose.yml: %v", err)
+		t.Fatalf("open %s: %v", name, err)
 	}
 	defer f.Close()
 
@@ -61,7 +69,7 @@ func readCompose(t *testing.T) map[string][]string {
 		}
 		key, value, ok := strings.Cut(text, ":")
 		if !ok {
-			t.Fatalf("docker-compose.yml:%d: %q is neither \"key: value\" nor \"- item\"", n, text)
+			t.Fatalf("%s:%d: %q is neither \"key: value\" nor \"- item\"", name, n, text)
 		}
 		for len(stack) > 0 && stack[len(stack)-1].indent >= indent {
 			stack = stack[:len(stack)-1]
@@ -74,7 +82,7 @@ func readCompose(t *testing.T) map[string][]string {
 		}
 	}
 	if err := scanner.Err(); err != nil {
-		t.Fatalf("read docker-compose.yml: %v", err)
+		t.Fatalf("read %s: %v", name, err)
 	}
 	return values
 }
@@ -153,10 +161,16 @@ func TestComposeServices(t *testing.T) {
 	}
 }
 
-// TestReferencedFilesExist follows every build the compose file names to its
+// TestReferencedFilesExist follows every build each compose file names to its
 // Dockerfile, and every COPY in that Dockerfile to its sources.
 func TestReferencedFilesExist(t *testing.T) {
-	compose := readCompose(t)
+	for _, file := range composeFiles {
+		t.Run(file, func(t *testing.T) { testReferencedFilesExist(t, file) })
+	}
+}
+
+func testReferencedFilesExist(t *testing.T, file string) {
+	compose := readComposeFile(t, file)
 	dockerfiles := map[string]bool{}
 	for key, context := range compose {
 		service, ok := strings.CutSuffix(key, ".build.context")
@@ -171,11 +185,11 @@ func TestReferencedFilesExist(t *testing.T) {
 		if d := compose[service+".build.dockerfile"]; len(d) == 1 {
 			dockerfile = d[0]
 		}
-		mustExist(t, dockerfile, service+" in docker-compose.yml")
+		mustExist(t, dockerfile, service+" in "+file)
 		dockerfiles[dockerfile] = true
 	}
 	if len(dockerfiles) == 0 {
-		t.Fatal("docker-compose.yml builds nothing")
+		t.Fatalf("%s builds nothing", file)
 	}
 	for dockerfile := range dockerfiles {
 		for _, fields := range instructions(t, dockerfile) {
@@ -220,5 +234,43 @@ func TestDockerfilePinsCaddyAndBuildsLbpool(t *testing.T) {
 	}
 	if !built {
 		t.Errorf("Dockerfile has no RUN xcaddy build v%s --with github.com/lbpool/lbpool", caddyVersion)
+	}
+}
+
+// TestComposeDNSScalesOneServiceFoundThroughDockerDNS checks the discovery
+// demo: one app service without a fixed container name (so it can be
+// scaled), and the lb service running demo/Caddyfile.dns, whose pool finds
+// the replicas through Docker's embedded DNS server.
+func TestComposeDNSScalesOneServiceFoundThroughDockerDNS(t *testing.T) {
+	compose := readComposeFile(t, "docker-compose.dns.yml")
+	for _, service := range []string{"lb", "app"} {
+		if _, ok := compose["services."+service]; !ok {
+			t.Errorf("docker-compose.dns.yml has no service %q", service)
+		}
+	}
+	if _, ok := compose["services.app.container_name"]; ok {
+		t.Error("service app has a container_name: it could not be scaled")
+	}
+	if got := compose["services.app.command"]; !slices.Equal(got, []string{`["-listen", ":80"]`}) {
+		t.Errorf("service app: command %q, want it on port 80, the port of the dynamic source", got)
+	}
+	volumes := compose["services.lb.volumes"]
+	if !slices.Contains(volumes, "./demo/Caddyfile.dns:/etc/caddy/Caddyfile:ro") {
+		t.Errorf("service lb: volumes %q do not mount demo/Caddyfile.dns as its Caddyfile", volumes)
+	}
+	ports := compose["services.lb.ports"]
+	for _, want := range []string{"3030:3030", "127.0.0.1:2019:2019"} {
+		if !slices.Contains(ports, want) {
+			t.Errorf("service lb: ports %q do not publish %q", ports, want)
+		}
+	}
+	caddyfile, err := os.ReadFile(filepath.Join(root, "demo", "Caddyfile.dns"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"dynamic a app 80 {", "resolvers 127.0.0.11"} {
+		if !strings.Contains(string(caddyfile), want) {
+			t.Errorf("demo/Caddyfile.dns lacks %q", want)
+		}
 	}
 }

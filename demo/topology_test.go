@@ -114,7 +114,7 @@ func TestShippedCaddyfilesAdaptAndValidate(t *testing.T) {
 	// validate provisions every module, lbpool's included, but opens no
 	// listener and sends no request, so the compose service names (app1:80)
 	// in Caddyfile.docker need not resolve here.
-	for _, file := range []string{"Caddyfile.example", "demo/Caddyfile.docker"} {
+	for _, file := range []string{"Caddyfile.example", "demo/Caddyfile.docker", "demo/Caddyfile.dns"} {
 		t.Run(filepath.Base(file), func(t *testing.T) {
 			path := filepath.Join(root, file)
 			for _, sub := range []string{"adapt", "validate"} {
@@ -474,7 +474,12 @@ func (l *loadGen) stop() {
 // once), it tries again until bindBound passes.
 func startBackend(t *testing.T, ctx context.Context, client *http.Client, bin, name string, port int, bindBound time.Duration) *demoProc {
 	t.Helper()
-	addr := "127.0.0.1:" + strconv.Itoa(port)
+	return startBackendAt(t, ctx, client, bin, name, "127.0.0.1:"+strconv.Itoa(port), bindBound)
+}
+
+// startBackendAt is startBackend on any address.
+func startBackendAt(t *testing.T, ctx context.Context, client *http.Client, bin, name, addr string, bindBound time.Duration) *demoProc {
+	t.Helper()
 	deadline := time.Now().Add(bindBound)
 	for {
 		p := startProc(t, ctx, name, os.Environ(), bin, "-listen", addr, "-name", name)

@@ -25,12 +25,13 @@ const (
 
 // Bits of Backend.flags, read by the pick with one atomic load.
 const (
-	flagDown  uint32 = 1 << iota // health: failed its checks or could not be reached
-	flagDrain                    // admin: no new requests
-	flagMaint                    // admin: no requests, no checks
-	flagRamp                     // slow start in progress; see effectiveWeight
+	flagDown    uint32 = 1 << iota // health: failed its checks or could not be reached
+	flagDrain                      // admin: no new requests
+	flagMaint                      // admin: no requests, no checks
+	flagRamp                       // slow start in progress; see effectiveWeight
+	flagLeaving                    // discovery: gone from DNS, its requests finishing
 
-	flagsUnavailable = flagDown | flagDrain | flagMaint
+	flagsUnavailable = flagDown | flagDrain | flagMaint | flagLeaving
 )
 
 // backendAddr is a parsed backend URL.
@@ -157,6 +158,8 @@ type Backend struct {
 
 	refs int // guarded by registry.mu
 
+	discovered bool // found through DNS, not listed in the config
+
 	// Health bookkeeping, not on the hot path.
 	mu         sync.Mutex
 	passes     int // consecutive passing checks
@@ -170,6 +173,7 @@ type Backend struct {
 	// passiveEpoch counts passive failures, so a check that passed while a
 	// request failed does not bring the backend back
 	passiveEpoch uint64
+	joining      bool // a discovered member not checked yet: its first check decides
 
 	memoryBytes atomic.Int64 // as the backend reports it; -1 while unknown
 
@@ -227,6 +231,10 @@ func (b *Backend) setAdminState(state string) {
 		}
 	}
 }
+
+// setFlag and clearFlag change one flag bit, leaving the others.
+func (b *Backend) setFlag(f uint32)   { b.flags.Or(f) }
+func (b *Backend) clearFlag(f uint32) { b.flags.And(^f) }
 
 // ewma is a lock-free exponentially weighted moving average of durations.
 type ewma struct{ v atomic.Int64 }

@@ -48,12 +48,22 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    dial_timeout <duration>
 //	    response_header_timeout <duration>
 //	    tls_insecure_skip_verify
+//	    dynamic a <name> <port> {
+//	        refresh <duration>
+//	        resolvers <ip[:port]>...
+//	        versions ipv4|ipv6...
+//	        scheme http|https
+//	    }
+//	    dynamic srv <name> {
+//	        (the same options)
+//	    }
 //	}
 //
 // Every problem is reported here, at parse time, with the file and line.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()                 // directive name
-	keys := map[string]int{} // backend key → index in h.Backends
+	d.Next()                    // directive name
+	keys := map[string]int{}    // backend key → index in h.Backends
+	labels := map[string]bool{} // dynamic sources seen
 	addBackends := func(args []string) error {
 		for _, raw := range args {
 			a, err := parseBackendURL(raw)
@@ -201,17 +211,106 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.TLSInsecureSkipVerify = true
 
+		case "dynamic":
+			dc, err := parseDynamic(d, labels)
+			if err != nil {
+				return err
+			}
+			h.Dynamic = append(h.Dynamic, dc)
+
 		default:
 			return d.Errf("unrecognized lbpool option '%s'", opt)
 		}
 	}
 
-	if len(h.Backends) == 0 {
+	if len(h.Backends) == 0 && len(h.Dynamic) == 0 {
 		d.Reset()
 		d.Next()
-		return d.Err("lbpool needs at least one backend")
+		return d.Err("lbpool needs at least one backend or dynamic source")
+	}
+	if _, err := h.discoverySpecs(); err != nil {
+		return d.Err(strings.TrimPrefix(err.Error(), "lbpool: "))
 	}
 	return nil
+}
+
+// parseDynamic reads one dynamic block; each value is checked on its own
+// line, so an error names it.
+func parseDynamic(d *caddyfile.Dispenser, seen map[string]bool) (DynamicConfig, error) {
+	var dc DynamicConfig
+	if !d.NextArg() {
+		return dc, d.Err("dynamic: missing kind (a or srv)")
+	}
+	dc.Kind = d.Val()
+	if dc.Kind != "a" && dc.Kind != "srv" {
+		return dc, d.Errf("dynamic: unknown kind %q (use a or srv)", dc.Kind)
+	}
+	if !d.NextArg() {
+		return dc, d.Errf("dynamic %s: missing DNS name", dc.Kind)
+	}
+	dc.Name = d.Val()
+	if err := checkDNSName(strings.TrimSuffix(dc.Name, ".")); err != nil {
+		return dc, d.Errf("dynamic %s: %v", dc.Kind, err)
+	}
+	if dc.Kind == "a" {
+		if !d.NextArg() {
+			return dc, d.Errf("dynamic a %s: missing port", dc.Name)
+		}
+		port, err := atoi(d.Val())
+		if err != nil || port < 1 || port > 65535 {
+			return dc, d.Errf("dynamic a %s: port %q is not a number from 1 to 65535", dc.Name, d.Val())
+		}
+		dc.Port = port
+	}
+	if d.NextArg() {
+		return dc, d.Errf("dynamic %s: unexpected argument %q", dc.Kind, d.Val())
+	}
+	label := dynamicLabel(dc.Kind, strings.TrimSuffix(dc.Name, "."), dc.Port)
+	if seen[label] {
+		return dc, d.Errf("dynamic %s is listed twice", label)
+	}
+	seen[label] = true
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		switch opt {
+		case "refresh":
+			dur, err := parsePositiveDuration(d)
+			if err != nil {
+				return dc, err
+			}
+			dc.Refresh = dur
+		case "resolvers":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return dc, d.ArgErr()
+			}
+			for _, r := range args {
+				if _, err := parseResolver(r); err != nil {
+					return dc, d.Errf("dynamic: %v", err)
+				}
+			}
+			dc.Resolvers = append(dc.Resolvers, args...)
+		case "versions":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return dc, d.ArgErr()
+			}
+			if _, err := ipNetwork(args); err != nil {
+				return dc, d.Errf("dynamic: %v", err)
+			}
+			dc.Versions = append(dc.Versions, args...)
+		case "scheme":
+			if !d.AllArgs(&dc.Scheme) {
+				return dc, d.ArgErr()
+			}
+			if dc.Scheme != "http" && dc.Scheme != "https" {
+				return dc, d.Errf("dynamic: scheme %q not supported (use http or https)", dc.Scheme)
+			}
+		default:
+			return dc, d.Errf("unrecognized dynamic option '%s'", opt)
+		}
+	}
+	return dc, nil
 }
 
 func parsePositiveDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {

@@ -112,10 +112,18 @@ type Handler struct {
 	// and private networks only.
 	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
 
+	// Discovery: members found through DNS (discover.go).
+
+	// DNS sources of more members, beside or instead of Backends. Each is
+	// looked up in the background and refreshed; a member is checked,
+	// ramped and drained like a static backend.
+	Dynamic []DynamicConfig `json:"dynamic,omitempty"`
+
+	// State: what Provision attached to.
+
 	lease    *lease
-	backends []*Backend // this handler's view, in config order
 	spec     *poolSpec
-	retries  int
+	retries  int // the retries option; -1 when unset (every other backend)
 	released bool
 	logger   *zap.Logger
 }
@@ -141,13 +149,23 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.lease, h.backends, h.spec = l, l.backends, spec
-	h.retries = len(h.backends) - 1
-	if h.Retries != nil && *h.Retries < h.retries {
+	h.lease, h.spec = l, spec
+	h.retries = -1
+	if h.Retries != nil {
 		h.retries = *h.Retries
 	}
 	registerMetrics(ctx, h.logger)
 	return nil
+}
+
+// retriesIn is how many other backends of v a request may try: every
+// other one unless the retries option says fewer.
+func (h *Handler) retriesIn(v *view) int {
+	n := len(v.backends) - 1
+	if h.retries >= 0 && h.retries < n {
+		return h.retries
+	}
+	return n
 }
 
 // Cleanup detaches the handler from the registry. It releases exactly what
@@ -164,7 +182,7 @@ func (h *Handler) Cleanup() error {
 // poolSpec checks the JSON configuration and resolves defaults into the
 // settings the registry shares among handlers of one pool.
 func (h *Handler) poolSpec() (*poolSpec, error) {
-	if len(h.Backends) == 0 {
+	if len(h.Backends) == 0 && len(h.Dynamic) == 0 {
 		return nil, fmt.Errorf("lbpool: no backends configured")
 	}
 	s := &poolSpec{
@@ -246,6 +264,14 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		s.backends = append(s.backends, addr)
 		names = append(names, addr.display)
 	}
+	dynamic, err := h.discoverySpecs()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range dynamic {
+		names = append(names, d.label)
+	}
+	s.dynamic = dynamic
 	if s.name == "" {
 		s.name = strings.Join(names, ",")
 	}

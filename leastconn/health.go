@@ -198,6 +198,8 @@ func (b *Backend) record(s *poolSpec, res checkResult, epoch uint64) {
 	b.mu.Lock()
 	b.lastCheck = res
 	changed, up := false, false
+	first := b.joining // a new member's first check decides at once
+	b.joining = false
 	if res.reason == "" {
 		if b.passiveEpoch != epoch {
 			// the backend failed a request while this check ran: the pass
@@ -207,7 +209,7 @@ func (b *Backend) record(s *poolSpec, res checkResult, epoch uint64) {
 		}
 		b.passes++
 		b.fails = 0
-		if b.flags.Load()&flagDown != 0 && b.passes >= s.healthPasses {
+		if b.flags.Load()&flagDown != 0 && (b.passes >= s.healthPasses || first) {
 			b.setUpLocked(s, res.at.Add(res.duration))
 			changed, up = true, true
 		}

@@ -68,15 +68,17 @@ func newTransport(ts transportSettings) *http.Transport {
 // when one cannot be reached.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	out := h.outgoing(r)
-	tried := newTriedSet(len(h.backends))
+	v := h.lease.view.Load() // one view for every try: indices stay valid
+	tried := newTriedSet(len(v.backends))
+	retries := h.retriesIn(v)
 	var lastErr error
-	for try := 0; try <= h.retries; try++ {
-		i := h.pick(&tried)
+	for try := 0; try <= retries; try++ {
+		i := h.pick(v, &tried)
 		if i < 0 {
 			break
 		}
 		tried.add(i)
-		b := h.backends[i]
+		b := v.backends[i]
 		err := h.proxyTo(w, r, out, b)
 		if err == nil {
 			return nil
@@ -101,7 +103,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if fail.reached && !retryableAfterConnect(r, out) {
 			break
 		}
-		if try < h.retries {
+		if try < retries {
 			b.retries.Add(1)
 		}
 	}

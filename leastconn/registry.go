@@ -34,7 +34,9 @@ var defaultRegistry = &registry{
 type Pool struct {
 	name     string
 	refs     int                 // handlers holding the pool
-	backends map[string]*Backend // by backend key, every backend any handler holds
+	backends map[string]*Backend // by backend key, every backend any handler or source holds
+	sources  map[string]*source  // DNS sources by key; see discover.go
+	leases   map[*lease]struct{} // every handler's lease, to give each a new view
 	specs    map[*poolSpec]int   // held specs and their holders
 	spec     atomic.Pointer[poolSpec]
 	fetcher  atomic.Pointer[statsFetcher] // nil without stats_uri; written under registry.mu
@@ -45,6 +47,7 @@ type Pool struct {
 type poolSpec struct {
 	name        string
 	backends    []backendAddr
+	dynamic     []dynamicSpec
 	fingerprint string
 	owner       <-chan struct{} // the Done channel of the config that provisioned it
 	seq         uint64
@@ -86,13 +89,16 @@ func (t *sharedTransport) used() {
 	}
 }
 
-// lease is what one handler holds in the registry: its pool, its spec and
-// its backends in config order.
+// lease is what one handler holds in the registry: its pool, its spec, its
+// static backends in config order, its DNS sources, and the view its
+// requests pick from.
 type lease struct {
 	pool     *Pool
 	spec     *poolSpec
 	backends []*Backend
-	next     atomic.Uint64 // where the pick's scan starts: just after the last pick
+	sources  []*source
+	view     atomic.Pointer[view] // replaced whole when members change
+	next     atomic.Uint64        // where the pick's scan starts: just after the last pick
 }
 
 // acquire attaches a handler's spec to its pool, creating the pool and any
@@ -112,7 +118,8 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 			}
 		}
 	} else {
-		p = &Pool{name: s.name, backends: make(map[string]*Backend), specs: make(map[*poolSpec]int)}
+		p = &Pool{name: s.name, backends: make(map[string]*Backend), specs: make(map[*poolSpec]int),
+			sources: make(map[string]*source), leases: make(map[*lease]struct{})}
 		r.pools[s.name] = p
 	}
 	r.seq++
@@ -130,9 +137,14 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 			p.backends[a.key] = b
 			started = append(started, b)
 		}
-		b.refs++
+		hold(b)
 		out[i] = b
 	}
+	l := &lease{pool: p, spec: s, backends: out}
+	var newSources []*source
+	l.sources, newSources = p.acquireSources(s)
+	l.view.Store(l.buildView())
+	p.leases[l] = struct{}{}
 	stopFetcher := p.apply(s)
 	r.mu.Unlock()
 
@@ -140,7 +152,10 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 	for _, b := range started {
 		b.startChecker()
 	}
-	return &lease{pool: p, spec: s, backends: out}, nil
+	for _, src := range newSources {
+		src.start(r)
+	}
+	return l, nil
 }
 
 // release undoes one acquire. Backends and pools that drop to zero
@@ -150,12 +165,12 @@ func (r *registry) release(l *lease) {
 	r.mu.Lock()
 	var stopped []*Backend
 	for _, b := range l.backends {
-		b.refs--
-		if b.refs == 0 {
-			delete(p.backends, b.addr.key)
+		if r.unref(b) {
 			stopped = append(stopped, b)
 		}
 	}
+	delete(p.leases, l)
+	ended := p.releaseSources(l.sources)
 	stopFetcher := func() {}
 	p.specs[spec]--
 	if p.specs[spec] == 0 {
@@ -182,9 +197,9 @@ func (r *registry) release(l *lease) {
 	r.mu.Unlock()
 
 	stopFetcher()
-	for _, b := range stopped {
-		b.stopChecker()
-		forgetMetrics(p.name, b)
+	r.stopBackends(p, stopped)
+	for _, src := range ended {
+		r.stopSource(src)
 	}
 }
 
@@ -200,6 +215,13 @@ func (p *Pool) apply(s *poolSpec) (stopOld func()) {
 			b.rampLen.Store(int64(s.slowStart))
 			if recheck {
 				b.recheckSoon()
+			}
+		}
+	}
+	for _, d := range s.dynamic {
+		if src := p.sources[d.key]; src != nil {
+			for _, m := range src.members {
+				m.b.rampLen.Store(int64(s.slowStart))
 			}
 		}
 	}
@@ -248,9 +270,10 @@ func (r *registry) pool(name string) *Pool {
 	return r.pools[name]
 }
 
-// current returns the pool's backends in the order of its current spec.
-// Called with r.mu held.
-func (p *Pool) current() []*Backend {
+// current returns the pool's backends: the static ones in the order of its
+// current spec, then how many of them there are, then the members its
+// sources found. Called with r.mu held.
+func (p *Pool) current() (backends []*Backend, static int) {
 	s := p.spec.Load()
 	out := make([]*Backend, 0, len(s.backends))
 	for _, a := range s.backends {
@@ -258,5 +281,9 @@ func (p *Pool) current() []*Backend {
 			out = append(out, b)
 		}
 	}
-	return out
+	static = len(out)
+	if len(s.dynamic) > 0 {
+		out = p.discoveredBackends(s, out)
+	}
+	return out, static
 }

@@ -60,15 +60,34 @@ const (
 	sampleSize   = 4
 )
 
-// pick chooses a backend not in tried, raises its active count and returns
-// its index, or -1 when no backend can take traffic.
-func (h *Handler) pick(tried *triedSet) int {
-	if len(h.backends) > exactScanMax {
-		if i := h.pickSampled(tried); i >= 0 {
+// view is the immutable member list a handler picks from. The request
+// path reads it with one atomic load (lease.view) and keeps it for all of
+// its tries, so indices (the tried set, the rotation) stay valid while
+// discovery swaps in a new view. Backends are ordered by priority group;
+// groups holds the end index of each group, lowest priority first. A pool
+// without SRV priorities has one group.
+type view struct {
+	backends []*Backend
+	groups   []int
+}
+
+// pick chooses a backend of v not in tried, raises its active count and
+// returns its index in v, or -1 when no backend can take traffic. Only the
+// first priority group with a backend that can take traffic is used.
+func (h *Handler) pick(v *view, tried *triedSet) int {
+	lo := 0
+	for _, hi := range v.groups {
+		if hi-lo > exactScanMax {
+			if i := h.pickSampled(v.backends[lo:hi], lo, tried); i >= 0 {
+				return i
+			}
+		}
+		if i := h.pickExact(v.backends, lo, hi, tried); i >= 0 {
 			return i
 		}
+		lo = hi
 	}
-	return h.pickExact(tried)
+	return -1
 }
 
 // The three scans below (exact, tied, sampled) repeat the few lines that
@@ -76,26 +95,24 @@ func (h *Handler) pick(tried *triedSet) int {
 // (too costly for the compiler's budget), and the call costs more than the
 // rest of a 3-backend pick.
 
-// pickExact scans every backend. When the pool is idle (nothing in flight,
+// pickExact scans the backends bs[lo:hi]. When the pool is idle (nothing in flight,
 // as with sequential requests) ties go round-robin: the scan starts just
 // after the last pick, and the first of the tied wins. Under load, a tie is
 // broken at random among the tied instead, so concurrent picks do not all
 // write one shared rotation counter (on two cores that shared write costs
 // more than the rest of the pick).
-func (h *Handler) pickExact(tried *triedSet) int {
-	bs := h.backends
-	n := len(bs)
-	start := int(h.lease.next.Load()) // below n but for a pool that shrank
-	if start >= n {
-		start = 0
+func (h *Handler) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
+	start := int(h.lease.next.Load()) // in [lo, hi) but for a view that changed
+	if start < lo || start >= hi {
+		start = lo
 	}
 	first, ties := -1, 0
 	idle := true
 	var bestLoad, bestWeight, now int64
-	for i := 0; i < n; i++ {
-		j := start + i
-		if j >= n {
-			j -= n
+	for i := lo; i < hi; i++ {
+		j := start + i - lo
+		if j >= hi {
+			j -= hi - lo
 		}
 		b := bs[j]
 		f := b.flags.Load()
@@ -126,12 +143,12 @@ func (h *Handler) pickExact(tried *triedSet) int {
 	switch {
 	case idle:
 		next := first + 1
-		if next == n {
-			next = 0
+		if next == hi {
+			next = lo
 		}
 		h.lease.next.Store(uint64(next))
 	case ties > 1:
-		chosen = h.nthTied(tried, start, rand.N(ties), bestLoad, bestWeight, first)
+		chosen = nthTied(bs, lo, hi, tried, start, rand.N(ties), bestLoad, bestWeight, first)
 	}
 	bs[chosen].active.Add(1)
 	return chosen
@@ -139,14 +156,12 @@ func (h *Handler) pickExact(tried *triedSet) int {
 
 // nthTied finds the k-th backend (in scan order) whose load/weight equals
 // load/weight; counts may have moved since the scan, so it falls back to def.
-func (h *Handler) nthTied(tried *triedSet, start, k int, load, weight int64, def int) int {
-	bs := h.backends
-	n := len(bs)
+func nthTied(bs []*Backend, lo, hi int, tried *triedSet, start, k int, load, weight int64, def int) int {
 	var now int64
-	for i := 0; i < n; i++ {
-		j := start + i
-		if j >= n {
-			j -= n
+	for i := lo; i < hi; i++ {
+		j := start + i - lo
+		if j >= hi {
+			j -= hi - lo
 		}
 		b := bs[j]
 		f := b.flags.Load()
@@ -167,9 +182,9 @@ func (h *Handler) nthTied(tried *triedSet, start, k int, load, weight int64, def
 	return def
 }
 
-// pickSampled takes the best of sampleSize backends drawn at random.
-func (h *Handler) pickSampled(tried *triedSet) int {
-	bs := h.backends
+// pickSampled takes the best of sampleSize backends drawn at random from
+// bs, which starts at index lo of the view; it returns a view index.
+func (h *Handler) pickSampled(bs []*Backend, lo int, tried *triedSet) int {
 	n := uint64(len(bs))
 	best := -1
 	var bestLoad, bestWeight, now int64
@@ -179,7 +194,7 @@ func (h *Handler) pickSampled(tried *triedSet) int {
 			j := int(half * n >> 32) // uniform in [0, n) without division
 			b := bs[j]
 			f := b.flags.Load()
-			if f&flagsUnavailable != 0 || tried.has(j) {
+			if f&flagsUnavailable != 0 || tried.has(lo+j) {
 				continue
 			}
 			w := b.weight.Load() * weightScale
@@ -192,10 +207,11 @@ func (h *Handler) pickSampled(tried *triedSet) int {
 			}
 		}
 	}
-	if best >= 0 {
-		bs[best].active.Add(1)
+	if best < 0 {
+		return -1
 	}
-	return best
+	bs[best].active.Add(1)
+	return lo + best
 }
 
 // rampedWeight scales w during slow start: linearly from 10% of the weight

@@ -13,20 +13,44 @@ func newTestHandler(weights ...int) *Handler {
 	p := &Pool{name: "test"}
 	h := &Handler{lease: &lease{}}
 	for i, w := range weights {
-		h.backends = append(h.backends, newBackend(p, backendAddr{key: fmt.Sprint(i), display: fmt.Sprint(i), weight: w}))
+		h.lease.backends = append(h.lease.backends, newBackend(p, backendAddr{key: fmt.Sprint(i), display: fmt.Sprint(i), weight: w}))
 	}
-	h.lease.backends = h.backends
+	h.lease.view.Store(h.lease.buildView())
 	return h
 }
+
+// newDiscoveredTestHandler builds a handler whose backends are all members
+// of one DNS source, in priority groups of the given sizes (priority 0, 1,
+// ...), as the registry builds its view.
+func newDiscoveredTestHandler(groups ...int) *Handler {
+	p := &Pool{name: "test"}
+	src := &source{pool: p}
+	for prio, n := range groups {
+		for i := range n {
+			key := fmt.Sprintf("%d.%d", prio, i)
+			b := newBackend(p, backendAddr{key: key, display: key, weight: 1})
+			src.members = append(src.members, member{b: b, priority: prio})
+		}
+	}
+	h := &Handler{lease: &lease{sources: []*source{src}}}
+	h.lease.view.Store(h.lease.buildView())
+	return h
+}
+
+// viewed is the backends of the handler's current view.
+func (h *Handler) viewed() []*Backend { return h.lease.view.Load().backends }
+
+// pickNow picks from the handler's current view.
+func (h *Handler) pickNow(tried *triedSet) int { return h.pick(h.lease.view.Load(), tried) }
 
 func TestPickRotatesAmongTiesWhenIdle(t *testing.T) {
 	h := newTestHandler(1, 1, 1)
 	counts := make([]int, 3)
 	for range 30 {
 		var tried triedSet
-		i := h.pick(&tried)
+		i := h.pickNow(&tried)
 		counts[i]++
-		h.backends[i].active.Add(-1) // done at once: the pool is idle again
+		h.viewed()[i].active.Add(-1) // done at once: the pool is idle again
 	}
 	for i, n := range counts {
 		if n != 10 {
@@ -37,13 +61,13 @@ func TestPickRotatesAmongTiesWhenIdle(t *testing.T) {
 
 func TestTiesRotateEvenlyAroundAnUnavailableBackend(t *testing.T) {
 	h := newTestHandler(1, 1, 1)
-	h.backends[1].flags.Store(flagDown)
+	h.viewed()[1].flags.Store(flagDown)
 	counts := make([]int, 3)
 	for range 30 {
 		var tried triedSet
-		i := h.pick(&tried)
+		i := h.pickNow(&tried)
 		counts[i]++
-		h.backends[i].active.Add(-1)
+		h.viewed()[i].active.Add(-1)
 	}
 	if counts[0] != 15 || counts[2] != 15 {
 		t.Fatalf("with the middle backend down, the others got %v, want 15/15", counts)
@@ -55,9 +79,9 @@ func TestPickCountsActiveAtSelection(t *testing.T) {
 	// 9 requests that stay in flight spread 3/3/3
 	for range 9 {
 		var tried triedSet
-		h.pick(&tried)
+		h.pickNow(&tried)
 	}
-	for i, b := range h.backends {
+	for i, b := range h.viewed() {
 		if got := b.active.Load(); got != 3 {
 			t.Fatalf("backend %d has %d active, want 3", i, got)
 		}
@@ -81,11 +105,11 @@ func TestPickMinimisesLoadOverWeight(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newTestHandler(tc.weights...)
 			for i, a := range tc.active {
-				h.backends[i].active.Store(a)
+				h.viewed()[i].active.Store(a)
 			}
 			h.lease.next.Store(0) // the scan starts at 0
 			var tried triedSet
-			got := h.pick(&tried)
+			got := h.pickNow(&tried)
 			wantLoad := float64(tc.active[tc.want]+1) / float64(tc.weights[tc.want])
 			gotLoad := float64(tc.active[got]+1) / float64(tc.weights[got])
 			if gotLoad > wantLoad {
@@ -97,37 +121,37 @@ func TestPickMinimisesLoadOverWeight(t *testing.T) {
 
 func TestPickSkipsUnavailableAndTried(t *testing.T) {
 	h := newTestHandler(1, 1, 1, 1)
-	h.backends[0].flags.Store(flagDown)
-	h.backends[1].flags.Store(flagDrain)
-	h.backends[2].flags.Store(flagMaint)
+	h.viewed()[0].flags.Store(flagDown)
+	h.viewed()[1].flags.Store(flagDrain)
+	h.viewed()[2].flags.Store(flagMaint)
 	var tried triedSet
 	for range 10 {
-		if got := h.pick(&tried); got != 3 {
+		if got := h.pickNow(&tried); got != 3 {
 			t.Fatalf("picked %d, want the only available backend 3", got)
 		}
 	}
 	tried.add(3)
-	if got := h.pick(&tried); got != -1 {
+	if got := h.pickNow(&tried); got != -1 {
 		t.Fatalf("picked %d with every backend unavailable or tried, want -1", got)
 	}
 }
 
 func TestTriedSetLargePool(t *testing.T) {
 	h := newTestHandler(make([]int, 200)...)
-	for _, b := range h.backends {
+	for _, b := range h.viewed() {
 		b.weight.Store(1)
 	}
 	tried := newTriedSet(200)
 	seen := map[int]bool{}
 	for range 200 {
-		i := h.pick(&tried)
+		i := h.pickNow(&tried)
 		if i < 0 || seen[i] {
 			t.Fatalf("pick %d repeated or missing", i)
 		}
 		seen[i] = true
 		tried.add(i)
 	}
-	if got := h.pick(&tried); got != -1 {
+	if got := h.pickNow(&tried); got != -1 {
 		t.Fatalf("picked %d after all were tried", got)
 	}
 }
@@ -140,13 +164,13 @@ func TestWeightedShareUnderSteadyLoad(t *testing.T) {
 	var inflight []int
 	for range 8 {
 		var tried triedSet
-		inflight = append(inflight, h.pick(&tried))
+		inflight = append(inflight, h.pickNow(&tried))
 	}
 	for range 4000 {
-		h.backends[inflight[0]].active.Add(-1)
+		h.viewed()[inflight[0]].active.Add(-1)
 		inflight = inflight[1:]
 		var tried triedSet
-		i := h.pick(&tried)
+		i := h.pickNow(&tried)
 		counts[i]++
 		inflight = append(inflight, i)
 	}
@@ -183,20 +207,25 @@ func TestSlowStartRampsLinearlyFromTenPercent(t *testing.T) {
 
 func TestPickAllocatesNothing(t *testing.T) {
 	for _, n := range []int{3, 64, 256} {
-		h := newTestHandler(make([]int, n)...)
-		for _, b := range h.backends {
-			b.weight.Store(1)
+		testPickAllocatesNothing(t, n, newTestHandler(make([]int, n)...))
+		testPickAllocatesNothing(t, n, newDiscoveredTestHandler(n/2, n-n/2))
+	}
+}
+
+func testPickAllocatesNothing(t *testing.T, n int, h *Handler) {
+	t.Helper()
+	for _, b := range h.viewed() {
+		b.weight.Store(1)
+	}
+	allocs := testing.AllocsPerRun(1000, func() {
+		var tried triedSet
+		if n <= 64 {
+			i := h.pickNow(&tried)
+			h.viewed()[i].active.Add(-1)
 		}
-		allocs := testing.AllocsPerRun(1000, func() {
-			var tried triedSet
-			if n <= 64 {
-				i := h.pick(&tried)
-				h.backends[i].active.Add(-1)
-			}
-		})
-		if n <= 64 && allocs != 0 {
-			t.Fatalf("pick over %d backends allocates %.1f times", n, allocs)
-		}
+	})
+	if n <= 64 && allocs != 0 {
+		t.Fatalf("pick over %d backends allocates %.1f times", n, allocs)
 	}
 }
 
@@ -204,17 +233,16 @@ func TestPickAllocatesNothing(t *testing.T) {
 // pick released at once: the round-robin path), and in parallel under
 // steady load, each goroutine keeping 8 requests in flight and releasing the
 // oldest as it picks a new one (the path real traffic takes).
-func benchmarkPick(b *testing.B, n int) {
-	h := newTestHandler(make([]int, n)...)
-	for i, be := range h.backends {
+func benchmarkPick(b *testing.B, h *Handler) {
+	for i, be := range h.viewed() {
 		be.weight.Store(int64(1 + i%3))
 	}
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			var tried triedSet
-			i := h.pick(&tried)
-			h.backends[i].active.Add(-1)
+			i := h.pickNow(&tried)
+			h.viewed()[i].active.Add(-1)
 		}
 	})
 	b.Run("parallel", func(b *testing.B) {
@@ -223,30 +251,39 @@ func benchmarkPick(b *testing.B, n int) {
 			var inflight [8]int
 			for k := range inflight {
 				var tried triedSet
-				inflight[k] = h.pick(&tried)
+				inflight[k] = h.pickNow(&tried)
 			}
 			k := 0
 			for pb.Next() {
-				h.backends[inflight[k]].active.Add(-1)
+				h.viewed()[inflight[k]].active.Add(-1)
 				var tried triedSet
-				inflight[k] = h.pick(&tried)
+				inflight[k] = h.pickNow(&tried)
 				k = (k + 1) % len(inflight)
 			}
 			for _, i := range inflight {
-				h.backends[i].active.Add(-1)
+				h.viewed()[i].active.Add(-1)
 			}
 		})
 	})
 }
 
-func BenchmarkPick3(b *testing.B)    { benchmarkPick(b, 3) }
-func BenchmarkPick16(b *testing.B)   { benchmarkPick(b, 16) }
-func BenchmarkPick256(b *testing.B)  { benchmarkPick(b, 256) }
-func BenchmarkPick4096(b *testing.B) { benchmarkPick(b, 4096) }
+func BenchmarkPick3(b *testing.B)    { benchmarkPick(b, newTestHandler(make([]int, 3)...)) }
+func BenchmarkPick16(b *testing.B)   { benchmarkPick(b, newTestHandler(make([]int, 16)...)) }
+func BenchmarkPick256(b *testing.B)  { benchmarkPick(b, newTestHandler(make([]int, 256)...)) }
+func BenchmarkPick4096(b *testing.B) { benchmarkPick(b, newTestHandler(make([]int, 4096)...)) }
+
+// The same pools found through DNS (one priority group), and one whose
+// SRV answer has a backup group besides.
+func BenchmarkPickDiscovered3(b *testing.B)   { benchmarkPick(b, newDiscoveredTestHandler(3)) }
+func BenchmarkPickDiscovered16(b *testing.B)  { benchmarkPick(b, newDiscoveredTestHandler(16)) }
+func BenchmarkPickDiscovered256(b *testing.B) { benchmarkPick(b, newDiscoveredTestHandler(256)) }
+func BenchmarkPickDiscoveredWithBackupGroup3(b *testing.B) {
+	benchmarkPick(b, newDiscoveredTestHandler(3, 3))
+}
 
 func TestSampledPickOnLargePoolsPrefersTheLessLoaded(t *testing.T) {
 	h := newTestHandler(make([]int, 1000)...)
-	for i, b := range h.backends {
+	for i, b := range h.viewed() {
 		b.weight.Store(1)
 		switch i % 4 {
 		case 0:
@@ -258,11 +295,11 @@ func TestSampledPickOnLargePoolsPrefersTheLessLoaded(t *testing.T) {
 	idle := 0
 	for range 10000 {
 		var tried triedSet
-		i := h.pick(&tried)
+		i := h.pickNow(&tried)
 		if i%4 == 0 {
 			t.Fatalf("picked unavailable backend %d", i)
 		}
-		if h.backends[i].active.Add(-1) == 0 {
+		if h.viewed()[i].active.Add(-1) == 0 {
 			idle++
 		}
 	}
@@ -274,17 +311,17 @@ func TestSampledPickOnLargePoolsPrefersTheLessLoaded(t *testing.T) {
 
 func TestSampledPickFallsBackToTheFullScan(t *testing.T) {
 	h := newTestHandler(make([]int, 500)...)
-	for _, b := range h.backends {
+	for _, b := range h.viewed() {
 		b.weight.Store(1)
 		b.flags.Store(flagDown)
 	}
-	h.backends[321].flags.Store(0)
+	h.viewed()[321].flags.Store(0)
 	for range 100 {
 		var tried triedSet
-		if i := h.pick(&tried); i != 321 {
+		if i := h.pickNow(&tried); i != 321 {
 			t.Fatalf("picked %d, want the only backend up, 321", i)
 		}
-		h.backends[321].active.Add(-1)
+		h.viewed()[321].active.Add(-1)
 	}
 }
 
@@ -305,4 +342,33 @@ func BenchmarkCountFloor(b *testing.B) {
 			i++
 		}
 	})
+}
+
+func TestPickUsesTheFirstPriorityGroupThatCanTakeTraffic(t *testing.T) {
+	h := newDiscoveredTestHandler(2, 2)
+	v := h.lease.view.Load()
+	if len(v.groups) != 2 || v.groups[0] != 2 || v.groups[1] != 4 {
+		t.Fatalf("groups %v, want [2 4]", v.groups)
+	}
+	for range 20 {
+		var tried triedSet
+		if i := h.pickNow(&tried); i > 1 {
+			t.Fatalf("picked %d from the backup group while the first is up", i)
+		} else {
+			v.backends[i].active.Add(-1)
+		}
+	}
+	// a try that failed on both of the first group goes to the backup
+	var tried triedSet
+	tried.add(0)
+	tried.add(1)
+	if i := h.pickNow(&tried); i < 2 {
+		t.Fatalf("picked %d, want the backup group after the first was tried", i)
+	}
+	v.backends[0].flags.Store(flagDown)
+	v.backends[1].flags.Store(flagLeaving)
+	var fresh triedSet
+	if i := h.pickNow(&fresh); i < 2 {
+		t.Fatalf("picked %d from a group that is down or leaving", i)
+	}
 }

@@ -18,6 +18,12 @@ var (
 	ErrBadState       = errors.New("state must be ready, drain or maint")
 )
 
+// Where a backend comes from, as stats show it.
+const (
+	SourceStatic = "static" // listed in the config
+	SourceDNS    = "dns"    // found by a dynamic source
+)
+
 // CheckStats describes the last active health check.
 type CheckStats struct {
 	At         time.Time `json:"at"`
@@ -30,6 +36,8 @@ type CheckStats struct {
 type BackendStats struct {
 	Pool              string      `json:"pool"`
 	URL               string      `json:"url"`
+	Source            string      `json:"source"`
+	Leaving           bool        `json:"leaving,omitempty"`
 	Alive             bool        `json:"alive"`
 	State             string      `json:"state"`
 	Weight            int         `json:"weight"`
@@ -64,8 +72,8 @@ func Stats(name string) ([]BackendStats, error) {
 	now := time.Now()
 	var out []BackendStats
 	for _, p := range pools {
-		for _, b := range p.backends {
-			out = append(out, b.snapshot(p.name, now))
+		for i, b := range p.backends {
+			out = append(out, b.snapshot(p.name, i < p.static, now))
 		}
 	}
 	return out, nil
@@ -74,6 +82,7 @@ func Stats(name string) ([]BackendStats, error) {
 type poolBackends struct {
 	name     string
 	backends []*Backend
+	static   int // the first static backends are listed in the config; the others were found in DNS
 }
 
 func (r *registry) backendsByPool(name string) []poolBackends {
@@ -81,7 +90,8 @@ func (r *registry) backendsByPool(name string) []poolBackends {
 	var out []poolBackends
 	for n, p := range r.pools {
 		if name == "" || n == name {
-			out = append(out, poolBackends{name: n, backends: p.current()})
+			bs, static := p.current()
+			out = append(out, poolBackends{name: n, backends: bs, static: static})
 		}
 	}
 	r.mu.Unlock()
@@ -100,10 +110,10 @@ func SetState(pool, backend, state string) (BackendStats, error) {
 	if len(pools) == 0 {
 		return BackendStats{}, fmt.Errorf("%w: %q", ErrUnknownPool, pool)
 	}
-	for _, b := range pools[0].backends {
+	for i, b := range pools[0].backends {
 		if b.matches(backend) {
 			b.setAdminState(state)
-			return b.snapshot(pool, time.Now()), nil
+			return b.snapshot(pool, i < pools[0].static, time.Now()), nil
 		}
 	}
 	return BackendStats{}, fmt.Errorf("%w: %q in pool %q", ErrUnknownBackend, redactRaw(backend), pool)
@@ -123,10 +133,11 @@ func (b *Backend) matches(ref string) bool {
 	return err == nil && a.key == b.addr.key
 }
 
-func (b *Backend) snapshot(pool string, now time.Time) BackendStats {
+func (b *Backend) snapshot(pool string, static bool, now time.Time) BackendStats {
 	s := BackendStats{
 		Pool:              pool,
 		URL:               b.URL(),
+		Source:            SourceDNS,
 		Weight:            int(b.weight.Load()),
 		ActiveConnections: b.active.Load(),
 		RequestsTotal:     b.requests.Load(),
@@ -145,6 +156,10 @@ func (b *Backend) snapshot(pool string, now time.Time) BackendStats {
 	flags := b.flags.Load()
 	s.Alive = flags&flagDown == 0
 	s.State = adminState(flags)
+	s.Leaving = flags&flagLeaving != 0
+	if static {
+		s.Source = SourceStatic
+	}
 	var up time.Duration
 	if s.Alive && !b.upSince.IsZero() {
 		up = now.Sub(b.upSince)

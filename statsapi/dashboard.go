@@ -43,8 +43,8 @@ func (Admin) handleDashboard(w http.ResponseWriter, r *http.Request) error {
 	if !ok {
 		return apiError(http.StatusNotFound, fmt.Errorf("no such page: %s", r.URL.Path))
 	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use GET", r.Method))
+	if err := onlyGet(r); err != nil {
+		return err
 	}
 	body, err := dashboardFiles.ReadFile(asset.file)
 	if err != nil {

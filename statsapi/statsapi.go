@@ -26,8 +26,8 @@ func init() {
 // maxStateBody bounds a POST /lbpool/state body.
 const maxStateBody = 64 << 10
 
-// Admin serves /lbpool/stats, /lbpool/state and the dashboard at /lbpool/
-// on the admin endpoint.
+// Admin serves /lbpool/stats, /lbpool/state, /lbpool/discovery and the
+// dashboard at /lbpool/ on the admin endpoint.
 type Admin struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -43,14 +43,15 @@ func (a Admin) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/lbpool/stats", Handler: caddy.AdminHandlerFunc(a.handleStats)},
 		{Pattern: "/lbpool/state", Handler: caddy.AdminHandlerFunc(a.handleState)},
+		{Pattern: "/lbpool/discovery", Handler: caddy.AdminHandlerFunc(a.handleDiscovery)},
 		{Pattern: "/lbpool/", Handler: caddy.AdminHandlerFunc(a.handleDashboard)},
 	}
 }
 
 // handleStats: GET /lbpool/stats[?pool=name].
 func (Admin) handleStats(w http.ResponseWriter, r *http.Request) error {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use GET", r.Method))
+	if err := onlyGet(r); err != nil {
+		return err
 	}
 	stats, err := leastconn.Stats(r.URL.Query().Get("pool"))
 	if err != nil {
@@ -60,6 +61,19 @@ func (Admin) handleStats(w http.ResponseWriter, r *http.Request) error {
 		stats = []leastconn.BackendStats{}
 	}
 	return writeJSON(w, http.StatusOK, stats)
+}
+
+// handleDiscovery: GET /lbpool/discovery, every DNS source with its member
+// count, its last lookup and the error of that lookup ("" when it worked).
+func (Admin) handleDiscovery(w http.ResponseWriter, r *http.Request) error {
+	if err := onlyGet(r); err != nil {
+		return err
+	}
+	sources := leastconn.Discovery()
+	if sources == nil {
+		sources = []leastconn.DiscoveryStatus{}
+	}
+	return writeJSON(w, http.StatusOK, sources)
 }
 
 // StateRequest is the body of POST /lbpool/state.
@@ -111,6 +125,14 @@ func decodeStateRequest(body io.Reader) (StateRequest, error) {
 		return req, errors.New("pool, backend and state are required")
 	}
 	return req, nil
+}
+
+// onlyGet is the answer to a method other than GET and HEAD on a read route.
+func onlyGet(r *http.Request) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use GET", r.Method))
+	}
+	return nil
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {

@@ -350,6 +350,16 @@ type Backend struct {
 // Requests.
 func NewBackend(t testing.TB, name string, handler http.HandlerFunc) *Backend {
 	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newBackendOn(t, name, l, handler)
+}
+
+// newBackendOn is NewBackend on a listener of the caller's.
+func newBackendOn(t testing.TB, name string, l net.Listener, handler http.HandlerFunc) *Backend {
+	t.Helper()
 	b := &Backend{Name: name}
 	b.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/health" {
@@ -376,8 +386,11 @@ func NewBackend(t testing.TB, name string, handler http.HandlerFunc) *Backend {
 		}
 		_, _ = io.WriteString(w, name)
 	})
-	b.Server = httptest.NewServer(b.handler)
-	b.addr = b.Server.Listener.Addr().String()
+	b.Server = httptest.NewUnstartedServer(b.handler)
+	b.Server.Listener.Close()
+	b.Server.Listener = l
+	b.Server.Start()
+	b.addr = l.Addr().String()
 	t.Cleanup(b.Close)
 	return b
 }

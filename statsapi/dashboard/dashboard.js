@@ -196,7 +196,11 @@ function updateRow(r, s, t) {
   r.tr.classList.toggle("changed", changed);
   r.flag.hidden = !changed;
 
-  r.weight.textContent = s.weight === 1 ? "" : `weight ${s.weight}`;
+  // a member found through DNS says so, and that it is leaving once it left DNS
+  const notes = [];
+  if (s.source === "dns") notes.push(s.leaving ? "dns · leaving" : "dns");
+  if (s.weight !== 1) notes.push(`weight ${s.weight}`);
+  r.weight.textContent = notes.join(" · ");
   r.active.textContent = integer.format(s.active_connections);
   if (t !== undefined) r.rate.textContent = formatRate(sample(r, s, t));
   r.requests.textContent = integer.format(s.requests_total);

@@ -1,0 +1,771 @@
+package leastconn
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"runtime/debug"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// Discovery adds pool members found through DNS. Each source (one `dynamic`
+// block) is shared by every handler of its pool that configures it and is
+// reference-counted in the registry like a backend, so a reload that keeps
+// it keeps its members and their state. Each source has one goroutine: it
+// looks the name up at once and then every refresh (with jitter), and
+// between lookups it lets leaving members drain. Requests never wait on
+// DNS: they read the member list the last answer made (see view).
+//
+// A member is a Backend like a static one. It joins down and its first
+// check (within firstCheckSpread) decides whether it takes traffic; with
+// slow_start it then ramps up. A member missing from a successful answer
+// is marked leaving: the pick skips it, its in-flight requests finish, then
+// it is released (checker stopped, gone from stats and metrics). A failed
+// lookup changes nothing.
+
+// Discovery defaults and bounds, also documented in README.md.
+const (
+	DefaultRefresh = 30 * time.Second
+	// MaxMembers bounds the members one answer adds to a pool.
+	MaxMembers = 256
+	// lookupTimeout bounds one lookup (SRV and the lookups of its targets).
+	lookupTimeout = 5 * time.Second
+	// drainPoll is how often a source looks at its leaving members.
+	drainPoll = 50 * time.Millisecond
+	// drainSettle is how long a leaving member stays at least: a request
+	// that read its flags just before it was marked leaving has long raised
+	// its active count by then.
+	drainSettle = 100 * time.Millisecond
+)
+
+// DynamicConfig is one DNS source of pool members.
+type DynamicConfig struct {
+	// What to look up: `a` (A and AAAA records: one member per address,
+	// all on Port) or `srv` (one member per address of each SRV target, on
+	// the record's port, with its priority and weight).
+	Kind string `json:"kind"`
+
+	// The DNS name to look up; for srv usually `_service._proto.name`.
+	Name string `json:"name"`
+
+	// The members' port (kind a only).
+	Port int `json:"port,omitempty"`
+
+	// How often the name is looked up again, with up to 10% jitter.
+	// Default: 30s.
+	Refresh caddy.Duration `json:"refresh,omitempty"`
+
+	// DNS servers to ask, as `ip` or `ip:port` (port 53 by default), one
+	// chosen at random per query. Default: the system's resolver.
+	Resolvers []string `json:"resolvers,omitempty"`
+
+	// The address families to use: `ipv4`, `ipv6`. Default: both.
+	Versions []string `json:"versions,omitempty"`
+
+	// The members' scheme: `http` or `https`. Default: http.
+	Scheme string `json:"scheme,omitempty"`
+}
+
+// dynamicSpec is a checked DynamicConfig.
+type dynamicSpec struct {
+	kind      string // a or srv
+	name      string
+	port      int
+	refresh   time.Duration
+	resolvers []string // host:port
+	network   string   // ip, ip4 or ip6
+	scheme    string
+	key       string // identity of the source within its pool
+	label     string // how logs and default pool names show it
+}
+
+// discoverySpecs checks the dynamic sources; one listed twice is an error.
+func (h *Handler) discoverySpecs() ([]dynamicSpec, error) {
+	var out []dynamicSpec
+	seen := make(map[string]bool, len(h.Dynamic))
+	for _, c := range h.Dynamic {
+		d, err := checkDynamic(c)
+		if err != nil {
+			return nil, fmt.Errorf("lbpool: %w", err)
+		}
+		if seen[d.label] {
+			return nil, fmt.Errorf("lbpool: dynamic %s is listed twice", d.label)
+		}
+		seen[d.label] = true
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// checkDynamic checks one source's configuration and fills in defaults.
+func checkDynamic(c DynamicConfig) (dynamicSpec, error) {
+	s := dynamicSpec{kind: c.Kind, name: strings.TrimSuffix(c.Name, "."), port: c.Port,
+		refresh: time.Duration(c.Refresh), scheme: c.Scheme}
+	setDefault(&s.refresh, DefaultRefresh)
+	setDefault(&s.scheme, "http")
+	switch s.kind {
+	case "a":
+		if s.port < 1 || s.port > 65535 {
+			return s, fmt.Errorf("dynamic a %s: port %d out of range 1-65535", c.Name, c.Port)
+		}
+	case "srv":
+		if s.port != 0 {
+			return s, fmt.Errorf("dynamic srv %s: the port comes from the SRV records", c.Name)
+		}
+	default:
+		return s, fmt.Errorf("dynamic: unknown kind %q (use a or srv)", c.Kind)
+	}
+	if err := checkDNSName(s.name); err != nil {
+		return s, fmt.Errorf("dynamic %s: %w", s.kind, err)
+	}
+	if s.refresh < time.Millisecond {
+		return s, fmt.Errorf("dynamic %s %s: refresh must be at least 1ms", s.kind, s.name)
+	}
+	if s.scheme != "http" && s.scheme != "https" {
+		return s, fmt.Errorf("dynamic %s %s: scheme %q not supported (use http or https)", s.kind, s.name, s.scheme)
+	}
+	for _, r := range c.Resolvers {
+		addr, err := parseResolver(r)
+		if err != nil {
+			return s, fmt.Errorf("dynamic %s %s: %w", s.kind, s.name, err)
+		}
+		s.resolvers = append(s.resolvers, addr)
+	}
+	var err error
+	if s.network, err = ipNetwork(c.Versions); err != nil {
+		return s, fmt.Errorf("dynamic %s %s: %w", s.kind, s.name, err)
+	}
+	s.label = dynamicLabel(s.kind, s.name, s.port)
+	// refresh is left out: a reload that only changes it keeps the source
+	s.key = fmt.Sprint(s.label, "|", s.scheme, "|", s.network, "|", s.resolvers)
+	return s, nil
+}
+
+// dynamicLabel names a source in logs, errors and default pool names:
+// "a app.internal:8080", "srv _http._tcp.app.internal".
+func dynamicLabel(kind, name string, port int) string {
+	if kind == "a" {
+		return kind + " " + name + ":" + strconv.Itoa(port)
+	}
+	return kind + " " + name
+}
+
+// checkDNSName accepts a DNS name: dot-separated labels of letters, digits,
+// '-' and '_', each 1-63 long, 253 in all.
+func checkDNSName(name string) error {
+	if name == "" {
+		return errors.New("missing DNS name")
+	}
+	if len(name) > 253 {
+		return fmt.Errorf("DNS name %q is longer than 253 characters", name)
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 {
+			return fmt.Errorf("%q is not a DNS name (empty or over-long label)", name)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return fmt.Errorf("%q is not a DNS name (character %q)", name, r)
+			}
+		}
+	}
+	return nil
+}
+
+// parseResolver accepts ip or ip:port ([v6]:port) and returns host:port.
+func parseResolver(v string) (string, error) {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		host, port = strings.TrimSuffix(strings.TrimPrefix(v, "["), "]"), "53"
+	}
+	if net.ParseIP(host) == nil {
+		return "", fmt.Errorf("resolver %q: not an IP address (with an optional port)", v)
+	}
+	if n, err := atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("resolver %q: bad port %q", v, port)
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// ipNetwork maps versions (ipv4, ipv6) to the network LookupIP takes.
+func ipNetwork(versions []string) (string, error) {
+	var v4, v6 bool
+	for _, v := range versions {
+		switch v {
+		case "ipv4":
+			v4 = true
+		case "ipv6":
+			v6 = true
+		default:
+			return "", fmt.Errorf("versions: unknown %q (use ipv4, ipv6)", v)
+		}
+	}
+	switch {
+	case v4 && !v6:
+		return "ip4", nil
+	case v6 && !v4:
+		return "ip6", nil
+	}
+	return "ip", nil
+}
+
+// source is one DNS source of one pool, shared by the leases that
+// configure it.
+type source struct {
+	pool     *Pool
+	spec     dynamicSpec
+	refresh  atomic.Int64 // nanos; the newest acquire's value
+	resolver *net.Resolver
+
+	// guarded by registry.mu
+	refs    int
+	members []member               // from the last successful answer, by priority then address
+	leaving map[*Backend]time.Time // gone from DNS, draining; when it left
+
+	// the lookup status, for the discovery API
+	mu         sync.Mutex
+	lastLookup time.Time
+	lastErr    string
+	truncated  bool // the last answer had more than MaxMembers addresses
+
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// member is a backend a source lists, with its SRV priority (0 for a).
+type member struct {
+	b        *Backend
+	priority int
+}
+
+// found is one address of an answer.
+type found struct {
+	addr     backendAddr
+	priority int
+}
+
+func newSource(p *Pool, s dynamicSpec) *source {
+	src := &source{pool: p, spec: s, leaving: make(map[*Backend]time.Time), resolver: net.DefaultResolver}
+	src.refresh.Store(int64(s.refresh))
+	if len(s.resolvers) > 0 {
+		dialer := &net.Dialer{Timeout: lookupTimeout}
+		servers := s.resolvers
+		src.resolver = &net.Resolver{
+			PreferGo: true,
+			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				// network is udp, or tcp when an answer was truncated
+				return dialer.DialContext(ctx, network, servers[rand.N(len(servers))])
+			},
+		}
+	}
+	return src
+}
+
+func (src *source) start(r *registry) {
+	ctx, cancel := context.WithCancel(context.Background())
+	src.stop = cancel
+	src.done = make(chan struct{})
+	go src.run(ctx, r)
+}
+
+// run is the source's goroutine: a lookup at once, then one every refresh,
+// and while members are leaving, a look at them every drainPoll.
+func (src *source) run(ctx context.Context, r *registry) {
+	defer close(src.done)
+	defer func() {
+		if err := recover(); err != nil {
+			src.logger().Error("discovery panicked", zap.String("pool", src.pool.name),
+				zap.String("source", src.spec.label), zap.Any("error", err), zap.ByteString("stack", debug.Stack()))
+		}
+	}()
+	lookup := time.NewTimer(0)
+	defer lookup.Stop()
+	drain := time.NewTimer(drainPoll)
+	defer drain.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-lookup.C:
+			src.refreshMembers(ctx, r)
+			lookup.Reset(nextCheckIn(time.Duration(src.refresh.Load())))
+		case <-drain.C:
+			r.drainLeaving(src)
+		}
+		if r.hasLeaving(src) {
+			drain.Reset(drainPoll)
+		}
+	}
+}
+
+func (src *source) logger() *zap.Logger { return src.pool.spec.Load().logger }
+
+// refreshMembers looks the name up and applies the answer; a failed lookup
+// keeps the members and is logged once per streak of failures.
+func (src *source) refreshMembers(ctx context.Context, r *registry) {
+	answer, err := src.lookup(ctx)
+	if ctx.Err() != nil {
+		return // stopped: the answer no longer matters
+	}
+	truncated := len(answer) > MaxMembers
+	src.mu.Lock()
+	failing, wasTruncated := src.lastErr != "", src.truncated
+	src.lastLookup = time.Now()
+	src.lastErr = ""
+	if err != nil {
+		src.lastErr = err.Error()
+	} else {
+		src.truncated = truncated
+	}
+	src.mu.Unlock()
+
+	log := src.logger().With(zap.String("pool", src.pool.name), zap.String("source", src.spec.label))
+	if err != nil {
+		if !failing {
+			log.Warn("dns lookup failed; keeping the members", zap.Error(err), zap.Int("members", r.memberCount(src)))
+		}
+		return
+	}
+	if failing {
+		log.Info("dns lookup works again", zap.Int("addresses", len(answer)))
+	}
+	if truncated && !wasTruncated {
+		log.Warn("dns answer has more addresses than a source takes", zap.Int("addresses", len(answer)), zap.Int("max", MaxMembers))
+	}
+	r.applyAnswer(src, answer, log)
+}
+
+// errNoAddresses is a successful answer without a usable address: a
+// failure too, so that it cannot empty the pool.
+var errNoAddresses = errors.New("no addresses in the answer")
+
+// lookup asks DNS for the source's addresses, deduplicated.
+func (src *source) lookup(ctx context.Context) ([]found, error) {
+	answer, err := src.ask(ctx)
+	var de *net.DNSError
+	if len(src.spec.resolvers) > 0 && errors.As(err, &de) && de.Server != "" {
+		// the resolver names the system's server, not the one it asked
+		err = errors.New(strings.Replace(err.Error(), " on "+de.Server, "", 1))
+	}
+	return answer, err
+}
+
+func (src *source) ask(ctx context.Context) ([]found, error) {
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	s := src.spec
+	var out []found
+	seen := make(map[string]bool)
+	add := func(ip net.IP, port, priority int) {
+		a, err := parseBackendURL(s.scheme + "://" + net.JoinHostPort(ip.String(), strconv.Itoa(port)))
+		if err != nil || seen[a.key] {
+			return
+		}
+		seen[a.key] = true
+		a.weight = 1
+		out = append(out, found{addr: a, priority: priority})
+	}
+	switch s.kind {
+	case "a":
+		ips, err := src.resolver.LookupIP(ctx, s.network, s.name)
+		if err != nil {
+			return nil, err
+		}
+		for _, ip := range ips {
+			add(ip, s.port, 0)
+		}
+	case "srv":
+		_, records, err := src.resolver.LookupSRV(ctx, "", "", s.name)
+		if err != nil {
+			return nil, err
+		}
+		for _, rec := range records {
+			if len(out) >= MaxMembers || rec.Port == 0 {
+				// records come by priority: the ones past the bound are backups
+				continue
+			}
+			ips, err := src.targetIPs(ctx, strings.TrimSuffix(rec.Target, "."))
+			if err != nil {
+				return nil, fmt.Errorf("srv target %s: %w", rec.Target, err)
+			}
+			n := len(out)
+			for _, ip := range ips {
+				add(ip, int(rec.Port), int(rec.Priority))
+			}
+			for i := n; i < len(out); i++ {
+				out[i].addr.weight = srvWeight(rec.Weight)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, errNoAddresses
+	}
+	return out, nil
+}
+
+// targetIPs resolves an SRV target through the source's resolver.
+func (src *source) targetIPs(ctx context.Context, target string) ([]net.IP, error) {
+	if ip := net.ParseIP(target); ip != nil {
+		return []net.IP{ip}, nil
+	}
+	return src.resolver.LookupIP(ctx, src.spec.network, target)
+}
+
+// srvWeight maps an SRV weight to a pool weight. RFC 2782 gives weight 0
+// "a very small chance" beside others; here it is the smallest weight, 1.
+func srvWeight(w uint16) int {
+	return min(max(int(w), 1), MaxWeight)
+}
+
+// bound orders an answer (by priority, then current members first, then
+// address) and keeps at most MaxMembers of it.
+func bound(answer []found, current map[string]member) []found {
+	if len(answer) <= MaxMembers {
+		return answer
+	}
+	slices.SortStableFunc(answer, func(x, y found) int {
+		if c := cmp.Compare(x.priority, y.priority); c != 0 {
+			return c
+		}
+		_, cx := current[x.addr.key]
+		_, cy := current[y.addr.key]
+		if cx != cy {
+			if cx {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(x.addr.key, y.addr.key)
+	})
+	return answer[:MaxMembers]
+}
+
+// acquireSources attaches a spec's sources to its pool, creating the new
+// ones; the caller starts those after unlocking. Called with r.mu held.
+func (p *Pool) acquireSources(s *poolSpec) (held, created []*source) {
+	for _, d := range s.dynamic {
+		src := p.sources[d.key]
+		if src == nil {
+			src = newSource(p, d)
+			p.sources[d.key] = src
+			created = append(created, src)
+		}
+		src.refresh.Store(int64(d.refresh))
+		src.refs++
+		held = append(held, src)
+	}
+	return held, created
+}
+
+// releaseSources undoes acquireSources; it returns the sources that lost
+// their last holder, to be stopped (stopSource) after unlocking. Called
+// with r.mu held.
+func (p *Pool) releaseSources(held []*source) (ended []*source) {
+	for _, src := range held {
+		src.refs--
+		if src.refs == 0 {
+			delete(p.sources, src.spec.key)
+			ended = append(ended, src)
+		}
+	}
+	return ended
+}
+
+// stopSource stops an ended source's goroutine, then gives back its members
+// (leaving ones too) and stops those no one else holds.
+func (r *registry) stopSource(src *source) {
+	src.stop()
+	<-src.done
+	r.mu.Lock()
+	var stopped []*Backend
+	for _, m := range src.members {
+		if r.unref(m.b) {
+			stopped = append(stopped, m.b)
+		}
+	}
+	for b := range src.leaving {
+		if r.unref(b) {
+			stopped = append(stopped, b)
+		}
+	}
+	src.members, src.leaving = nil, nil
+	r.mu.Unlock()
+	r.stopBackends(src.pool, stopped)
+}
+
+// unref drops one reference to b and reports whether it was the last, in
+// which case b has left its pool. Called with r.mu held.
+func (r *registry) unref(b *Backend) bool {
+	b.refs--
+	if b.refs > 0 {
+		return false
+	}
+	delete(b.pool.backends, b.addr.key)
+	return true
+}
+
+// stopBackends stops the checkers of backends that left their pool.
+func (r *registry) stopBackends(p *Pool, stopped []*Backend) {
+	for _, b := range stopped {
+		b.stopChecker()
+		forgetMetrics(p.name, b)
+	}
+}
+
+// hold takes a reference to a backend someone holds again: one that was
+// leaving stays.
+func hold(b *Backend) {
+	b.refs++
+	b.clearFlag(flagLeaving)
+}
+
+// applyAnswer makes a successful answer the source's members: new
+// addresses join, missing ones start leaving, and every lease of the pool
+// gets a new view.
+func (r *registry) applyAnswer(src *source, answer []found, log *zap.Logger) {
+	var joined []*Backend
+	var left []*Backend
+	r.mu.Lock()
+	if src.refs == 0 {
+		r.mu.Unlock()
+		return // released while it looked up
+	}
+	p := src.pool
+	old := make(map[string]member, len(src.members))
+	for _, m := range src.members {
+		old[m.b.addr.key] = m
+	}
+	answer = bound(answer, old)
+	next := make([]member, 0, len(answer))
+	for _, f := range answer {
+		if m, ok := old[f.addr.key]; ok {
+			delete(old, f.addr.key)
+			m.priority = f.priority
+			next = append(next, m)
+			if m.b.discovered {
+				m.b.weight.Store(int64(f.addr.weight))
+			}
+			continue
+		}
+		b := p.backends[f.addr.key]
+		switch {
+		case b == nil:
+			b = newMember(p, f.addr, p.spec.Load().slowStart)
+			p.backends[f.addr.key] = b
+			b.refs++
+			joined = append(joined, b)
+		case !src.leaving[b].IsZero():
+			// back in DNS before it left: it stays, on the leaving reference
+			delete(src.leaving, b)
+			b.clearFlag(flagLeaving)
+			log.Info("member back in dns; it stays", zap.String("backend", b.URL()))
+		default:
+			hold(b)
+		}
+		if b.discovered {
+			b.weight.Store(int64(f.addr.weight))
+		}
+		next = append(next, member{b: b, priority: f.priority})
+	}
+	sort.SliceStable(next, func(i, j int) bool { return next[i].priority < next[j].priority })
+	for _, m := range old {
+		if m.b.refs > 1 {
+			m.b.refs-- // listed statically or by another source: it stays
+			continue
+		}
+		m.b.setFlag(flagLeaving)
+		src.leaving[m.b] = time.Now()
+		left = append(left, m.b)
+	}
+	src.members = next
+	p.rebuildViews()
+	r.mu.Unlock()
+
+	for _, b := range joined {
+		b.startChecker()
+		log.Info("member joined", zap.String("backend", b.URL()))
+	}
+	for _, b := range left {
+		log.Info("member gone from dns; draining", zap.String("backend", b.URL()), zap.Int64("active", b.active.Load()))
+	}
+}
+
+// drainLeaving releases the leaving members whose requests have finished.
+func (r *registry) drainLeaving(src *source) {
+	now := time.Now()
+	var gone, stopped []*Backend
+	r.mu.Lock()
+	for b, since := range src.leaving {
+		if b.flags.Load()&flagLeaving != 0 && (now.Sub(since) < drainSettle || b.active.Load() > 0) {
+			continue
+		}
+		delete(src.leaving, b)
+		if r.unref(b) {
+			stopped = append(stopped, b)
+		}
+		gone = append(gone, b)
+	}
+	if len(gone) > 0 {
+		src.pool.rebuildViews()
+	}
+	r.mu.Unlock()
+	r.stopBackends(src.pool, stopped)
+	for _, b := range stopped {
+		src.logger().Info("member left", zap.String("pool", src.pool.name), zap.String("source", src.spec.label),
+			zap.String("backend", b.URL()), zap.Uint64("requests", b.requests.Load()))
+	}
+}
+
+func (r *registry) hasLeaving(src *source) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(src.leaving) > 0
+}
+
+func (r *registry) memberCount(src *source) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(src.members)
+}
+
+// newMember makes a backend for a discovered address. It joins down: its
+// first check, within firstCheckSpread, brings it up (and starts its slow
+// start), so a member that is listed but broken never takes a request.
+func newMember(p *Pool, a backendAddr, slowStart time.Duration) *Backend {
+	b := newBackend(p, a)
+	b.discovered = true
+	b.joining = true
+	b.upSince = time.Time{}
+	b.flags.Store(flagDown)
+	b.rampLen.Store(int64(slowStart))
+	return b
+}
+
+// buildView lists the lease's static backends (priority 0) and its
+// sources' members, each once, grouped by priority. Called with r.mu held.
+func (l *lease) buildView() *view {
+	if len(l.sources) == 0 {
+		return &view{backends: l.backends, groups: []int{len(l.backends)}}
+	}
+	ms := make([]member, 0, len(l.backends))
+	at := make(map[*Backend]int, len(l.backends))
+	for _, b := range l.backends {
+		at[b] = len(ms)
+		ms = append(ms, member{b: b})
+	}
+	for _, src := range l.sources {
+		for _, m := range src.members {
+			if i, ok := at[m.b]; ok {
+				ms[i].priority = min(ms[i].priority, m.priority)
+				continue
+			}
+			at[m.b] = len(ms)
+			ms = append(ms, m)
+		}
+	}
+	sort.SliceStable(ms, func(i, j int) bool { return ms[i].priority < ms[j].priority })
+	v := &view{backends: make([]*Backend, len(ms))}
+	for i, m := range ms {
+		v.backends[i] = m.b
+		if i > 0 && m.priority != ms[i-1].priority {
+			v.groups = append(v.groups, i)
+		}
+	}
+	v.groups = append(v.groups, len(ms))
+	return v
+}
+
+// rebuildViews gives every lease of the pool a view of the current
+// members. Called with r.mu held.
+func (p *Pool) rebuildViews() {
+	for l := range p.leases {
+		l.view.Store(l.buildView())
+	}
+}
+
+// discoveredBackends appends the members (then the leaving ones) of the
+// current spec's sources that are not in out yet. Called with r.mu held.
+func (p *Pool) discoveredBackends(s *poolSpec, out []*Backend) []*Backend {
+	seen := make(map[*Backend]bool, len(out))
+	for _, b := range out {
+		seen[b] = true
+	}
+	for _, d := range s.dynamic {
+		src := p.sources[d.key]
+		if src == nil {
+			continue
+		}
+		leaving := make([]*Backend, 0, len(src.leaving))
+		for b := range src.leaving {
+			leaving = append(leaving, b)
+		}
+		sort.Slice(leaving, func(i, j int) bool { return leaving[i].addr.key < leaving[j].addr.key })
+		for _, m := range src.members {
+			if !seen[m.b] {
+				seen[m.b] = true
+				out = append(out, m.b)
+			}
+		}
+		for _, b := range leaving {
+			if !seen[b] {
+				seen[b] = true
+				out = append(out, b)
+			}
+		}
+	}
+	return out
+}
+
+// DiscoveryStatus is one DNS source as GET /lbpool/discovery shows it.
+type DiscoveryStatus struct {
+	Pool       string     `json:"pool"`
+	Kind       string     `json:"kind"`
+	Name       string     `json:"name"`
+	Port       int        `json:"port,omitempty"`
+	Members    int        `json:"members"`
+	Leaving    int        `json:"leaving"`
+	LastLookup *time.Time `json:"last_lookup"`
+	Error      string     `json:"error"`
+}
+
+// Discovery returns the DNS sources of every pool, by pool, kind and name.
+func Discovery() []DiscoveryStatus {
+	r := defaultRegistry
+	r.mu.Lock()
+	var out []DiscoveryStatus
+	var srcs []*source
+	for _, p := range r.pools {
+		for _, src := range p.sources {
+			srcs = append(srcs, src)
+			out = append(out, DiscoveryStatus{Pool: p.name, Kind: src.spec.kind, Name: src.spec.name,
+				Port: src.spec.port, Members: len(src.members), Leaving: len(src.leaving)})
+		}
+	}
+	r.mu.Unlock()
+	for i, src := range srcs {
+		src.mu.Lock()
+		if !src.lastLookup.IsZero() {
+			t := src.lastLookup.UTC()
+			out[i].LastLookup = &t
+		}
+		out[i].Error = src.lastErr
+		src.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool {
+		x, y := out[i], out[j]
+		return cmp.Or(cmp.Compare(x.Pool, y.Pool), cmp.Compare(x.Kind, y.Kind), cmp.Compare(x.Name, y.Name), cmp.Compare(x.Port, y.Port)) < 0
+	})
+	return out
+}
