@@ -136,7 +136,7 @@ func FuzzDirectPathResponse(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { _ = h.Cleanup() })
-	b := h.backends[0]
+	b := h.lease.backends[0]
 	serveOnce(f, h, http.MethodGet, "/ok") // the checker's first check and a kept-alive connection
 	baseline := 0                          // taken at the first input: a fuzzing worker starts goroutines of its own
 
