@@ -45,8 +45,11 @@ type responseShape struct {
 	// lbpool's request once more than reverse_proxy's.
 	resent bool
 	// differs says how and why lbpool deliberately answers otherwise; ""
-	// when it must answer as reverse_proxy does.
-	differs string
+	// when it must answer as reverse_proxy does. lbpool's client then gets
+	// wantStatus, and the backend is held down or not as wantHeldDown says.
+	differs      string
+	wantStatus   int
+	wantHeldDown bool
 	// lbpoolOnly: reverse_proxy panics on the shape (net/http logs the
 	// panic, which fails every test here), so only lbpool gets it.
 	lbpoolOnly bool
@@ -102,11 +105,17 @@ var responseShapes = []responseShape{
 		serve: writeRaw("HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"+
 			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true)},
 	{name: "status code 600",
-		serve:   writeRaw("HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok", true),
-		differs: "lbpool answers 502 and counts a failure: HTTP defines 100-599 (RFC 9110 §15); reverse_proxy passes 600 on"},
+		serve:      writeRaw("HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok", true),
+		differs:    "lbpool answers 502 and counts a failure: HTTP defines 100-599 (RFC 9110 §15); reverse_proxy passes 600 on",
+		wantStatus: http.StatusBadGateway, wantHeldDown: true},
 	{name: "status code 099", lbpoolOnly: true,
-		serve:   writeRaw("HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok", true),
-		differs: "lbpool answers 502 and counts a failure; reverse_proxy hands 99 to net/http, whose WriteHeader panics (the client's connection is dropped)"},
+		serve:      writeRaw("HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok", true),
+		differs:    "lbpool answers 502 and counts a failure; reverse_proxy hands 99 to net/http, whose WriteHeader panics (the client's connection is dropped)",
+		wantStatus: http.StatusBadGateway, wantHeldDown: true},
+	{name: "header line without a colon, to a bodyless POST", method: http.MethodPost,
+		serve:      writeRaw("HTTP/1.1 200 OK\r\nNoColonHere\r\nContent-Length: 2\r\n\r\nok", true),
+		differs:    "both answer 502 and send the POST once; lbpool does not hold the backend down for a failure on a reused connection (the connection's fault first), reverse_proxy counts it",
+		wantStatus: http.StatusBadGateway, wantHeldDown: false},
 }
 
 // outcome is what one proxy made of one shape.
@@ -294,10 +303,8 @@ func TestDifferentialResponseShapes(t *testing.T) {
 				gotRP := run("/rp", rp, func() bool { return upstreamFails(t, c, rp.addr()) > 0 }, nil)
 				compareWithReverseProxy(t, s, gotLB, gotRP)
 			}
-			if s.differs != "" {
-				if gotLB.Client.Status != http.StatusBadGateway || !gotLB.HeldDown {
-					t.Errorf("lbpool should answer 502 and hold the backend down: %s", describe(gotLB))
-				}
+			if s.differs != "" && (gotLB.Client.Status != s.wantStatus || gotLB.HeldDown != s.wantHeldDown) {
+				t.Errorf("lbpool should answer %d and hold the backend down %v: %s", s.wantStatus, s.wantHeldDown, describe(gotLB))
 			}
 		})
 	}
@@ -376,5 +383,146 @@ func describe(o outcome) string {
 		o.Client.Trailer, o.Next, o.Hits, o.HeldDown)
 }
 
-// keep bufio imported for the request shapes below
-var _ = bufio.NewReader
+// requestShape is one way a client sends a request: raw bytes written to
+// Caddy, in one write or, with expectContinue, headers first and the body
+// once the interim 100 arrived.
+type requestShape struct {
+	name           string
+	head           string // the request line and headers; the route prefix replaces {p}
+	body           string
+	responses      int // how many responses to read (pipelined requests)
+	expectContinue bool
+	// differs says how and why lbpool deliberately answers otherwise; the
+	// final responses must still be the same.
+	differs string
+}
+
+var requestShapes = []requestShape{
+	{name: "POST with Content-Length", responses: 1,
+		head: "POST {p}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n", body: "hello world"},
+	{name: "POST chunked with a trailer", responses: 1,
+		head: "POST {p}/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n",
+		body: "5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 7\r\n\r\n"},
+	{name: "Expect 100-continue", responses: 1, expectContinue: true,
+		differs: "the client gets one 100 Continue, from Caddy's server as the body is first read; reverse_proxy also forwards the backend's, a second one after the body was sent",
+		head:    "POST {p}/echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n", body: "hello world"},
+	{name: "HTTP/1.0 GET without Host", responses: 1,
+		head: "GET {p}/echo HTTP/1.0\r\n\r\n"},
+	{name: "HTTP/1.0 POST with a body", responses: 1,
+		head: "POST {p}/echo HTTP/1.0\r\nContent-Length: 5\r\n\r\n", body: "hello"},
+	{name: "pipelined GET, HEAD and POST", responses: 3,
+		head: "GET {p}/echo?n=1 HTTP/1.1\r\nHost: x\r\n\r\n" +
+			"HEAD {p}/echo?n=2 HTTP/1.1\r\nHost: x\r\n\r\n" +
+			"POST {p}/echo?n=3 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"},
+	{name: "empty body with Content-Length 0", responses: 1,
+		head: "POST {p}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"},
+}
+
+// echoHandler answers with what the backend was sent: method, query,
+// protocol, length, transfer coding, body and trailer.
+func echoHandler(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	fmt.Fprintf(w, "%s ?%s %s length=%d te=%v expect=%q body=%q trailer=%v\n",
+		r.Method, r.URL.RawQuery, r.Proto, r.ContentLength, r.TransferEncoding, r.Header.Get("Expect"), body, r.Trailer)
+}
+
+// rawExchange writes the shape to Caddy on a new connection and reads the
+// responses, each as status, protocol, headers less each proxy's own, and
+// body.
+func rawExchange(t *testing.T, c *lbtest.Caddy, s requestShape, prefix string) []string {
+	t.Helper()
+	conn := dialCaddy(t, c)
+	head := strings.ReplaceAll(s.head, "{p}", prefix)
+	br := bufio.NewReader(conn)
+	if s.expectContinue {
+		if _, err := io.WriteString(conn, head); err != nil {
+			t.Fatal(err)
+		}
+		interim, err := http.ReadResponse(br, nil)
+		if err != nil || interim.StatusCode != http.StatusContinue {
+			t.Fatalf("waiting for 100 Continue: %v %v", interim, err)
+		}
+		if _, err := io.WriteString(conn, s.body); err != nil {
+			t.Fatal(err)
+		}
+	} else if _, err := io.WriteString(conn, head+s.body); err != nil {
+		t.Fatal(err)
+	}
+	methods := methodsOf(head)
+	var out []string
+	for i := range s.responses {
+		var interim []int
+		resp, err := http.ReadResponse(br, &http.Request{Method: methods[i]})
+		for err == nil && resp.StatusCode < 200 {
+			interim = append(interim, resp.StatusCode)
+			resp, err = http.ReadResponse(br, &http.Request{Method: methods[i]})
+		}
+		if err != nil {
+			out = append(out, "no response: "+err.Error())
+			break
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, k := range []string{"Date", "Via", "Server"} {
+			resp.Header.Del(k)
+		}
+		var hdr strings.Builder
+		_ = resp.Header.Write(&hdr)
+		out = append(out, fmt.Sprintf("%s %d close=%v interim=%v\n%s%q err=%v", resp.Proto, resp.StatusCode, resp.Close, interim, hdr.String(), body, err))
+	}
+	return out
+}
+
+// withoutInterim drops the interim responses from rawExchange's lines.
+func withoutInterim(lines []string) []string {
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		if a := strings.Index(l, " interim=["); a >= 0 {
+			b := strings.Index(l[a:], "]")
+			l = l[:a] + l[a+b+1:]
+		}
+		out[i] = l
+	}
+	return out
+}
+
+// methodsOf lists the methods of the requests in raw, in order.
+func methodsOf(raw string) []string {
+	var methods []string
+	for _, line := range strings.Split(raw, "\r\n") {
+		if i := strings.Index(line, " /"); i > 0 && strings.Contains(line, " HTTP/1.") {
+			methods = append(methods, line[:i])
+		}
+	}
+	return methods
+}
+
+func TestDifferentialRequestShapes(t *testing.T) {
+	c := lbtest.Start(t)
+	b := lbtest.NewBackend(t, "echo", echoHandler)
+	c.Load(t, diffSite(c, b.Addr(), b.Addr()))
+	lbtest.Eventually(t, 5*time.Second, "lbpool's first check", func() bool {
+		return c.Backend(t, "diff", b.URL()).LastCheck != nil
+	})
+	for _, s := range requestShapes {
+		t.Run(s.name, func(t *testing.T) {
+			gotLB, gotRP := rawExchange(t, c, s, "/lb"), rawExchange(t, c, s, "/rp")
+			t.Logf("lbpool:\n%s", strings.Join(gotLB, "\n"))
+			if len(gotLB) != s.responses || strings.HasPrefix(gotLB[len(gotLB)-1], "no response") {
+				t.Errorf("lbpool answered %d of %d requests", len(gotLB), s.responses)
+			}
+			if s.differs != "" {
+				t.Logf("deliberate difference: %s", s.differs)
+				gotLB, gotRP = withoutInterim(gotLB), withoutInterim(gotRP)
+			}
+			if !reflect.DeepEqual(gotLB, gotRP) {
+				t.Errorf("lbpool and reverse_proxy differ:\nlbpool:\n%s\nreverse_proxy:\n%s", strings.Join(gotLB, "\n"), strings.Join(gotRP, "\n"))
+			}
+		})
+	}
+}
