@@ -65,21 +65,31 @@ type h1Pool struct {
 var bufPool = struct{ r, w sync.Pool }{}
 
 // get returns the most recently used idle connection that can carry a
-// request, or nil. Connections idle too long, or on which the backend
-// wrote or closed while they sat idle, are closed on the way; the check
-// runs outside the lock.
-func (p *h1Pool) get(now time.Time) *h1Conn {
+// request, or nil; connections idle too long are closed on the way. A
+// connection on which the backend wrote or closed while it sat idle is
+// closed too: checking costs a system call (a few per cent of a small
+// request's CPU), so it is made for every request that could not be sent
+// again if the connection failed, and for the others only after the
+// connection sat idle for peekAfter. Under load connections come back
+// within microseconds and a broken one costs an idempotent request only a
+// resend on a new connection (see roundTripDirect).
+func (p *h1Pool) get(now time.Time, idempotent bool) *h1Conn {
 	for {
 		c := p.pop()
 		if c == nil {
 			return nil
 		}
-		if now.Sub(c.lastUsed) < h1IdleTimeout && c.peek.quiet() {
+		idle := now.Sub(c.lastUsed)
+		if idle < h1IdleTimeout && (idempotent && idle < peekAfter || c.peek.quiet()) {
 			return c
 		}
 		c.close()
 	}
 }
+
+// peekAfter is how long a connection sits idle before an idempotent
+// request checks it too.
+const peekAfter = time.Millisecond
 
 func (p *h1Pool) pop() *h1Conn {
 	p.mu.Lock()
@@ -178,7 +188,7 @@ func (h *Handler) roundTripDirect(w http.ResponseWriter, out *http.Request, b *B
 		now := time.Now()
 		var c *h1Conn
 		if attempt == 0 {
-			c = b.h1.get(now)
+			c = b.h1.get(now, idempotent(out.Method))
 		}
 		reused := c != nil
 		if c == nil {

@@ -18,10 +18,10 @@ func TestH1PoolReusesTheMostRecentAndDropsStaleOnes(t *testing.T) {
 	old, recent := pipeConn(t), pipeConn(t)
 	p.put(old, now.Add(-h1IdleTimeout-time.Second))
 	p.put(recent, now)
-	if got := p.get(now); got != recent {
+	if got := p.get(now, true); got != recent {
 		t.Fatal("get did not return the most recently used connection")
 	}
-	if got := p.get(now); got != nil {
+	if got := p.get(now, true); got != nil {
 		t.Fatal("a connection idle past the timeout was reused")
 	}
 }
@@ -37,7 +37,7 @@ func TestH1PoolPrunesAndClosesForGood(t *testing.T) {
 	}
 	p.prune(now, 0)
 	p.put(pipeConn(t), now)
-	if len(p.idle) != 0 || p.get(now) != nil {
+	if len(p.idle) != 0 || p.get(now, true) != nil {
 		t.Fatal("a closed pool kept a connection")
 	}
 }
@@ -56,5 +56,33 @@ func TestH1ConnBoundsWhatItReads(t *testing.T) {
 	}
 	if _, err := c.Read(buf); err != errHeadersTooLarge {
 		t.Fatalf("read past the limit: %v, want errHeadersTooLarge", err)
+	}
+}
+
+// BenchmarkIdlePeek is what checking a kept-alive connection before reuse
+// costs: one non-blocking MSG_PEEK on a quiet TCP socket.
+func BenchmarkIdlePeek(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			defer c.Close()
+			_, _ = c.Read(make([]byte, 1)) // holds the connection open, quiet
+		}
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	c := newH1Conn(nc)
+	b.ReportAllocs()
+	for b.Loop() {
+		if !c.peek.quiet() {
+			b.Fatal("a quiet connection was judged unusable")
+		}
 	}
 }

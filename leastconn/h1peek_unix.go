@@ -17,17 +17,14 @@ import (
 // connection; here one non-blocking MSG_PEEK asks the kernel instead, so an
 // idle connection costs no goroutine and a reuse one system call.
 
-// idlePeeker peeks at a connection's socket without blocking. Its peek
-// func is bound once, when the connection is made, so a check allocates
-// nothing.
+// idlePeeker peeks at a connection's socket without blocking.
 type idlePeeker struct {
-	raw  syscall.RawConn
-	peek func(fd uintptr) bool
-	err  error
-	buf  [1]byte
+	fd  int // -1: not a socket (a pipe in tests)
+	buf [1]byte
 }
 
 func (p *idlePeeker) init(nc net.Conn) {
+	p.fd = -1
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return
@@ -36,24 +33,19 @@ func (p *idlePeeker) init(nc net.Conn) {
 	if err != nil {
 		return
 	}
-	p.raw = raw
-	p.peek = p.peekOnce
-}
-
-func (p *idlePeeker) peekOnce(fd uintptr) bool {
-	_, _, p.err = unix.Recvfrom(int(fd), p.buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	return true // never wait for the socket to become readable
+	_ = raw.Control(func(fd uintptr) { p.fd = int(fd) })
 }
 
 // quiet reports whether the socket has nothing to read and is still open:
 // would block is the one good answer; data, end of stream or an error all
-// mean the connection must not carry another request.
+// mean the connection must not carry another request. The descriptor is
+// used directly, without the runtime's poller: the connection sits in no
+// one's hands but the pool's, which closes it only after taking it out, so
+// the descriptor is still this connection's.
 func (p *idlePeeker) quiet() bool {
-	if p.raw == nil {
-		return true // not a socket (a pipe in tests): nothing to ask
+	if p.fd < 0 {
+		return true
 	}
-	if err := p.raw.Read(p.peek); err != nil {
-		return false
-	}
-	return errors.Is(p.err, unix.EAGAIN) || errors.Is(p.err, unix.EWOULDBLOCK)
+	err := peekSocket(p.fd, p.buf[:])
+	return errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EWOULDBLOCK)
 }
