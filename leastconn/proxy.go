@@ -2,6 +2,7 @@ package leastconn
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -27,7 +28,8 @@ import (
 type transportSettings struct {
 	dialTimeout           time.Duration
 	responseHeaderTimeout time.Duration
-	tlsInsecure           bool
+	tls                   string        // the TLS settings as JSON; "" for none
+	tlsTimeout            time.Duration // 0: the default
 }
 
 // dialError marks a failure to connect: nothing reached the backend, so any
@@ -41,10 +43,17 @@ func (e dialError) Unwrap() error { return e.err }
 // backend (so many concurrent clients do not churn connections), a short
 // dial timeout (so retries happen fast), HTTP/2 to TLS backends, and no
 // transparent compression (encodings pass through unchanged).
-func newTransport(ts transportSettings) *http.Transport {
+func newTransport(ts transportSettings, tlsConfig *tls.Config) *http.Transport {
 	dialer := &net.Dialer{Timeout: ts.dialTimeout, KeepAlive: 30 * time.Second}
+	handshake := 10 * time.Second
+	if ts.tlsTimeout > 0 {
+		handshake = ts.tlsTimeout
+	}
 	return &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if path, ok := unixSocketOf(addr); ok {
+				network, addr = "unix", path
+			}
 			c, err := dialer.DialContext(ctx, network, addr)
 			if err != nil {
 				return nil, dialError{err}
@@ -55,18 +64,20 @@ func newTransport(ts transportSettings) *http.Transport {
 		MaxIdleConns:           0, // no global cap; the per-host one bounds it
 		MaxIdleConnsPerHost:    1024,
 		IdleConnTimeout:        2 * time.Minute,
-		TLSHandshakeTimeout:    10 * time.Second,
+		TLSHandshakeTimeout:    handshake,
 		ExpectContinueTimeout:  time.Second,
 		ResponseHeaderTimeout:  ts.responseHeaderTimeout,
 		DisableCompression:     true,
 		MaxResponseHeaderBytes: maxResponseHeaderBytes,
-		TLSClientConfig:        newTLSConfig(ts.tlsInsecure),
+		TLSClientConfig:        tlsConfig.Clone(),
 	}
 }
 
 // ServeHTTP proxies the request to the least-loaded backend, trying others
 // when one cannot be reached.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	st := h.track(r)
+	defer st.done()
 	out := h.outgoing(r)
 	tried := newTriedSet(len(h.backends))
 	var lastErr error
@@ -77,7 +88,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		tried.add(i)
 		b := h.backends[i]
-		err := h.proxyTo(w, r, out, b)
+		err := h.proxyTo(w, r, out, b, st)
 		if err == nil {
 			return nil
 		}
@@ -92,8 +103,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		b.failures.Add(1)
 		if fail.timeout {
 			// slow, not unreachable: the active checks judge its health
-			writeError(w, http.StatusGatewayTimeout, "lbpool: backend did not answer in time", 0)
-			return nil
+			return h.fail(w, r, http.StatusGatewayTimeout, fmt.Errorf("lbpool: backend did not answer in time: %w", fail.err))
 		}
 		b.passiveFailure(failReason(fail.err))
 		if fail.reached && !retryableAfterConnect(r, out) {
@@ -104,14 +114,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	}
 	if lastErr == nil {
-		writeError(w, http.StatusServiceUnavailable, "lbpool: no backend available", h.retryAfter())
-		return nil
+		return h.fail(w, r, http.StatusServiceUnavailable, errNoBackend)
 	}
 	if c := h.logger.Check(zapcore.DebugLevel, "every try failed"); c != nil {
 		c.Write(zap.String("pool", h.spec.name), zap.Error(lastErr))
 	}
-	writeError(w, http.StatusBadGateway, "lbpool: bad gateway", 0)
-	return nil
+	return h.fail(w, r, http.StatusBadGateway, fmt.Errorf("lbpool: every try failed: %w", lastErr))
 }
 
 // tryError is a try that failed before the response began, so the client
@@ -259,13 +267,17 @@ func (keepOpenBody) Close() error { return nil }
 
 // proxyTo sends one try to b and, if the backend answers, streams the
 // response to the client. A *tryError means the client was sent nothing.
-func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend) error {
+func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend, st *proxyState) error {
 	defer b.active.Add(-1)
 	out.URL.Scheme = b.addr.scheme
 	out.URL.Host = b.addr.hostport
 	out.Host = r.Host
-	if b.addr.user != nil && r.Header.Get("Authorization") == "" {
-		setBasicAuth(out.Header, b.addr.user)
+	st.backend = b
+	st.tries++
+	if h.headerUp != nil {
+		h.requestHeadersForTry(r, out, b, st)
+	} else {
+		setBackendAuth(r, out, b)
 	}
 
 	start := time.Now()
@@ -286,7 +298,9 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 			timeout: errors.As(err, &ne) && ne.Timeout() && !errors.As(err, &de), // a dial timeout is unreachable
 		}
 	}
-	b.latency.observe(time.Since(start))
+	st.latency = time.Since(start)
+	st.status = resp.StatusCode
+	b.latency.observe(st.latency)
 	b.requests.Add(1)
 	clean := false // the body was read to its end: the connection can be reused
 	defer func() {
@@ -306,6 +320,9 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		done(false)
 	}()
 
+	if h.headerDown != nil {
+		h.applyHeaderDown(r, resp)
+	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return h.tunnel(w, r, resp, b)
 	}
@@ -351,6 +368,19 @@ func copyHeader(dst, src http.Header) {
 		} else {
 			dst[k] = vv
 		}
+	}
+}
+
+// setBackendAuth sends a backend's credentials to it when the client sent
+// none; a retry on another backend does not carry them along.
+func setBackendAuth(r, out *http.Request, b *Backend) {
+	if _, own := r.Header["Authorization"]; own {
+		return
+	}
+	if b.addr.user != nil {
+		setBasicAuth(out.Header, b.addr.user)
+	} else if _, set := out.Header["Authorization"]; set {
+		delete(out.Header, "Authorization")
 	}
 }
 
