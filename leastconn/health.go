@@ -309,6 +309,7 @@ func (s *poolSpec) healthKey() string {
 	}
 	var hdr bytes.Buffer
 	_ = s.healthHeaders.Write(&hdr)
+	// the transport too: checks go over it, and its TLS may have changed
 	return fmt.Sprint(s.healthURI, s.healthInterval, s.healthTimeout, s.healthStatus, body,
-		hdr.String(), s.healthPasses, s.healthFails)
+		hdr.String(), s.healthPasses, s.healthFails, fmt.Sprintf("%p", s.transport))
 }
