@@ -2,6 +2,7 @@ package leastconn
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -38,6 +39,9 @@ type proxyState struct {
 	end     time.Time // zero while lbpool still handles the request
 
 	base http.Header // the outgoing headers before header_up; only with header_up
+
+	out    http.Request // the request sent to backends (see outgoing)
+	outURL url.URL
 }
 
 // track starts the request's state and offers it to the request's replacer.

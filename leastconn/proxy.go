@@ -78,7 +78,7 @@ func newTransport(ts transportSettings, tlsConfig *tls.Config) *http.Transport {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	st := h.track(r)
 	defer st.done()
-	out := h.outgoing(r)
+	out := h.outgoing(r, st)
 	tried := newTriedSet(len(h.backends))
 	var lastErr error
 	for try := 0; try <= h.retries; try++ {
@@ -190,14 +190,14 @@ func removeHopHeaders(h http.Header) {
 }
 
 // outgoing prepares the request sent to backends; each try sets only the
-// destination.
-func (h *Handler) outgoing(r *http.Request) *http.Request {
+// destination. It lives in the request's state (one allocation for both).
+func (h *Handler) outgoing(r *http.Request, st *proxyState) *http.Request {
 	// a shallow copy with its own URL and header map; header values are
 	// shared with the incoming request and only ever replaced, never changed
-	out := new(http.Request)
+	out := &st.out
 	*out = *r
-	u := *r.URL
-	out.URL = &u
+	st.outURL = *r.URL
+	out.URL = &st.outURL
 	out.Header = make(http.Header, len(r.Header)+4)
 	for k, vv := range r.Header {
 		out.Header[k] = vv
