@@ -2,8 +2,8 @@ package leastconn
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
+	"strconv"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -38,7 +38,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, status int, cause
 		return nil
 	}
 	if retryAfter > 0 {
-		w.Header().Set("Retry-After", fmt.Sprint(retryAfter))
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
 	}
 	return caddyhttp.Error(status, cause)
 }

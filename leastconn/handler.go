@@ -282,7 +282,11 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 	if s.name == "" {
 		s.name = strings.Join(names, ",")
 	}
-	fp, err := json.Marshal(h)
+	// header operations belong to the handler, not to the pool: two sites
+	// may share a pool and send it different headers
+	shared := *h
+	shared.Headers = nil
+	fp, err := json.Marshal(&shared)
 	if err != nil {
 		return nil, err
 	}

@@ -25,7 +25,10 @@ func (h *Handler) provisionHeaders(ctx caddy.Context) error {
 		return nil
 	}
 	if err := h.Headers.Provision(ctx); err != nil {
-		return err
+		return fmt.Errorf("lbpool: headers: %w", err)
+	}
+	if err := h.Headers.Validate(); err != nil {
+		return fmt.Errorf("lbpool: headers: %w", err)
 	}
 	if h.Headers.Request != nil {
 		h.headerUp = h.Headers.Request
