@@ -294,6 +294,7 @@ func TestHandleErrorsAnswers503502And504(t *testing.T) {
 	c.Load(t, fmt.Sprintf(`:%d {
 	handle_errors {
 		header X-Handled-By handle_errors
+		header X-Lb-Pool {http.lbpool.pool}
 		respond "handled {err.status_code}: {err.message}" {err.status_code}
 	}
 	handle /down* {
@@ -344,6 +345,9 @@ func TestHandleErrorsAnswers503502And504(t *testing.T) {
 		if resp.StatusCode != tc.status || !strings.HasPrefix(string(body), want) || resp.Header.Get("X-Handled-By") != "handle_errors" {
 			t.Errorf("%s: %d %q (X-Handled-By %q), want %d from handle_errors with %q",
 				tc.path, resp.StatusCode, body, resp.Header.Get("X-Handled-By"), tc.status, want)
+		}
+		if pool := resp.Header.Get("X-Lb-Pool"); pool != strings.TrimPrefix(tc.path, "/") {
+			t.Errorf("%s: {http.lbpool.pool} in handle_errors gave %q", tc.path, pool)
 		}
 		if got := resp.Header.Get("Retry-After"); got != tc.retryAfter {
 			t.Errorf("%s: Retry-After %q, want %q", tc.path, got, tc.retryAfter)
@@ -433,7 +437,8 @@ func TestHTTPSBackendDemandingAClientCertificateIsServedWithTLSClientAuth(t *tes
 		clientName.Store(r.TLS.PeerCertificates[0].Subject.CommonName)
 		_, _ = io.WriteString(w, "mutual")
 	}))
-	trust := fmt.Sprintf("tls_trust_pool file %s\n\t\ttls_server_name backend.test", ca.PEMFile)
+	// the older way to name the CA, as reverse_proxy still takes it
+	trust := fmt.Sprintf("tls_trusted_ca_certs %s\n\t\ttls_server_name backend.test", ca.PEMFile)
 
 	c.Load(t, tlsPoolSite(c, "anonymous", addr, trust))
 	if alive, err := awaitCheck(t, c, "anonymous"); alive {
