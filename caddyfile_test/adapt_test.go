@@ -109,6 +109,12 @@ lbpool a:80 b:80 { \n
 	dial_timeout 1s \n
 	response_header_timeout 5s \n
 	tls_insecure_skip_verify \n
+	header_up Host {http.lbpool.backend.hostport} \n
+	header_down -Server \n
+	tls_trust_pool file ca.pem \n
+	tls_client_auth c.pem k.pem \n
+	tls_server_name c.internal \n
+	tls_timeout 5s \n
 } \n`)
 
 var fuzzOptions = []string{
@@ -116,6 +122,8 @@ var fuzzOptions = []string{
 	"health_status", "health_body", "health_headers", "health_passes", "health_fails",
 	"stats_uri", "stats_workers", "retries", "slow_start", "dial_timeout",
 	"response_header_timeout", "tls_insecure_skip_verify", "bogus", "reverse_proxy",
+	"header_up", "header_down", "tls_trust_pool", "tls_trusted_ca_certs", "tls_client_auth",
+	"tls_server_name", "tls_timeout", "unix//run/a.sock", "+X-A", "-X-A",
 }
 
 var fuzzValues = []string{

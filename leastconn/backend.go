@@ -1,9 +1,11 @@
 package leastconn
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -37,20 +39,30 @@ const (
 // backendAddr is a parsed backend URL.
 type backendAddr struct {
 	scheme   string // http or https
-	hostport string // host:port, port always present
+	hostport string // host:port, port always present: the host of request URLs
+	network  string // tcp, or unix for a unix socket
+	dial     string // what is dialed: host:port, or the socket's path
 	user     *url.Userinfo
-	key      string // scheme://host:port: identity in the registry
+	key      string // scheme://host:port (unix//path): identity in the registry
 	display  string // key with credentials redacted: what stats and logs show
 	raw      string // as configured
 	weight   int
+
+	// what the placeholders {http.lbpool.backend.hostport}, .host and .port
+	// show: the socket's path, the path and "" for a unix socket
+	phHostport, phHost, phPort string
 }
 
-// parseBackendURL accepts http://host:port, https://host:port and host:port
-// (plain HTTP). A missing port defaults to the scheme's.
+// parseBackendURL accepts http://host:port, https://host:port, host:port
+// (plain HTTP) and unix//path/to/socket (plain HTTP over a unix socket). A
+// missing port defaults to the scheme's.
 func parseBackendURL(raw string) (backendAddr, error) {
 	s := strings.TrimSpace(raw)
 	if s == "" {
 		return backendAddr{}, fmt.Errorf("lbpool: empty backend address")
+	}
+	if strings.HasPrefix(s, unixPrefix) {
+		return parseUnixBackend(raw, s)
 	}
 	if !strings.Contains(s, "://") {
 		s = "http://" + s
@@ -83,11 +95,16 @@ func parseBackendURL(raw string) (backendAddr, error) {
 		return backendAddr{}, fmt.Errorf("lbpool: backend %q: bad host %q", redactRaw(raw), u.Hostname())
 	}
 	a := backendAddr{
-		scheme:   u.Scheme,
-		hostport: hostport,
-		user:     u.User,
-		key:      u.Scheme + "://" + hostport,
-		raw:      raw,
+		scheme:     u.Scheme,
+		hostport:   hostport,
+		network:    "tcp",
+		dial:       hostport,
+		user:       u.User,
+		key:        u.Scheme + "://" + hostport,
+		raw:        raw,
+		phHostport: hostport,
+		phHost:     strings.ToLower(u.Hostname()),
+		phPort:     port,
 	}
 	a.display = a.key
 	if u.User != nil {
@@ -199,6 +216,23 @@ func newBackend(p *Pool, a backendAddr) *Backend {
 // URL returns the backend's address as stats and logs show it (credentials
 // redacted).
 func (b *Backend) URL() string { return b.addr.display }
+
+// newRequest makes a GET of uri (a path and query) for a health check or a
+// stats fetch: to the backend's address, with its credentials as basic auth.
+// A unix socket is asked for Host localhost.
+func (b *Backend) newRequest(ctx context.Context, uri string) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.addr.scheme+"://"+b.addr.hostport+uri, nil)
+	if err != nil {
+		return nil, err
+	}
+	if b.addr.network == "unix" {
+		req.Host = unixRequestHost
+	}
+	if b.addr.user != nil {
+		setBasicAuth(req.Header, b.addr.user)
+	}
+	return req, nil
+}
 
 // adminState returns ready, drain or maint.
 func adminState(flags uint32) string {

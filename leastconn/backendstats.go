@@ -91,14 +91,11 @@ func (f *statsFetcher) fetch(ctx context.Context, b *Backend) {
 func (b *Backend) fetchStats(ctx context.Context, s *poolSpec) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.healthTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.addr.scheme+"://"+b.addr.hostport+s.statsURI, nil)
+	req, err := b.newRequest(ctx, s.statsURI)
 	if err != nil {
 		return 0, err
 	}
 	req.Header.Set("Accept", "application/json, text/plain;q=0.9")
-	if b.addr.user != nil {
-		setBasicAuth(req.Header, b.addr.user)
-	}
 	resp, err := s.transport.RoundTrip(req)
 	if err != nil {
 		return 0, err

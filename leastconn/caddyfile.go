@@ -47,6 +47,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    slow_start <duration>
 //	    dial_timeout <duration>
 //	    response_header_timeout <duration>
+//	    header_up   [+|-]<field> [<value|regexp> [<replacement>]]
+//	    header_down [+|-]<field> [<value|regexp> [<replacement>]]
+//	    tls_trust_pool <module> [...]
+//	    tls_trusted_ca_certs <pem_files...>
+//	    tls_client_auth <automate_name> | <cert_file> <key_file>
+//	    tls_server_name <name>
+//	    tls_timeout <duration>
 //	    tls_insecure_skip_verify
 //	    dynamic a <name> <port> {
 //	        refresh <duration>
@@ -205,11 +212,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Retries = &n
 			}
 
-		case "tls_insecure_skip_verify":
-			if d.NextArg() {
-				return d.ArgErr()
+		case "header_up", "header_down":
+			if err := h.parseHeaderOp(d); err != nil {
+				return err
 			}
-			h.TLSInsecureSkipVerify = true
+
+		case "tls_insecure_skip_verify", "tls_server_name", "tls_timeout", "tls_client_auth",
+			"tls_trusted_ca_certs", "tls_trust_pool":
+			if err := h.parseTLSOption(d); err != nil {
+				return err
+			}
 
 		case "dynamic":
 			dc, err := parseDynamic(d, labels)

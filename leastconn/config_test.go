@@ -139,3 +139,29 @@ func TestStatusMatches(t *testing.T) {
 		}
 	}
 }
+
+// Header operations belong to each handler: handlers of one pool may send
+// it different headers, while other settings must agree.
+func TestHeaderOpsAreNotPartOfThePoolsSettings(t *testing.T) {
+	fingerprint := func(config string) string {
+		t.Helper()
+		var h Handler
+		if err := json.Unmarshal([]byte(config), &h); err != nil {
+			t.Fatal(err)
+		}
+		s, err := h.poolSpec()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.fingerprint
+	}
+	a := fingerprint(`{"name":"web","backends":[{"url":"a:80"}],"headers":{"request":{"set":{"X-Site":["a"]}}}}`)
+	b := fingerprint(`{"name":"web","backends":[{"url":"a:80"}],"headers":{"response":{"delete":["Server"]}}}`)
+	tls := fingerprint(`{"name":"web","backends":[{"url":"a:80"}],"tls":{"server_name":"a.test"}}`)
+	if a != b {
+		t.Error("two handlers differing only in header operations count as two settings of one pool")
+	}
+	if tls == a {
+		t.Error("TLS settings are shared by the pool and must be part of its settings")
+	}
+}

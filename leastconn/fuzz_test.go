@@ -29,6 +29,9 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 			"\thealth_passes 2\n\thealth_fails 3\n\tstats_uri /stats\n\tstats_workers 2\n\tretries 0\n\tslow_start 30s\n" +
 			"\tdial_timeout 1s\n\tresponse_header_timeout 5s\n\ttls_insecure_skip_verify\n}",
 		"lbpool http://ops:hunter2@a:80 [::1]:9000",
+		"lbpool a:80 unix//run/a.sock {\n\theader_up Host {http.lbpool.backend.hostport}\n\theader_up X-A \"^(.*)$\" \"b-$1\"\n" +
+			"\theader_down -Server\n\ttls_trust_pool file {\n\t\tpem_file ca.pem\n\t}\n\ttls_client_auth c.pem k.pem\n" +
+			"\ttls_server_name b.internal\n\ttls_timeout 3s\n}",
 		"lbpool a:80 {\n\tweight a:80 10000\n\thealth_status 503\n}",
 		"lbpool a:80 {\n\tweight a:80 0\n}",
 		"lbpool a:80 a:80",
@@ -90,6 +93,7 @@ func FuzzParseBackendURL(f *testing.F) {
 		{"http://", "ops", "hunter2", "app:99999"},
 		{"http://", "ops", "hunter2", "app:80/path"},
 		{"ftp://", "ops", "hunter2", "app"},
+		{"unix//", "ops", "hunter2", "run/app.sock"},
 		{"http://", "", "hunter2", ""},
 	} {
 		f.Add(seed[0], seed[1], seed[2], seed[3])
@@ -129,6 +133,15 @@ func secretOf(raw, pass string) bool {
 
 func checkBackendAddr(t *testing.T, raw string, a backendAddr) {
 	t.Helper()
+	if a.network == "unix" {
+		if a.scheme != "http" || a.key != unixPrefix+a.dial || a.display != a.key || !strings.HasPrefix(a.dial, "/") {
+			t.Fatalf("%q: unix backend %+v", raw, a)
+		}
+		if path, ok := unixSocketOf(a.hostport); !ok || path != a.dial {
+			t.Fatalf("%q: the stand-in host %q names %q, not the socket %q", raw, a.hostport, path, a.dial)
+		}
+		return
+	}
 	if a.scheme != "http" && a.scheme != "https" {
 		t.Fatalf("%q: scheme %q", raw, a.scheme)
 	}

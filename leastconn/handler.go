@@ -6,7 +6,6 @@
 package leastconn
 
 import (
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -17,6 +16,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 )
@@ -52,6 +53,8 @@ type BackendConfig struct {
 // (active connections + 1) / weight among the backends that are up and ready,
 // rotating among ties, and proxies the request to it.
 type Handler struct {
+	// Pool and backends.
+
 	// The pool's name, shown in stats, logs and metrics, and used by the admin
 	// API. Handlers that share a name share one pool. Default: the backends'
 	// addresses joined by commas.
@@ -59,6 +62,8 @@ type Handler struct {
 
 	// The backends, in order.
 	Backends []BackendConfig `json:"backends,omitempty"`
+
+	// Active health checks.
 
 	// The path (and optional query) of the active health check. Default: `/`.
 	HealthURI string `json:"health_uri,omitempty"`
@@ -85,6 +90,8 @@ type Handler struct {
 	// Consecutive failing checks for an up backend to go down. Default: 1.
 	HealthFails int `json:"health_fails,omitempty"`
 
+	// Backend stats.
+
 	// A path on each backend that reports its own stats (JSON
 	// `{"memory_usage": <bytes>}` or Prometheus text); fetched once per
 	// health interval while the backend is up. Off when empty.
@@ -92,6 +99,8 @@ type Handler struct {
 
 	// How many goroutines fetch backend stats for this pool. Default: 3.
 	StatsWorkers int `json:"stats_workers,omitempty"`
+
+	// Retries and slow start.
 
 	// How many other backends are tried after a backend cannot be reached.
 	// Default (unset): every other backend in the pool. 0 turns retries off.
@@ -101,6 +110,8 @@ type Handler struct {
 	// 100% over this duration. Default: 0 (off).
 	SlowStart caddy.Duration `json:"slow_start,omitempty"`
 
+	// The transport.
+
 	// How long connecting to a backend may take. Default: 3s.
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
 
@@ -108,9 +119,24 @@ type Handler struct {
 	// was sent; past it the client gets 504. Default: 60s.
 	ResponseHeaderTimeout caddy.Duration `json:"response_header_timeout,omitempty"`
 
-	// Skip verification of HTTPS backends' certificates. Insecure: for tests
-	// and private networks only.
+	// TLS to HTTPS backends, as reverse_proxy's `transport http` has it: a
+	// trust pool (`ca`), client certificates, the server name to verify, the
+	// handshake timeout, and more. Health checks and stats fetches use it
+	// too. Default: the system's roots.
+	TLS *reverseproxy.TLSConfig `json:"tls,omitempty"`
+
+	// Skip verification of HTTPS backends' certificates; the same as
+	// `tls.insecure_skip_verify`, kept for older configs. Insecure: for
+	// tests and private networks only.
 	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
+
+	// Header operations.
+
+	// Changes to the request headers sent to a backend (`request`, the
+	// Caddyfile's header_up) and to the response headers sent back
+	// (`response`, header_down), as reverse_proxy's `headers`. Placeholders
+	// are resolved for each try, {http.lbpool.*} included.
+	Headers *headers.Handler `json:"headers,omitempty"`
 
 	// Discovery: members found through DNS (discover.go).
 
@@ -121,11 +147,13 @@ type Handler struct {
 
 	// State: what Provision attached to.
 
-	lease    *lease
-	spec     *poolSpec
-	retries  int // the retries option; -1 when unset (every other backend)
-	released bool
-	logger   *zap.Logger
+	lease      *lease
+	headerUp   *headers.HeaderOps     // nil without header_up
+	headerDown *headers.RespHeaderOps // nil without header_down
+	spec       *poolSpec
+	retries    int // the retries option; -1 when unset (every other backend)
+	released   bool
+	logger     *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -145,6 +173,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	spec.logger = h.logger
+	if err := h.provisionTLS(ctx, spec); err != nil {
+		return err
+	}
+	if err := h.provisionHeaders(ctx); err != nil {
+		return err
+	}
 	l, err := defaultRegistry.acquire(ctx, spec)
 	if err != nil {
 		return err
@@ -199,7 +233,6 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		slowStart:             time.Duration(h.SlowStart),
 		dialTimeout:           time.Duration(h.DialTimeout),
 		responseHeaderTimeout: time.Duration(h.ResponseHeaderTimeout),
-		tlsInsecure:           h.TLSInsecureSkipVerify,
 	}
 	setDefault(&s.healthURI, DefaultHealthURI)
 	setDefault(&s.healthInterval, DefaultHealthInterval)
@@ -275,7 +308,11 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 	if s.name == "" {
 		s.name = strings.Join(names, ",")
 	}
-	fp, err := json.Marshal(h)
+	// header operations belong to the handler, not to the pool: two sites
+	// may share a pool and send it different headers
+	shared := *h
+	shared.Headers = nil
+	fp, err := json.Marshal(&shared)
 	if err != nil {
 		return nil, err
 	}
@@ -289,7 +326,8 @@ func (s *poolSpec) transportSettings() transportSettings {
 	return transportSettings{
 		dialTimeout:           s.dialTimeout,
 		responseHeaderTimeout: s.responseHeaderTimeout,
-		tlsInsecure:           s.tlsInsecure,
+		tls:                   s.tls.key,
+		tlsTimeout:            s.tls.timeout,
 	}
 }
 
@@ -330,10 +368,6 @@ func checkHeader(name string, values []string) error {
 // validStatus accepts a status code (100-599) or a class digit (1-5).
 func validStatus(s int) bool {
 	return (s >= 1 && s <= 5) || (s >= 100 && s <= 599)
-}
-
-func newTLSConfig(insecure bool) *tls.Config {
-	return &tls.Config{InsecureSkipVerify: insecure} //nolint:gosec // opt-in, documented as insecure
 }
 
 // Interface guards.

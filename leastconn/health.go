@@ -125,7 +125,7 @@ func (b *Backend) check(ctx context.Context, s *poolSpec) checkResult {
 	res := checkResult{at: start}
 	ctx, cancel := context.WithTimeout(ctx, s.healthTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.addr.scheme+"://"+b.addr.hostport+s.healthURI, nil)
+	req, err := b.newRequest(ctx, s.healthURI)
 	if err != nil {
 		res.reason = err.Error()
 		return res
@@ -136,9 +136,6 @@ func (b *Backend) check(ctx context.Context, s *poolSpec) checkResult {
 			continue
 		}
 		req.Header[http.CanonicalHeaderKey(k)] = vv
-	}
-	if b.addr.user != nil {
-		setBasicAuth(req.Header, b.addr.user)
 	}
 	// the transport does not follow redirects: a 3xx is judged as it is
 	resp, err := s.transport.RoundTrip(req)
@@ -314,6 +311,7 @@ func (s *poolSpec) healthKey() string {
 	}
 	var hdr bytes.Buffer
 	_ = s.healthHeaders.Write(&hdr)
+	// the transport too: checks go over it, and its TLS may have changed
 	return fmt.Sprint(s.healthURI, s.healthInterval, s.healthTimeout, s.healthStatus, body,
-		hdr.String(), s.healthPasses, s.healthFails)
+		hdr.String(), s.healthPasses, s.healthFails, fmt.Sprintf("%p", s.transport))
 }

@@ -2,6 +2,7 @@ package leastconn
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -27,7 +28,8 @@ import (
 type transportSettings struct {
 	dialTimeout           time.Duration
 	responseHeaderTimeout time.Duration
-	tlsInsecure           bool
+	tls                   string        // the TLS settings as JSON; "" for none
+	tlsTimeout            time.Duration // 0: the default
 }
 
 // dialError marks a failure to connect: nothing reached the backend, so any
@@ -41,10 +43,17 @@ func (e dialError) Unwrap() error { return e.err }
 // backend (so many concurrent clients do not churn connections), a short
 // dial timeout (so retries happen fast), HTTP/2 to TLS backends, and no
 // transparent compression (encodings pass through unchanged).
-func newTransport(ts transportSettings) *http.Transport {
+func newTransport(ts transportSettings, tlsConfig *tls.Config) *http.Transport {
 	dialer := &net.Dialer{Timeout: ts.dialTimeout, KeepAlive: 30 * time.Second}
+	handshake := 10 * time.Second
+	if ts.tlsTimeout > 0 {
+		handshake = ts.tlsTimeout
+	}
 	return &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if path, ok := unixSocketOf(addr); ok {
+				network, addr = "unix", path
+			}
 			c, err := dialer.DialContext(ctx, network, addr)
 			if err != nil {
 				return nil, dialError{err}
@@ -55,19 +64,21 @@ func newTransport(ts transportSettings) *http.Transport {
 		MaxIdleConns:           0, // no global cap; the per-host one bounds it
 		MaxIdleConnsPerHost:    1024,
 		IdleConnTimeout:        2 * time.Minute,
-		TLSHandshakeTimeout:    10 * time.Second,
+		TLSHandshakeTimeout:    handshake,
 		ExpectContinueTimeout:  time.Second,
 		ResponseHeaderTimeout:  ts.responseHeaderTimeout,
 		DisableCompression:     true,
 		MaxResponseHeaderBytes: maxResponseHeaderBytes,
-		TLSClientConfig:        newTLSConfig(ts.tlsInsecure),
+		TLSClientConfig:        tlsConfig.Clone(),
 	}
 }
 
 // ServeHTTP proxies the request to the least-loaded backend, trying others
 // when one cannot be reached.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	out := h.outgoing(r)
+	st := h.track(r)
+	defer st.done()
+	out := h.outgoing(r, st)
 	v := h.lease.view.Load() // one view for every try: indices stay valid
 	tried := newTriedSet(len(v.backends))
 	retries := h.retriesIn(v)
@@ -79,7 +90,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		tried.add(i)
 		b := v.backends[i]
-		err := h.proxyTo(w, r, out, b)
+		err := h.proxyTo(w, r, out, b, st)
 		if err == nil {
 			return nil
 		}
@@ -94,8 +105,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		b.failures.Add(1)
 		if fail.timeout {
 			// slow, not unreachable: the active checks judge its health
-			writeError(w, http.StatusGatewayTimeout, "lbpool: backend did not answer in time", 0)
-			return nil
+			return h.fail(w, r, http.StatusGatewayTimeout, fmt.Errorf("lbpool: backend did not answer in time: %w", fail.err))
 		}
 		if !fail.connFault {
 			b.passiveFailure(failReason(fail.err))
@@ -108,14 +118,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	}
 	if lastErr == nil {
-		writeError(w, http.StatusServiceUnavailable, "lbpool: no backend available", h.retryAfter())
-		return nil
+		return h.fail(w, r, http.StatusServiceUnavailable, errNoBackend)
 	}
 	if c := h.logger.Check(zapcore.DebugLevel, "every try failed"); c != nil {
 		c.Write(zap.String("pool", h.spec.name), zap.Error(lastErr))
 	}
-	writeError(w, http.StatusBadGateway, "lbpool: bad gateway", 0)
-	return nil
+	return h.fail(w, r, http.StatusBadGateway, fmt.Errorf("lbpool: every try failed: %w", lastErr))
 }
 
 // tryError is a try that failed before the response began, so the client
@@ -187,14 +195,14 @@ func removeHopHeaders(h http.Header) {
 }
 
 // outgoing prepares the request sent to backends; each try sets only the
-// destination.
-func (h *Handler) outgoing(r *http.Request) *http.Request {
+// destination. It lives in the request's state (one allocation for both).
+func (h *Handler) outgoing(r *http.Request, st *proxyState) *http.Request {
 	// a shallow copy with its own URL and header map; header values are
 	// shared with the incoming request and only ever replaced, never changed
-	out := new(http.Request)
+	out := &st.out
 	*out = *r
-	u := *r.URL
-	out.URL = &u
+	st.outURL = *r.URL
+	out.URL = &st.outURL
 	out.Header = make(http.Header, len(r.Header)+4)
 	for k, vv := range r.Header {
 		out.Header[k] = vv
@@ -264,13 +272,17 @@ func (keepOpenBody) Close() error { return nil }
 
 // proxyTo sends one try to b and, if the backend answers, streams the
 // response to the client. A *tryError means the client was sent nothing.
-func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend) error {
+func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend, st *proxyState) error {
 	defer b.active.Add(-1)
 	out.URL.Scheme = b.addr.scheme
 	out.URL.Host = b.addr.hostport
 	out.Host = r.Host
-	if b.addr.user != nil && r.Header.Get("Authorization") == "" {
-		setBasicAuth(out.Header, b.addr.user)
+	st.backend = b
+	st.tries++
+	if h.headerUp != nil {
+		h.requestHeadersForTry(r, out, b, st)
+	} else {
+		setBackendAuth(r, out, b)
 	}
 
 	start := time.Now()
@@ -292,7 +304,9 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 			connFault: errors.As(err, &rc),
 		}
 	}
-	b.latency.observe(time.Since(start))
+	st.latency = time.Since(start)
+	st.status = resp.StatusCode
+	b.latency.observe(st.latency)
 	b.requests.Add(1)
 	clean := false // the body was read to its end: the connection can be reused
 	defer func() {
@@ -312,6 +326,9 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		done(false)
 	}()
 
+	if h.headerDown != nil {
+		h.applyHeaderDown(r, resp)
+	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return h.tunnel(w, r, resp, b)
 	}
@@ -361,6 +378,19 @@ func copyHeader(dst, src http.Header) {
 		} else {
 			dst[k] = vv
 		}
+	}
+}
+
+// setBackendAuth sends a backend's credentials to it when the client sent
+// none; a retry on another backend does not carry them along.
+func setBackendAuth(r, out *http.Request, b *Backend) {
+	if _, own := r.Header["Authorization"]; own {
+		return
+	}
+	if b.addr.user != nil {
+		setBasicAuth(out.Header, b.addr.user)
+	} else if _, set := out.Header["Authorization"]; set {
+		delete(out.Header, "Authorization")
 	}
 }
 

@@ -1,9 +1,11 @@
 package leastconn
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,13 +23,13 @@ import (
 type registry struct {
 	mu         sync.Mutex
 	pools      map[string]*Pool
-	transports map[transportSettings]*sharedTransport
+	transports map[transportSettings][]*sharedTransport
 	seq        uint64
 }
 
 var defaultRegistry = &registry{
 	pools:      make(map[string]*Pool),
-	transports: make(map[transportSettings]*sharedTransport),
+	transports: make(map[transportSettings][]*sharedTransport),
 }
 
 // Pool is a named set of backends shared by every handler with that name.
@@ -68,14 +70,15 @@ type poolSpec struct {
 
 	dialTimeout           time.Duration
 	responseHeaderTimeout time.Duration
-	tlsInsecure           bool
+	tls                   backendTLS
 
 	transport *sharedTransport
 }
 
 type sharedTransport struct {
 	*http.Transport
-	refs     int // guarded by the registry's mu
+	tls      *tls.Config // as made for the first pool; see sameTLS
+	refs     int         // guarded by the registry's mu
 	released atomic.Bool
 }
 
@@ -124,7 +127,7 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 	}
 	r.seq++
 	s.seq = r.seq
-	s.transport = r.transportFor(s.transportSettings())
+	s.transport = r.transportFor(s.transportSettings(), s.tls.config)
 	p.refs++
 	p.specs[s]++
 
@@ -240,11 +243,19 @@ func (p *Pool) apply(s *poolSpec) (stopOld func()) {
 	return stopOld
 }
 
-func (r *registry) transportFor(ts transportSettings) *sharedTransport {
-	t := r.transports[ts]
+// transportFor returns the transport for equal settings and TLS material,
+// making it if there is none.
+func (r *registry) transportFor(ts transportSettings, tc *tls.Config) *sharedTransport {
+	var t *sharedTransport
+	for _, held := range r.transports[ts] {
+		if sameTLS(held.tls, tc) {
+			t = held
+			break
+		}
+	}
 	if t == nil {
-		t = &sharedTransport{Transport: newTransport(ts)}
-		r.transports[ts] = t
+		t = &sharedTransport{Transport: newTransport(ts, tc), tls: tc}
+		r.transports[ts] = append(r.transports[ts], t)
 	}
 	t.refs++
 	return t
@@ -253,8 +264,10 @@ func (r *registry) transportFor(ts transportSettings) *sharedTransport {
 func (r *registry) releaseTransport(t *sharedTransport) {
 	t.refs--
 	if t.refs == 0 {
-		for k, v := range r.transports {
-			if v == t {
+		for k, held := range r.transports {
+			if kept := slices.DeleteFunc(held, func(v *sharedTransport) bool { return v == t }); len(kept) > 0 {
+				r.transports[k] = kept
+			} else {
 				delete(r.transports, k)
 			}
 		}
