@@ -70,6 +70,8 @@ type poolSpec struct {
 	responseHeaderTimeout time.Duration
 	tlsInsecure           bool
 
+	sticky *stickyCookie // nil without sticky sessions
+
 	transport *sharedTransport
 }
 
