@@ -109,6 +109,14 @@ lbpool a:80 b:80 { \n
 	dial_timeout 1s \n
 	response_header_timeout 5s \n
 	tls_insecure_skip_verify \n
+	sticky cookie srv { \n
+		secret k \n
+		max_age 1h \n
+		path /app \n
+		domain example.com \n
+		secure \n
+		samesite strict \n
+	} \n
 } \n`)
 
 var fuzzOptions = []string{
@@ -116,6 +124,7 @@ var fuzzOptions = []string{
 	"health_status", "health_body", "health_headers", "health_passes", "health_fails",
 	"stats_uri", "stats_workers", "retries", "slow_start", "dial_timeout",
 	"response_header_timeout", "tls_insecure_skip_verify", "bogus", "reverse_proxy",
+	"sticky", "cookie", "secret", "max_age", "path", "domain", "secure", "samesite", "lax", "none",
 }
 
 var fuzzValues = []string{

@@ -278,3 +278,37 @@ func benchmarkPickSticky(b *testing.B, n int) {
 
 func BenchmarkPickSticky3(b *testing.B)   { benchmarkPickSticky(b, 3) }
 func BenchmarkPickSticky256(b *testing.B) { benchmarkPickSticky(b, 256) }
+
+// FuzzStickyCookie feeds Cookie headers to the sticky cookie parser: it
+// never panics, only finds values the table holds, finds a valid cookie
+// net/http finds, and finds one appended after any header.
+func FuzzStickyCookie(f *testing.F) {
+	h := newStickyTestHandler(f, 3, "k")
+	v := h.lease.view.Load()
+	for _, seed := range []string{
+		"", "lb=", "lb", ";;;", "lb=\"\"", "a=1; b=2",
+		cookieFor(h, 0), "x=y; " + cookieFor(h, 1) + "; z", "lb=\"" + v.sticky.values[2] + "\"",
+		"lb=" + strings.Repeat("A", stickyValueLen), "lb=" + v.sticky.values[1][:20] + "====",
+	} {
+		f.Add(seed, uint8(0))
+	}
+	f.Fuzz(func(t *testing.T, header string, k uint8) {
+		i := v.sticky.find([]string{header}, "lb")
+		if i < -1 || i >= len(v.backends) {
+			t.Fatalf("find returned %d over %d backends", i, len(v.backends))
+		}
+		if i >= 0 && !strings.Contains(header, v.sticky.values[i]) {
+			t.Fatalf("found backend %d in %q, which does not hold its value", i, header)
+		}
+		r := &http.Request{Header: http.Header{"Cookie": {header}}}
+		if c, err := r.Cookie("lb"); err == nil && v.sticky.lookup(c.Value) >= 0 && i < 0 {
+			t.Fatalf("net/http finds the valid cookie %q in %q, find does not", c.Value, header)
+		}
+		want := int(k) % len(v.backends)
+		appended := header + "; " + cookieFor(h, want)
+		got := v.sticky.find([]string{appended}, "lb")
+		if got < 0 || (i < 0 && got != want) {
+			t.Fatalf("after appending backend %d's cookie to %q, find returns %d", want, header, got)
+		}
+	})
+}
