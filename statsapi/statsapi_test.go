@@ -69,7 +69,7 @@ func TestStatsShowEveryBackendWithCountsThatMatchTheBackends(t *testing.T) {
 		for _, key := range []string{"pool", "url", "alive", "state", "weight", "uptime", "uptime_seconds",
 			"memory_usage", "memory_bytes", "active_connections", "requests_total", "failures_total",
 			"status_changes", "last_check", "downtime_seconds", "last_change", "consecutive_passes",
-			"consecutive_fails", "retries_total", "latency_ewma_ms"} {
+			"consecutive_fails", "retries_total", "latency_ewma_ms", "sticky_requests_total"} {
 			if _, ok := entry[key]; !ok {
 				t.Errorf("entry %d lacks %q", i, key)
 			}
