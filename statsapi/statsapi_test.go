@@ -377,6 +377,7 @@ func TestMetricsOnTheAdminEndpoint(t *testing.T) {
 		"caddy_lbpool_backend_active_connections" + labels + " 0",
 		"caddy_lbpool_backend_requests_total" + labels + " 5",
 		"caddy_lbpool_backend_failures_total" + labels + " 0",
+		"caddy_lbpool_backend_sticky_requests_total" + labels + " 0",
 		"caddy_lbpool_health_check_duration_seconds_count" + labels,
 	} {
 		if !strings.Contains(string(body), want) {
