@@ -115,6 +115,14 @@ lbpool a:80 b:80 { \n
 	tls_client_auth c.pem k.pem \n
 	tls_server_name c.internal \n
 	tls_timeout 5s \n
+	sticky cookie srv { \n
+		secret k \n
+		max_age 1h \n
+		path /app \n
+		domain example.com \n
+		secure \n
+		samesite strict \n
+	} \n
 } \n`)
 
 var fuzzOptions = []string{
@@ -124,6 +132,7 @@ var fuzzOptions = []string{
 	"response_header_timeout", "tls_insecure_skip_verify", "bogus", "reverse_proxy",
 	"header_up", "header_down", "tls_trust_pool", "tls_trusted_ca_certs", "tls_client_auth",
 	"tls_server_name", "tls_timeout", "unix//run/a.sock", "+X-A", "-X-A",
+	"sticky", "cookie", "secret", "max_age", "path", "domain", "secure", "samesite", "lax", "none",
 }
 
 var fuzzValues = []string{

@@ -169,7 +169,8 @@ type Backend struct {
 	requests atomic.Uint64
 	failures atomic.Uint64
 	retries  atomic.Uint64
-	latency  ewma // of proxied requests' time to response headers
+	sticky   atomic.Uint64 // requests routed here by their sticky cookie
+	latency  ewma          // of proxied requests' time to response headers
 
 	h1 h1Pool // kept-alive connections of the direct path
 

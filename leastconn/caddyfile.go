@@ -64,6 +64,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    dynamic srv <name> {
 //	        (the same options)
 //	    }
+//	    sticky cookie [<name>] {
+//	        secret <key>
+//	        max_age <duration>
+//	        path <path>
+//	        domain <domain>
+//	        secure
+//	        samesite lax|strict|none
+//	    }
 //	}
 //
 // Every problem is reported here, at parse time, with the file and line.
@@ -230,6 +238,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Dynamic = append(h.Dynamic, dc)
 
+		case "sticky":
+			if h.Sticky != nil {
+				return d.Err("sticky is set twice")
+			}
+			sc, err := parseSticky(d)
+			if err != nil {
+				return err
+			}
+			h.Sticky = sc
+
 		default:
 			return d.Errf("unrecognized lbpool option '%s'", opt)
 		}
@@ -323,6 +341,68 @@ func parseDynamic(d *caddyfile.Dispenser, seen map[string]bool) (DynamicConfig, 
 		}
 	}
 	return dc, nil
+}
+
+// parseSticky reads a sticky block; each value is checked on its own line.
+func parseSticky(d *caddyfile.Dispenser) (*StickyCookie, error) {
+	if !d.NextArg() {
+		return nil, d.Err("sticky: missing kind (cookie)")
+	}
+	if d.Val() != "cookie" {
+		return nil, d.Errf("sticky: unknown kind %q (use cookie)", d.Val())
+	}
+	sc := &StickyCookie{}
+	if d.NextArg() {
+		sc.Name = d.Val()
+		if err := checkCookieName(sc.Name); err != nil {
+			return nil, d.Errf("sticky cookie: %v", err)
+		}
+	}
+	if d.NextArg() {
+		return nil, d.Errf("sticky cookie: unexpected argument %q", d.Val())
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		switch opt {
+		case "secret", "path", "domain", "samesite":
+			var v string
+			if !d.AllArgs(&v) {
+				return nil, d.ArgErr()
+			}
+			var err error
+			switch opt {
+			case "secret":
+				sc.Secret = v
+			case "path":
+				sc.Path, err = v, checkCookiePath(v)
+			case "domain":
+				sc.Domain, err = v, checkCookieDomain(v)
+			case "samesite":
+				sc.SameSite = v
+				_, err = sameSiteAttr(v)
+			}
+			if err != nil {
+				return nil, d.Errf("sticky cookie: %v", err)
+			}
+		case "max_age":
+			dur, err := parsePositiveDuration(d)
+			if err != nil {
+				return nil, err
+			}
+			if time.Duration(dur) < time.Second {
+				return nil, d.Errf("max_age: %v is shorter than a second", time.Duration(dur))
+			}
+			sc.MaxAge = dur
+		case "secure":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			sc.Secure = true
+		default:
+			return nil, d.Errf("unrecognized sticky cookie option '%s'", opt)
+		}
+	}
+	return sc, nil
 }
 
 func parsePositiveDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {

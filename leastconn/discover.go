@@ -654,8 +654,18 @@ func newMember(p *Pool, a backendAddr, slowStart time.Duration) *Backend {
 }
 
 // buildView lists the lease's static backends (priority 0) and its
-// sources' members, each once, grouped by priority. Called with r.mu held.
+// sources' members, each once, grouped by priority, with their sticky
+// cookie table. Called with r.mu held.
 func (l *lease) buildView() *view {
+	v := l.members()
+	if l.spec != nil {
+		v.sticky = l.spec.sticky.table(v.backends)
+	}
+	return v
+}
+
+// members is the view without its sticky table.
+func (l *lease) members() *view {
 	if len(l.sources) == 0 {
 		return &view{backends: l.backends, groups: []int{len(l.backends)}}
 	}

@@ -42,6 +42,10 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		"lbpool",
 		"lbpool {\n}",
 		"lbpool a:80 {\n\t{\n\t}\n}",
+		"lbpool a:80 {\n\tsticky cookie srv {\n\t\tsecret k\n\t\tmax_age 1h\n\t\tpath /app\n\t\tdomain .example.com\n" +
+			"\t\tsecure\n\t\tsamesite none\n\t}\n}",
+		"lbpool a:80 {\n\tsticky cookie {\n\t\tmax_age 0.5s\n\t}\n}",
+		"lbpool a:80 {\n\tsticky cookie \"a;b\"\n}",
 	} {
 		f.Add(seed)
 	}
@@ -62,6 +66,9 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		spec, err := h.poolSpec()
 		if err != nil {
 			t.Fatalf("the Caddyfile parser accepted %q, but loading it fails without a line: %v", input, err)
+		}
+		if err := h.provisionSticky(spec); err != nil {
+			t.Fatalf("the Caddyfile parser accepted %q, but its sticky option fails without a line: %v", input, err)
 		}
 		if spec == nil || len(spec.backends) != len(h.Backends) || spec.name == "" {
 			t.Fatalf("a config without its backends or name: %+v", spec)

@@ -145,13 +145,21 @@ type Handler struct {
 	// ramped and drained like a static backend.
 	Dynamic []DynamicConfig `json:"dynamic,omitempty"`
 
+	// Sticky sessions: a cookie keeps a client on its backend (sticky.go).
+
+	// Keeps each client on the backend that served it first, through a
+	// signed cookie; new sessions are placed by least connections. Off
+	// when unset.
+	Sticky *StickyCookie `json:"sticky,omitempty"`
+
 	// State: what Provision attached to.
 
 	lease      *lease
 	headerUp   *headers.HeaderOps     // nil without header_up
 	headerDown *headers.RespHeaderOps // nil without header_down
 	spec       *poolSpec
-	retries    int // the retries option; -1 when unset (every other backend)
+	retries    int           // the retries option; -1 when unset (every other backend)
+	sticky     *stickyCookie // nil without the sticky option
 	released   bool
 	logger     *zap.Logger
 }
@@ -177,6 +185,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := h.provisionHeaders(ctx); err != nil {
+		return err
+	}
+	if err := h.provisionSticky(spec); err != nil {
 		return err
 	}
 	l, err := defaultRegistry.acquire(ctx, spec)

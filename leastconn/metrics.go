@@ -23,6 +23,8 @@ var (
 		"Requests the backend answered.", []string{"pool", "backend"}, nil)
 	descFailures = prometheus.NewDesc("caddy_lbpool_backend_failures_total",
 		"Tries to the backend that failed.", []string{"pool", "backend"}, nil)
+	descSticky = prometheus.NewDesc("caddy_lbpool_backend_sticky_requests_total",
+		"Requests routed to the backend by their sticky session cookie.", []string{"pool", "backend"}, nil)
 
 	checkDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy",
@@ -42,6 +44,7 @@ func (backendCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descActive
 	ch <- descRequests
 	ch <- descFailures
+	ch <- descSticky
 }
 
 func (backendCollector) Collect(ch chan<- prometheus.Metric) {
@@ -55,6 +58,7 @@ func (backendCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(b.active.Load()), p.name, b.URL())
 			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(b.requests.Load()), p.name, b.URL())
 			ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(b.failures.Load()), p.name, b.URL())
+			ch <- prometheus.MustNewConstMetric(descSticky, prometheus.CounterValue, float64(b.sticky.Load()), p.name, b.URL())
 		}
 	}
 }

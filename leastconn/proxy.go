@@ -82,17 +82,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	v := h.lease.view.Load() // one view for every try: indices stay valid
 	tried := newTriedSet(len(v.backends))
 	retries := h.retriesIn(v)
+	home := -1 // the backend the sticky cookie names, taken on the first try
+	if h.sticky != nil {
+		home = h.stickyHome(r, v)
+	}
 	var lastErr error
 	for try := 0; try <= retries; try++ {
-		i := h.pick(v, &tried)
+		i := home
+		if try > 0 || i < 0 {
+			i = h.pick(v, &tried)
+		}
 		if i < 0 {
 			break
 		}
 		tried.add(i)
 		b := v.backends[i]
+		restick := h.sticky != nil && i != home // a new session, or one moved
+		if restick {
+			h.sticky.setCookie(w, r, v, i)
+		}
 		err := h.proxyTo(w, r, out, b, st)
 		if err == nil {
 			return nil
+		}
+		if restick {
+			h.sticky.dropCookie(w)
 		}
 		if r.Context().Err() != nil {
 			return nil // the client went away; not the backend's fault

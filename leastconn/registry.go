@@ -72,6 +72,8 @@ type poolSpec struct {
 	responseHeaderTimeout time.Duration
 	tls                   backendTLS
 
+	sticky *stickyCookie // nil without sticky sessions
+
 	transport *sharedTransport
 }
 

@@ -69,6 +69,7 @@ const (
 type view struct {
 	backends []*Backend
 	groups   []int
+	sticky   *stickyTable // cookie values of the backends; nil without sticky
 }
 
 // pick chooses a backend of v not in tried, raises its active count and

@@ -58,6 +58,10 @@ type BackendStats struct {
 	RetriesTotal      uint64     `json:"retries_total"`
 	LatencyEWMAMS     float64    `json:"latency_ewma_ms"`
 	SlowStartPercent  float64    `json:"slow_start_percent,omitempty"`
+
+	// Requests routed to the backend by their sticky session cookie (a
+	// subset of the requests); on a draining backend, the sessions left.
+	StickyRequestsTotal uint64 `json:"sticky_requests_total"`
 }
 
 // Stats returns every backend of the named pool (all pools when name is
@@ -135,16 +139,17 @@ func (b *Backend) matches(ref string) bool {
 
 func (b *Backend) snapshot(pool string, static bool, now time.Time) BackendStats {
 	s := BackendStats{
-		Pool:              pool,
-		URL:               b.URL(),
-		Source:            SourceDNS,
-		Weight:            int(b.weight.Load()),
-		ActiveConnections: b.active.Load(),
-		RequestsTotal:     b.requests.Load(),
-		FailuresTotal:     b.failures.Load(),
-		RetriesTotal:      b.retries.Load(),
-		LatencyEWMAMS:     ms(b.latency.value()),
-		SlowStartPercent:  roundTo(b.rampPercent(now), 1),
+		Pool:                pool,
+		URL:                 b.URL(),
+		Source:              SourceDNS,
+		Weight:              int(b.weight.Load()),
+		ActiveConnections:   b.active.Load(),
+		RequestsTotal:       b.requests.Load(),
+		FailuresTotal:       b.failures.Load(),
+		RetriesTotal:        b.retries.Load(),
+		StickyRequestsTotal: b.sticky.Load(),
+		LatencyEWMAMS:       ms(b.latency.value()),
+		SlowStartPercent:    roundTo(b.rampPercent(now), 1),
 	}
 	if mem := b.memoryBytes.Load(); mem >= 0 {
 		s.MemoryBytes = &mem

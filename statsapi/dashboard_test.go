@@ -207,6 +207,50 @@ func sendTraffic(t *testing.T, c *lbtest.Caddy, url string, clients int) {
 	t.Cleanup(func() { cancel(); wg.Wait() })
 }
 
+// stickySession starts a session on the pool at c.URL("/") and sends n
+// more requests with its cookie; it returns which of the backends (each
+// answering with its name) served them.
+func stickySession(t *testing.T, c *lbtest.Caddy, n int, backends []*lbtest.Backend) *lbtest.Backend {
+	t.Helper()
+	resp, err := c.Client().Get(c.URL("/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	var cookie *http.Cookie
+	for _, ck := range resp.Cookies() {
+		if ck.Name == "lb" {
+			cookie = ck
+		}
+	}
+	if cookie == nil {
+		t.Fatal("no lb cookie on the first response of a sticky pool")
+	}
+	var name string
+	for range n {
+		req, _ := http.NewRequest(http.MethodGet, c.URL("/"), nil)
+		req.AddCookie(cookie)
+		resp, err := c.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if name != "" && string(body) != name {
+			t.Fatalf("the session went to %s, then %s", name, body)
+		}
+		name = string(body)
+	}
+	for _, b := range backends {
+		if b.Name == name {
+			return b
+		}
+	}
+	t.Fatalf("no backend answers %q", name)
+	return nil
+}
+
 func TestDashboardInABrowserShowsBackendsAndDrainsOne(t *testing.T) {
 	c := lbtest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -218,8 +262,9 @@ func TestDashboardInABrowserShowsBackendsAndDrainsOne(t *testing.T) {
 		trafficBackend(t, "app2", 38<<20+700<<10),
 		trafficBackend(t, "app3", 44<<20+100<<10),
 	}
-	loadForBrowser(t, c, pool(c, "health_interval 500ms\n\t\tstats_uri /stats\n\t\tslow_start 1m", apps...))
+	loadForBrowser(t, c, pool(c, "health_interval 500ms\n\t\tstats_uri /stats\n\t\tslow_start 1m\n\t\tsticky cookie", apps...))
 	sendTraffic(t, c, c.URL("/"), 6)
+	home := stickySession(t, c, 5, apps) // the other clients send no cookie
 	adminErrors := len(c.Logs(`"logger":"admin.api"`, `"request error"`))
 
 	// as a user types it, with Caddy's default admin host name
@@ -231,6 +276,18 @@ func TestDashboardInABrowserShowsBackendsAndDrainsOne(t *testing.T) {
 		}
 		for i, r := range rows {
 			if r.URL != apps[i].URL() || r.Word != "up" || r.Memory == "–" || !strings.Contains(r.Check, "ms") {
+				return false
+			}
+		}
+		return true
+	})
+	b.waitPage("the sticky column: 5 on the session's backend, 0 on the others", func(p dashboardPage) bool {
+		for _, r := range p.rows("web") {
+			want := "0"
+			if r.URL == home.URL() {
+				want = "5"
+			}
+			if r.Sticky != want {
 				return false
 			}
 		}
@@ -427,6 +484,7 @@ type dashboardRow struct {
 	Word    string   `json:"word"`
 	Changed bool     `json:"changed"`
 	Memory  string   `json:"memory"`
+	Sticky  string   `json:"sticky"`
 	Rate    string   `json:"rate"`
 	Samples int      `json:"samples"`
 	Check   string   `json:"check"`
@@ -464,6 +522,7 @@ const readPage = `(() => {
 				word: text(r, ".badge"),
 				changed: r.classList.contains("changed") && !r.querySelector(".flag").hidden,
 				memory: text(r, "td.col-memory"),
+				sticky: text(r, "td.col-sticky"),
 				rate: text(r, "td.col-rate"),
 				samples: r.querySelector(".spark-line").points.length,
 				check: text(r, "td.col-check"),

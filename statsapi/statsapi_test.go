@@ -69,7 +69,7 @@ func TestStatsShowEveryBackendWithCountsThatMatchTheBackends(t *testing.T) {
 		for _, key := range []string{"pool", "url", "alive", "state", "weight", "uptime", "uptime_seconds",
 			"memory_usage", "memory_bytes", "active_connections", "requests_total", "failures_total",
 			"status_changes", "last_check", "downtime_seconds", "last_change", "consecutive_passes",
-			"consecutive_fails", "retries_total", "latency_ewma_ms"} {
+			"consecutive_fails", "retries_total", "latency_ewma_ms", "sticky_requests_total"} {
 			if _, ok := entry[key]; !ok {
 				t.Errorf("entry %d lacks %q", i, key)
 			}
@@ -377,6 +377,7 @@ func TestMetricsOnTheAdminEndpoint(t *testing.T) {
 		"caddy_lbpool_backend_active_connections" + labels + " 0",
 		"caddy_lbpool_backend_requests_total" + labels + " 5",
 		"caddy_lbpool_backend_failures_total" + labels + " 0",
+		"caddy_lbpool_backend_sticky_requests_total" + labels + " 0",
 		"caddy_lbpool_health_check_duration_seconds_count" + labels,
 	} {
 		if !strings.Contains(string(body), want) {

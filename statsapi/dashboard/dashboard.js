@@ -70,6 +70,7 @@ const COLUMNS = [
   ["rate", "Req/s", "requests per second over the last minute"],
   ["requests", "Requests", "requests answered"],
   ["failures", "Fail", "failed tries"],
+  ["sticky", "Sticky", "requests routed by their sticky session cookie"],
   ["latency", "Latency", "moving average of the time to response headers"],
   ["uptime", "Uptime"],
   ["memory", "Memory", "as the backend reports it"],
@@ -139,6 +140,7 @@ function newRow(pool, url) {
 
   r.requests = cells.requests;
   r.failures = cells.failures;
+  r.sticky = cells.sticky;
   r.latency = cells.latency;
   r.uptime = cells.uptime;
   r.memory = cells.memory;
@@ -206,6 +208,7 @@ function updateRow(r, s, t) {
   r.requests.textContent = integer.format(s.requests_total);
   r.failures.textContent = integer.format(s.failures_total);
   r.failures.classList.toggle("bad", s.failures_total > 0);
+  r.sticky.textContent = integer.format(s.sticky_requests_total || 0);
   if (s.retries_total) r.failures.title = `${integer.format(s.retries_total)} retried elsewhere`;
   r.latency.textContent = s.latency_ewma_ms ? `${s.latency_ewma_ms.toFixed(1)} ms` : "–";
 
