@@ -2,20 +2,11 @@ package caddyfile_test
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -458,45 +449,11 @@ func TestStickyValueIsTheSameAfterAReloadAndARestart(t *testing.T) {
 	check("after a restart")
 }
 
-// writeTestCert writes a self-signed certificate for 127.0.0.1 and its key.
-func writeTestCert(t *testing.T) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "lbpool test"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
-
 func TestStickyCookieIsSecureOverTLS(t *testing.T) {
 	c := lbtest.Start(t)
 	b := lbtest.NewBackend(t, "a", nil)
-	certFile, keyFile := writeTestCert(t)
+	ca := newTestCA(t)
+	certFile, keyFile, _ := ca.issue(t, "site", []string{"127.0.0.1"}, false)
 	port := lbtest.FreePort(t)
 	c.Load(t, fmt.Sprintf(`https://127.0.0.1:%d {
 	tls %s %s
@@ -507,7 +464,7 @@ func TestStickyCookieIsSecureOverTLS(t *testing.T) {
 	}
 }`, port, certFile, keyFile, b.Addr(), stickyOpts))
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // the test's own certificate
+		TLSClientConfig: &tls.Config{RootCAs: ca.Pool},
 	}}
 	defer client.CloseIdleConnections()
 	s := &session{c: c, client: client, url: fmt.Sprintf("https://127.0.0.1:%d/", port)}

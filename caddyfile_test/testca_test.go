@@ -58,9 +58,10 @@ func newTestCA(t *testing.T) *testCA {
 	return ca
 }
 
-// issue makes a certificate for dnsNames (a server's, or a client's when
-// client is set) and writes it and its key as PEM files.
-func (ca *testCA) issue(t *testing.T, name string, dnsNames []string, client bool) (certFile, keyFile string, pair tls.Certificate) {
+// issue makes a certificate for names (host names or IP addresses; a
+// server's, or a client's when client is set) and writes it and its key as
+// PEM files.
+func (ca *testCA) issue(t *testing.T, name string, names []string, client bool) (certFile, keyFile string, pair tls.Certificate) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -70,11 +71,21 @@ func (ca *testCA) issue(t *testing.T, name string, dnsNames []string, client boo
 	if client {
 		usage = x509.ExtKeyUsageClientAuth
 	}
+	var dnsNames []string
+	var ips []net.IP
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			dnsNames = append(dnsNames, n)
+		}
+	}
 	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: name},
 		DNSNames:     dnsNames,
+		IPAddresses:  ips,
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
