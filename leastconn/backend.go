@@ -32,8 +32,10 @@ const (
 	flagMaint                      // admin: no requests, no checks
 	flagRamp                       // slow start in progress; see effectiveWeight
 	flagLeaving                    // discovery: gone from DNS, its requests finishing
+	flagCapped                     // max_conns set: the pick skips it when full (queue.go)
+	flagEjected                    // too many failed responses: out for a while (outlier.go)
 
-	flagsUnavailable = flagDown | flagDrain | flagMaint | flagLeaving
+	flagsUnavailable = flagDown | flagDrain | flagMaint | flagLeaving | flagEjected
 )
 
 // backendAddr is a parsed backend URL.
@@ -47,6 +49,7 @@ type backendAddr struct {
 	display  string // key with credentials redacted: what stats and logs show
 	raw      string // as configured
 	weight   int
+	maxConns int // max_conns; 0: no limit
 
 	// what the placeholders {http.lbpool.backend.hostport}, .host and .port
 	// show: the socket's path, the path and "" for a unix socket
@@ -164,6 +167,7 @@ type Backend struct {
 	weight   atomic.Int64 // configured weight
 	rampFrom atomic.Int64 // unix nanos of the last down→up change, while flagRamp
 	rampLen  atomic.Int64 // slow-start window in nanos
+	maxConns atomic.Int64 // max_conns while flagCapped
 
 	// Counters.
 	requests atomic.Uint64
@@ -195,6 +199,8 @@ type Backend struct {
 
 	memoryBytes atomic.Int64 // as the backend reports it; -1 while unknown
 
+	outlier outlierState // response-based ejection (outlier.go)
+
 	kick   chan struct{} // wakes the checker for an immediate check
 	respec chan struct{} // tells the checker its check changed
 	stop   func()        // stops the checker
@@ -210,6 +216,10 @@ func newBackend(p *Pool, a backendAddr) *Backend {
 		respec:  make(chan struct{}, 1),
 	}
 	b.weight.Store(int64(a.weight))
+	if a.maxConns > 0 {
+		b.maxConns.Store(int64(a.maxConns))
+		b.flags.Store(flagCapped)
+	}
 	b.memoryBytes.Store(-1)
 	return b
 }
@@ -261,6 +271,9 @@ func (b *Backend) setAdminState(state string) {
 		if b.flags.CompareAndSwap(old, next) {
 			if old&flagMaint != 0 && set != flagMaint {
 				b.checkNow() // back from maintenance: learn the health at once
+			}
+			if set == 0 {
+				b.pool.queue.wakeAll() // room for the queued, if any
 			}
 			return
 		}

@@ -47,6 +47,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    slow_start <duration>
 //	    dial_timeout <duration>
 //	    response_header_timeout <duration>
+//	    max_conns [<backend>] <n>
+//	    queue_size <n>
+//	    queue_timeout <duration>
+//	    fail_duration <duration>
+//	    max_fails <n>
+//	    unhealthy_status <code|Nxx>...
+//	    unhealthy_latency <duration>
+//	    max_ejected_percent <n>
 //	    header_up   [+|-]<field> [<value|regexp> [<replacement>]]
 //	    header_down [+|-]<field> [<value|regexp> [<replacement>]]
 //	    tls_trust_pool <module> [...]
@@ -114,23 +122,67 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&raw, &n) {
 				return d.ArgErr()
 			}
-			a, err := parseBackendURL(raw)
+			i, err := backendIndex(d, keys, opt, raw)
 			if err != nil {
-				return d.Err(strings.TrimPrefix(err.Error(), "lbpool: "))
-			}
-			i, ok := keys[a.key]
-			if !ok && !strings.Contains(raw, "://") {
-				// host:port names the backend whatever its scheme
-				i, ok = keys["https://"+a.hostport]
-			}
-			if !ok {
-				return d.Errf("weight: backend %s is not in this pool (list it before weighting it)", a.display)
+				return err
 			}
 			w, err := atoi(n)
 			if err != nil || w < 1 || w > MaxWeight {
 				return d.Errf("weight: %q is not a whole number from 1 to %d", n, MaxWeight)
 			}
 			h.Backends[i].Weight = w
+
+		case "max_conns":
+			args := d.RemainingArgs()
+			if len(args) != 1 && len(args) != 2 {
+				return d.ArgErr()
+			}
+			n, err := atoi(args[len(args)-1])
+			if err != nil || n > 1<<30 {
+				return d.Errf("max_conns: %q is not a whole number, 0 or more", args[len(args)-1])
+			}
+			if len(args) == 1 {
+				h.MaxConns = n
+				break
+			}
+			if n == 0 {
+				return d.Errf("max_conns: a backend's cap must be positive (omit it for the pool's)")
+			}
+			i, err := backendIndex(d, keys, opt, args[0])
+			if err != nil {
+				return err
+			}
+			h.Backends[i].MaxConns = n
+
+		case "queue_size", "max_fails", "max_ejected_percent":
+			n, err := parseCount(d, false)
+			if err != nil {
+				return err
+			}
+			switch opt {
+			case "queue_size":
+				h.QueueSize = n
+			case "max_fails":
+				h.MaxFails = n
+			case "max_ejected_percent":
+				if n > 100 {
+					return d.Errf("max_ejected_percent: %d is more than 100", n)
+				}
+				h.MaxEjectedPercent = n
+			}
+
+		case "unhealthy_status":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, v := range args {
+				code, err := parseStatus(v)
+				if err != nil {
+					return d.Errf("unhealthy_status: %v", err)
+				}
+				h.UnhealthyStatus = append(h.UnhealthyStatus, code)
+			}
 
 		case "name":
 			if !d.AllArgs(&h.Name) {
@@ -154,7 +206,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.StatsURI = uri
 			}
 
-		case "health_interval", "health_timeout", "slow_start", "dial_timeout", "response_header_timeout":
+		case "health_interval", "health_timeout", "slow_start", "dial_timeout", "response_header_timeout",
+			"queue_timeout", "fail_duration", "unhealthy_latency":
 			dur, err := parsePositiveDuration(d)
 			if err != nil {
 				return err
@@ -165,6 +218,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				"slow_start":              &h.SlowStart,
 				"dial_timeout":            &h.DialTimeout,
 				"response_header_timeout": &h.ResponseHeaderTimeout,
+				"queue_timeout":           &h.QueueTimeout,
+				"fail_duration":           &h.FailDuration,
+				"unhealthy_latency":       &h.UnhealthyLatency,
 			}[opt] = dur
 
 		case "health_status":
@@ -422,6 +478,24 @@ func parsePositiveDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
 		return 0, d.Errf("%s: duration %q is too short (at least 1ms)", opt, v)
 	}
 	return caddy.Duration(dur), nil
+}
+
+// backendIndex finds the backend raw names among those listed so far
+// (keys: backend key → index); host:port also names an https backend.
+func backendIndex(d *caddyfile.Dispenser, keys map[string]int, opt, raw string) (int, error) {
+	a, err := parseBackendURL(raw)
+	if err != nil {
+		return 0, d.Err(strings.TrimPrefix(err.Error(), "lbpool: "))
+	}
+	i, ok := keys[a.key]
+	if !ok && !strings.Contains(raw, "://") {
+		i, ok = keys["https://"+a.hostport]
+	}
+	if !ok {
+		verb := map[string]string{"weight": "weighting", "max_conns": "capping"}[opt]
+		return 0, d.Errf("%s: backend %s is not in this pool (list it before %s it)", opt, a.display, verb)
+	}
+	return i, nil
 }
 
 // parseCount reads one whole number: positive, or also zero when zeroOK.

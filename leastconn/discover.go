@@ -648,8 +648,11 @@ func newMember(p *Pool, a backendAddr, slowStart time.Duration) *Backend {
 	b.discovered = true
 	b.joining = true
 	b.upSince = time.Time{}
-	b.flags.Store(flagDown)
+	b.flags.Or(flagDown)
 	b.rampLen.Store(int64(slowStart))
+	if s := p.spec.Load(); s != nil {
+		b.setMaxConns(s.maxConns)
+	}
 	return b
 }
 

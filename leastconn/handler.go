@@ -47,6 +47,10 @@ type BackendConfig struct {
 
 	// The backend's weight in least-connections selection. Default: 1.
 	Weight int `json:"weight,omitempty"`
+
+	// The most requests the backend holds at once; overrides the handler's
+	// max_conns. Default: the handler's max_conns.
+	MaxConns int `json:"max_conns,omitempty"`
 }
 
 // Handler is the lbpool load balancer. It picks the backend that minimises
@@ -152,6 +156,42 @@ type Handler struct {
 	// when unset.
 	Sticky *StickyCookie `json:"sticky,omitempty"`
 
+	// Overload protection: a cap per backend and a queue (queue.go).
+
+	// The most requests one backend holds at once; a full backend is
+	// skipped, and when every usable backend is full requests wait in the
+	// pool's FIFO queue. A backend's own max_conns overrides it. Default: 0
+	// (no limit).
+	MaxConns int `json:"max_conns,omitempty"`
+
+	// How many requests may wait when every usable backend is full; one
+	// more gets 503 at once. Default: 1024.
+	QueueSize int `json:"queue_size,omitempty"`
+
+	// How long a request waits in the queue before it gets 503 with
+	// Retry-After. Default: 10s.
+	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
+
+	// Response-based ejection (outlier.go).
+
+	// Turns ejection on: max_fails failures within this duration take a
+	// backend out until they are older than it. Default: 0 (off).
+	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
+
+	// Failures within fail_duration that eject a backend. Default: 1.
+	MaxFails int `json:"max_fails,omitempty"`
+
+	// Response statuses that count as failures: full codes such as 503, or
+	// classes given by their first digit (5 means 5xx).
+	UnhealthyStatus []int `json:"unhealthy_status,omitempty"`
+
+	// A response whose headers take this long or longer counts as a failure.
+	UnhealthyLatency caddy.Duration `json:"unhealthy_latency,omitempty"`
+
+	// The largest share of the pool, in percent, ejected at once; a backend
+	// that fails beyond it stays in (and the log says so). Default: 50.
+	MaxEjectedPercent int `json:"max_ejected_percent,omitempty"`
+
 	// State: what Provision attached to.
 
 	lease      *lease
@@ -188,6 +228,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := h.provisionSticky(spec); err != nil {
+		return err
+	}
+	if err := h.provisionOverload(spec); err != nil {
 		return err
 	}
 	l, err := defaultRegistry.acquire(ctx, spec)
@@ -305,6 +348,13 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 			return nil, fmt.Errorf("lbpool: backend %s: weight %d out of range 1-%d", addr.display, bc.Weight, MaxWeight)
 		}
 		addr.weight = w
+		addr.maxConns = bc.MaxConns
+		if addr.maxConns == 0 {
+			addr.maxConns = h.MaxConns
+		}
+		if addr.maxConns < 0 {
+			return nil, fmt.Errorf("lbpool: backend %s: max_conns must not be negative", addr.display)
+		}
 		s.backends = append(s.backends, addr)
 		names = append(names, addr.display)
 	}

@@ -219,6 +219,9 @@ func (b *Backend) record(s *poolSpec, res checkResult, epoch uint64) {
 		}
 	}
 	b.mu.Unlock()
+	if up {
+		b.pool.queue.wakeAll() // room for the queued, if any
+	}
 	if changed {
 		b.logChange(s, up, res.reason, res.duration)
 	} else if c := s.logger.Check(zapcore.DebugLevel, "health check"); c != nil {

@@ -26,6 +26,19 @@ var (
 	descSticky = prometheus.NewDesc("caddy_lbpool_backend_sticky_requests_total",
 		"Requests routed to the backend by their sticky session cookie.", []string{"pool", "backend"}, nil)
 
+	descMaxConns = prometheus.NewDesc("caddy_lbpool_backend_max_conns",
+		"The most requests the backend holds at once (0: no limit).", []string{"pool", "backend"}, nil)
+	descEjected = prometheus.NewDesc("caddy_lbpool_backend_ejected",
+		"Whether the backend is ejected for failed responses (1) or not (0).", []string{"pool", "backend"}, nil)
+	descEjections = prometheus.NewDesc("caddy_lbpool_backend_ejections_total",
+		"Times the backend was ejected for failed responses.", []string{"pool", "backend"}, nil)
+	descQueueDepth = prometheus.NewDesc("caddy_lbpool_queue_depth",
+		"Requests waiting for a slot (every usable backend full).", []string{"pool"}, nil)
+	descQueued = prometheus.NewDesc("caddy_lbpool_queued_total",
+		"Requests that waited in the queue.", []string{"pool"}, nil)
+	descQueueTimeouts = prometheus.NewDesc("caddy_lbpool_queue_timeouts_total",
+		"Requests that waited past queue_timeout.", []string{"pool"}, nil)
+
 	checkDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy",
 		Subsystem: "lbpool",
@@ -45,6 +58,12 @@ func (backendCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRequests
 	ch <- descFailures
 	ch <- descSticky
+	ch <- descMaxConns
+	ch <- descEjected
+	ch <- descEjections
+	ch <- descQueueDepth
+	ch <- descQueued
+	ch <- descQueueTimeouts
 }
 
 func (backendCollector) Collect(ch chan<- prometheus.Metric) {
@@ -59,7 +78,23 @@ func (backendCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(b.requests.Load()), p.name, b.URL())
 			ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(b.failures.Load()), p.name, b.URL())
 			ch <- prometheus.MustNewConstMetric(descSticky, prometheus.CounterValue, float64(b.sticky.Load()), p.name, b.URL())
+			f := b.flags.Load()
+			capped, ejected := 0.0, 0.0
+			if f&flagCapped != 0 {
+				capped = float64(b.maxConns.Load())
+			}
+			if f&flagEjected != 0 {
+				ejected = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descMaxConns, prometheus.GaugeValue, capped, p.name, b.URL())
+			ch <- prometheus.MustNewConstMetric(descEjected, prometheus.GaugeValue, ejected, p.name, b.URL())
+			ch <- prometheus.MustNewConstMetric(descEjections, prometheus.CounterValue, float64(b.outlier.ejections.Load()), p.name, b.URL())
 		}
+	}
+	for _, s := range Pools() {
+		ch <- prometheus.MustNewConstMetric(descQueueDepth, prometheus.GaugeValue, float64(s.QueueDepth), s.Pool)
+		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.CounterValue, float64(s.QueuedTotal), s.Pool)
+		ch <- prometheus.MustNewConstMetric(descQueueTimeouts, prometheus.CounterValue, float64(s.QueueTimeoutsTotal), s.Pool)
 	}
 }
 

@@ -92,6 +92,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if try > 0 || i < 0 {
 			i = h.pick(v, &tried)
 		}
+		if i < 0 && v.someFull(&tried) {
+			var err error
+			if i, err = h.wait(r.Context(), v, &tried); err != nil {
+				return h.fail(w, r, http.StatusServiceUnavailable, err)
+			}
+			if i < 0 {
+				return nil // the client went away while queued
+			}
+		}
 		if i < 0 {
 			break
 		}
@@ -117,6 +126,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		lastErr = fail.err
 		b.failures.Add(1)
+		if o := h.spec.outlier; o != nil {
+			o.fail(h, b, failReason(fail.err))
+		}
 		if fail.timeout {
 			// slow, not unreachable: the active checks judge its health
 			return h.fail(w, r, http.StatusGatewayTimeout, fmt.Errorf("lbpool: backend did not answer in time: %w", fail.err))
@@ -287,7 +299,7 @@ func (keepOpenBody) Close() error { return nil }
 // proxyTo sends one try to b and, if the backend answers, streams the
 // response to the client. A *tryError means the client was sent nothing.
 func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend, st *proxyState) error {
-	defer b.active.Add(-1)
+	defer b.release()
 	out.URL.Scheme = b.addr.scheme
 	out.URL.Host = b.addr.hostport
 	out.Host = r.Host
@@ -322,6 +334,9 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	st.status = resp.StatusCode
 	b.latency.observe(st.latency)
 	b.requests.Add(1)
+	if o := h.spec.outlier; o != nil {
+		o.observe(h, b, resp.StatusCode, st.latency)
+	}
 	clean := false // the body was read to its end: the connection can be reused
 	defer func() {
 		if done == nil {

@@ -42,6 +42,8 @@ type Pool struct {
 	specs    map[*poolSpec]int   // held specs and their holders
 	spec     atomic.Pointer[poolSpec]
 	fetcher  atomic.Pointer[statsFetcher] // nil without stats_uri; written under registry.mu
+	queue    queue                        // requests waiting for a slot (queue.go)
+	ejected  atomic.Int64                 // backends ejected now (outlier.go)
 }
 
 // poolSpec is one handler's resolved pool configuration. The newest held
@@ -73,6 +75,10 @@ type poolSpec struct {
 	tls                   backendTLS
 
 	sticky *stickyCookie // nil without sticky sessions
+
+	maxConns int              // max_conns of members found in DNS; static ones carry theirs
+	queue    queueSettings    // used only with max_conns
+	outlier  *outlierSettings // nil without fail_duration
 
 	transport *sharedTransport
 }
@@ -217,6 +223,7 @@ func (p *Pool) apply(s *poolSpec) (stopOld func()) {
 	for _, a := range s.backends {
 		if b := p.backends[a.key]; b != nil {
 			b.weight.Store(int64(a.weight))
+			b.setMaxConns(a.maxConns)
 			b.rampLen.Store(int64(s.slowStart))
 			if recheck {
 				b.recheckSoon()
@@ -227,6 +234,9 @@ func (p *Pool) apply(s *poolSpec) (stopOld func()) {
 		if src := p.sources[d.key]; src != nil {
 			for _, m := range src.members {
 				m.b.rampLen.Store(int64(s.slowStart))
+				if m.b.discovered {
+					m.b.setMaxConns(s.maxConns)
+				}
 			}
 		}
 	}

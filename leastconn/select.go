@@ -15,7 +15,8 @@ import (
 //
 // The pick takes no lock and allocates nothing: per backend it reads two
 // atomics (flags and active count) and, only while a slow start is running,
-// the ramp start.
+// the ramp start. A backend with a cap (max_conns, flagCapped) that is full
+// is skipped, and its count is raised only while below the cap.
 
 // weightScale is the fixed-point scale of effective weights, so slow start
 // can scale a weight by a fraction with integer arithmetic.
@@ -117,7 +118,7 @@ func (h *Handler) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
 		}
 		b := bs[j]
 		f := b.flags.Load()
-		if f&flagsUnavailable != 0 || tried.has(j) {
+		if f&flagsUnavailable != 0 || tried.has(j) || f&flagCapped != 0 && b.full() {
 			continue
 		}
 		w := b.weight.Load() * weightScale
@@ -151,7 +152,10 @@ func (h *Handler) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
 	case ties > 1:
 		chosen = nthTied(bs, lo, hi, tried, start, rand.N(ties), bestLoad, bestWeight, first)
 	}
-	bs[chosen].active.Add(1)
+	if !bs[chosen].take() {
+		// filled up since the scan (max_conns): the next scan skips it
+		return h.pickExact(bs, lo, hi, tried)
+	}
 	return chosen
 }
 
@@ -166,7 +170,7 @@ func nthTied(bs []*Backend, lo, hi int, tried *triedSet, start, k int, load, wei
 		}
 		b := bs[j]
 		f := b.flags.Load()
-		if f&flagsUnavailable != 0 || tried.has(j) {
+		if f&flagsUnavailable != 0 || tried.has(j) || f&flagCapped != 0 && b.full() {
 			continue
 		}
 		w := b.weight.Load() * weightScale
@@ -195,7 +199,7 @@ func (h *Handler) pickSampled(bs []*Backend, lo int, tried *triedSet) int {
 			j := int(half * n >> 32) // uniform in [0, n) without division
 			b := bs[j]
 			f := b.flags.Load()
-			if f&flagsUnavailable != 0 || tried.has(lo+j) {
+			if f&flagsUnavailable != 0 || tried.has(lo+j) || f&flagCapped != 0 && b.full() {
 				continue
 			}
 			w := b.weight.Load() * weightScale
@@ -211,7 +215,9 @@ func (h *Handler) pickSampled(bs []*Backend, lo int, tried *triedSet) int {
 	if best < 0 {
 		return -1
 	}
-	bs[best].active.Add(1)
+	if !bs[best].take() {
+		return -1 // filled up since the scan: the full scan decides
+	}
 	return lo + best
 }
 

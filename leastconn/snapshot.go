@@ -62,6 +62,57 @@ type BackendStats struct {
 	// Requests routed to the backend by their sticky session cookie (a
 	// subset of the requests); on a draining backend, the sessions left.
 	StickyRequestsTotal uint64 `json:"sticky_requests_total"`
+
+	// The most requests the backend holds at once; 0: no limit.
+	MaxConns int64 `json:"max_conns"`
+
+	// Whether the backend is out for failed responses (ejection), since
+	// when and why (`5xx: 500`, `latency 2.1s`); its health is apart.
+	Ejected       bool       `json:"ejected"`
+	EjectedSince  *time.Time `json:"ejected_since,omitempty"`
+	EjectedReason string     `json:"ejected_reason,omitempty"`
+
+	// Times the backend was ejected.
+	EjectionsTotal uint64 `json:"ejections_total"`
+}
+
+// PoolStats is one pool's queue and ejections, as GET /lbpool/pools shows them.
+type PoolStats struct {
+	Pool string `json:"pool"`
+
+	// Requests waiting for a slot now (every usable backend full).
+	QueueDepth int64 `json:"queue_depth"`
+
+	// Requests that waited in the queue, ever.
+	QueuedTotal uint64 `json:"queued_total"`
+
+	// Requests that waited past queue_timeout and got 503.
+	QueueTimeoutsTotal uint64 `json:"queue_timeouts_total"`
+
+	// Backends ejected now.
+	Ejected int64 `json:"ejected"`
+}
+
+// Pools returns the queue and ejection figures of every pool, by name.
+func Pools() []PoolStats {
+	defaultRegistry.mu.Lock()
+	out := make([]PoolStats, 0, len(defaultRegistry.pools))
+	for _, p := range defaultRegistry.pools {
+		out = append(out, p.stats())
+	}
+	defaultRegistry.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Pool < out[j].Pool })
+	return out
+}
+
+func (p *Pool) stats() PoolStats {
+	return PoolStats{
+		Pool:               p.name,
+		QueueDepth:         p.queue.waiting.Load(),
+		QueuedTotal:        p.queue.queued.Load(),
+		QueueTimeoutsTotal: p.queue.timeouts.Load(),
+		Ejected:            p.ejected.Load(),
+	}
 }
 
 // Stats returns every backend of the named pool (all pools when name is
@@ -150,6 +201,14 @@ func (b *Backend) snapshot(pool string, static bool, now time.Time) BackendStats
 		StickyRequestsTotal: b.sticky.Load(),
 		LatencyEWMAMS:       ms(b.latency.value()),
 		SlowStartPercent:    roundTo(b.rampPercent(now), 1),
+		EjectionsTotal:      b.outlier.ejections.Load(),
+	}
+	if b.flags.Load()&flagCapped != 0 {
+		s.MaxConns = b.maxConns.Load()
+	}
+	if since, why := b.ejection(); !since.IsZero() {
+		t := since.UTC()
+		s.Ejected, s.EjectedSince, s.EjectedReason = true, &t, why
 	}
 	if mem := b.memoryBytes.Load(); mem >= 0 {
 		s.MemoryBytes = &mem

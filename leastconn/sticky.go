@@ -302,10 +302,12 @@ func (h *Handler) stickyHome(r *http.Request, v *view) int {
 		return -1
 	}
 	b := v.backends[i]
-	if b.flags.Load()&(flagDown|flagMaint|flagLeaving) != 0 || !v.inFirstUsableGroup(i) {
+	if b.flags.Load()&(flagDown|flagMaint|flagLeaving|flagEjected) != 0 || !v.inFirstUsableGroup(i) {
 		return -1
 	}
-	b.active.Add(1)
+	if !b.take() {
+		return -1 // full (max_conns): the session moves, as when its home is down
+	}
 	b.sticky.Add(1)
 	return i
 }

@@ -44,6 +44,7 @@ func (a Admin) Routes() []caddy.AdminRoute {
 		{Pattern: "/lbpool/stats", Handler: caddy.AdminHandlerFunc(a.handleStats)},
 		{Pattern: "/lbpool/state", Handler: caddy.AdminHandlerFunc(a.handleState)},
 		{Pattern: "/lbpool/discovery", Handler: caddy.AdminHandlerFunc(a.handleDiscovery)},
+		{Pattern: "/lbpool/pools", Handler: caddy.AdminHandlerFunc(a.handlePools)},
 		{Pattern: "/lbpool/", Handler: caddy.AdminHandlerFunc(a.handleDashboard)},
 	}
 }
@@ -61,6 +62,16 @@ func (Admin) handleStats(w http.ResponseWriter, r *http.Request) error {
 		stats = []leastconn.BackendStats{}
 	}
 	return writeJSON(w, http.StatusOK, stats)
+}
+
+// handlePools: GET /lbpool/pools, every pool's queue (depth, queued,
+// timed out) and ejected backends; GET /lbpool/stats keeps its shape, one
+// object per backend.
+func (Admin) handlePools(w http.ResponseWriter, r *http.Request) error {
+	if err := onlyGet(r); err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, leastconn.Pools())
 }
 
 // handleDiscovery: GET /lbpool/discovery, every DNS source with its member
