@@ -161,7 +161,7 @@ type Backend struct {
 	// Read by the pick.
 	flags    atomic.Uint32
 	active   atomic.Int64
-	weight   atomic.Int64 // configured weight
+	weight   atomic.Int64 // the weight in effect: run-time, else configured
 	rampFrom atomic.Int64 // unix nanos of the last down→up change, while flagRamp
 	rampLen  atomic.Int64 // slow-start window in nanos
 
@@ -176,6 +176,8 @@ type Backend struct {
 	refs int // guarded by registry.mu
 
 	discovered bool // found through DNS, not listed in the config
+
+	rt backendRuntime // run-time admin state and weight, and where they came from (fleetstate.go)
 
 	// Health bookkeeping, not on the hot path.
 	mu         sync.Mutex
@@ -208,7 +210,7 @@ func newBackend(p *Pool, a backendAddr) *Backend {
 		kick:    make(chan struct{}, 1),
 		respec:  make(chan struct{}, 1),
 	}
-	b.weight.Store(int64(a.weight))
+	b.setConfiguredWeight(a.weight)
 	b.memoryBytes.Store(-1)
 	return b
 }

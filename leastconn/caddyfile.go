@@ -47,6 +47,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    slow_start <duration>
 //	    dial_timeout <duration>
 //	    response_header_timeout <duration>
+//	    state_sync <duration>|off
 //	    header_up   [+|-]<field> [<value|regexp> [<replacement>]]
 //	    header_down [+|-]<field> [<value|regexp> [<replacement>]]
 //	    tls_trust_pool <module> [...]
@@ -211,6 +212,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "retries":
 				h.Retries = &n
 			}
+
+		case "state_sync":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			if _, err := stateSyncOf(v); err != nil {
+				return d.Err(err.Error())
+			}
+			h.StateSync = v
 
 		case "header_up", "header_down":
 			if err := h.parseHeaderOp(d); err != nil {
