@@ -48,7 +48,7 @@ type Caddy struct {
 	// Storage is the folder of Caddy's storage, where lbpool keeps run-time
 	// changes; each test starts with none stored.
 	Storage string
-	client    *http.Client
+	client  *http.Client
 }
 
 var (
