@@ -454,4 +454,3 @@ func TestFleetStoredGarbageIsLoggedAndIgnored(t *testing.T) {
 		t.Fatalf("stored after a change: %q %v", data, err)
 	}
 }
-
