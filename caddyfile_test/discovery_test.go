@@ -589,9 +589,9 @@ func TestReloadKeepsDiscoveredMembersAndNoGoroutineOutlivesTheConfig(t *testing.
 	if n := len(c.Logs(`"member joined"`, bs[1].URL())); n != 1 {
 		t.Fatalf("%d join lines across 20 reloads, want 1", n)
 	}
-	// 2 checkers and one source
-	lbtest.EventuallyOr(t, 5*time.Second, "3 lbpool goroutines", func() bool {
-		return settle() == baseline+3
+	// 2 checkers, one source and the pool's fleet state sync
+	lbtest.EventuallyOr(t, 5*time.Second, "4 lbpool goroutines", func() bool {
+		return settle() == baseline+4
 	}, func() { t.Logf("%d lbpool goroutines", settle()); dumpGoroutines(t) })
 	c.Load(t, empty)
 	lbtest.EventuallyOr(t, 5*time.Second, "no lbpool goroutine left", func() bool {

@@ -164,7 +164,7 @@ type Backend struct {
 	// Read by the pick.
 	flags    atomic.Uint32
 	active   atomic.Int64
-	weight   atomic.Int64 // configured weight
+	weight   atomic.Int64 // the weight in effect: run-time, else configured
 	rampFrom atomic.Int64 // unix nanos of the last down→up change, while flagRamp
 	rampLen  atomic.Int64 // slow-start window in nanos
 	maxConns atomic.Int64 // max_conns while flagCapped
@@ -181,6 +181,8 @@ type Backend struct {
 	refs int // guarded by registry.mu
 
 	discovered bool // found through DNS, not listed in the config
+
+	rt backendRuntime // run-time admin state and weight, and where they came from (fleetstate.go)
 
 	// Health bookkeeping, not on the hot path.
 	mu         sync.Mutex
@@ -215,7 +217,7 @@ func newBackend(p *Pool, a backendAddr) *Backend {
 		kick:    make(chan struct{}, 1),
 		respec:  make(chan struct{}, 1),
 	}
-	b.weight.Store(int64(a.weight))
+	b.setConfiguredWeight(a.weight)
 	if a.maxConns > 0 {
 		b.maxConns.Store(int64(a.maxConns))
 		b.flags.Store(flagCapped)

@@ -55,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    unhealthy_status <code|Nxx>...
 //	    unhealthy_latency <duration>
 //	    max_ejected_percent <n>
+//	    state_sync <duration>|off
 //	    header_up   [+|-]<field> [<value|regexp> [<replacement>]]
 //	    header_down [+|-]<field> [<value|regexp> [<replacement>]]
 //	    tls_trust_pool <module> [...]
@@ -275,6 +276,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "retries":
 				h.Retries = &n
 			}
+
+		case "state_sync":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			if _, err := stateSyncOf(v); err != nil {
+				return d.Err(err.Error())
+			}
+			h.StateSync = v
 
 		case "header_up", "header_down":
 			if err := h.parseHeaderOp(d); err != nil {

@@ -555,7 +555,7 @@ func (r *registry) applyAnswer(src *source, answer []found, log *zap.Logger) {
 			m.priority = f.priority
 			next = append(next, m)
 			if m.b.discovered {
-				m.b.weight.Store(int64(f.addr.weight))
+				m.b.setConfiguredWeight(f.addr.weight)
 			}
 			continue
 		}
@@ -575,7 +575,7 @@ func (r *registry) applyAnswer(src *source, answer []found, log *zap.Logger) {
 			hold(b)
 		}
 		if b.discovered {
-			b.weight.Store(int64(f.addr.weight))
+			b.setConfiguredWeight(f.addr.weight)
 		}
 		next = append(next, member{b: b, priority: f.priority})
 	}

@@ -126,7 +126,7 @@ func FuzzDirectPathResponse(f *testing.F) {
 		Name:                  "fuzz-direct",
 		Backends:              []BackendConfig{{URL: srv.ln.Addr().String()}},
 		HealthInterval:        caddy.Duration(time.Hour),
-		ResponseHeaderTimeout: caddy.Duration(100 * time.Millisecond),
+		ResponseHeaderTimeout: caddy.Duration(2 * time.Second),
 	}
 	ctx, err := caddy.ProvisionContext(&caddy.Config{})
 	if err != nil {

@@ -192,6 +192,15 @@ type Handler struct {
 	// that fails beyond it stays in (and the log says so). Default: 50.
 	MaxEjectedPercent int `json:"max_ejected_percent,omitempty"`
 
+	// Fleet state: run-time changes kept in Caddy's storage (fleetstate.go).
+
+	// How often this instance reads the admin states and weights that
+	// instances sharing its storage set at run time, and applies the newer
+	// ones: a duration of at least 100ms, or `off` to keep run-time changes
+	// on this instance and not save them. Changes made here are written at
+	// once. Default: 5s (with ±10% jitter).
+	StateSync string `json:"state_sync,omitempty"`
+
 	// State: what Provision attached to.
 
 	lease      *lease
@@ -233,11 +242,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionOverload(spec); err != nil {
 		return err
 	}
+	if err := h.provisionFleet(ctx, spec); err != nil {
+		return err
+	}
 	l, err := defaultRegistry.acquire(ctx, spec)
 	if err != nil {
 		return err
 	}
 	h.lease, h.spec = l, spec
+	h.loadFleet()
 	h.retries = -1
 	if h.Retries != nil {
 		h.retries = *h.Retries

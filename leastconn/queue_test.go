@@ -12,8 +12,10 @@ func capped(h *Handler) *Handler {
 
 // The pick with max_conns set on every backend and none full, beside
 // BenchmarkPick3 and BenchmarkPick16 without caps: within 10% of them.
-func BenchmarkPickCapped3(b *testing.B)  { benchmarkPick(b, capped(newTestHandler(make([]int, 3)...))) }
-func BenchmarkPickCapped16(b *testing.B) { benchmarkPick(b, capped(newTestHandler(make([]int, 16)...))) }
+func BenchmarkPickCapped3(b *testing.B) { benchmarkPick(b, capped(newTestHandler(make([]int, 3)...))) }
+func BenchmarkPickCapped16(b *testing.B) {
+	benchmarkPick(b, capped(newTestHandler(make([]int, 16)...)))
+}
 
 func TestPickSkipsAFullBackendAndNeverExceedsItsCap(t *testing.T) {
 	h := capped(newTestHandler(1, 1))

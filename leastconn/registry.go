@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -44,6 +45,7 @@ type Pool struct {
 	fetcher  atomic.Pointer[statsFetcher] // nil without stats_uri; written under registry.mu
 	queue    queue                        // requests waiting for a slot (queue.go)
 	ejected  atomic.Int64                 // backends ejected now (outlier.go)
+	fleet    atomic.Pointer[fleetSync]    // nil with state_sync off; written under registry.mu
 }
 
 // poolSpec is one handler's resolved pool configuration. The newest held
@@ -69,6 +71,9 @@ type poolSpec struct {
 	statsURI     string
 	statsWorkers int
 	slowStart    time.Duration
+
+	stateSync time.Duration     // 0: off
+	storage   certmagic.Storage // the config's storage; nil when off
 
 	dialTimeout           time.Duration
 	responseHeaderTimeout time.Duration
@@ -157,9 +162,11 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 	l.view.Store(l.buildView())
 	p.leases[l] = struct{}{}
 	stopFetcher := p.apply(s)
+	stopFleet := p.applyFleet(r, s)
 	r.mu.Unlock()
 
 	stopFetcher()
+	stopFleet()
 	for _, b := range started {
 		b.startChecker()
 	}
@@ -182,7 +189,7 @@ func (r *registry) release(l *lease) {
 	}
 	delete(p.leases, l)
 	ended := p.releaseSources(l.sources)
-	stopFetcher := func() {}
+	stopFetcher, stopFleet := func() {}, func() {}
 	p.specs[spec]--
 	if p.specs[spec] == 0 {
 		delete(p.specs, spec)
@@ -194,6 +201,7 @@ func (r *registry) release(l *lease) {
 		if f := p.fetcher.Swap(nil); f != nil {
 			stopFetcher = f.stop
 		}
+		stopFleet = p.applyFleet(r, nil)
 	} else if p.spec.Load() == spec && p.specs[spec] == 0 {
 		// the current spec went away (a failed reload): fall back to the
 		// newest one still held
@@ -204,10 +212,12 @@ func (r *registry) release(l *lease) {
 			}
 		}
 		stopFetcher = p.apply(newest)
+		stopFleet = p.applyFleet(r, newest)
 	}
 	r.mu.Unlock()
 
 	stopFetcher()
+	stopFleet()
 	r.stopBackends(p, stopped)
 	for _, src := range ended {
 		r.stopSource(src)
@@ -222,7 +232,7 @@ func (p *Pool) apply(s *poolSpec) (stopOld func()) {
 	recheck := prev != nil && prev.healthKey() != s.healthKey()
 	for _, a := range s.backends {
 		if b := p.backends[a.key]; b != nil {
-			b.weight.Store(int64(a.weight))
+			b.setConfiguredWeight(a.weight)
 			b.setMaxConns(a.maxConns)
 			b.rampLen.Store(int64(s.slowStart))
 			if recheck {

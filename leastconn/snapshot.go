@@ -41,6 +41,7 @@ type BackendStats struct {
 	Alive             bool        `json:"alive"`
 	State             string      `json:"state"`
 	Weight            int         `json:"weight"`
+	ConfiguredWeight  int         `json:"configured_weight"`
 	Uptime            string      `json:"uptime"`
 	UptimeSeconds     int64       `json:"uptime_seconds"`
 	MemoryUsage       string      `json:"memory_usage"`
@@ -74,6 +75,18 @@ type BackendStats struct {
 
 	// Times the backend was ejected.
 	EjectionsTotal uint64 `json:"ejections_total"`
+
+	// Run-time changes (fleetstate.go): where the admin state and the
+	// weight came from ("local" or "storage"), when and from which instance
+	// they were set at run time (null and "" while the configured value
+	// holds), and whether a change made here still waits to be saved.
+	StateSource     string     `json:"state_source"`
+	StateChangedAt  *time.Time `json:"state_changed_at"`
+	StateChangedBy  string     `json:"state_changed_by,omitempty"`
+	WeightSource    string     `json:"weight_source"`
+	WeightChangedAt *time.Time `json:"weight_changed_at"`
+	WeightChangedBy string     `json:"weight_changed_by,omitempty"`
+	Unsaved         bool       `json:"unsaved,omitempty"`
 }
 
 // PoolStats is one pool's queue and ejections, as GET /lbpool/pools shows them.
@@ -135,6 +148,7 @@ func Stats(name string) ([]BackendStats, error) {
 }
 
 type poolBackends struct {
+	pool     *Pool
 	name     string
 	backends []*Backend
 	static   int // the first static backends are listed in the config; the others were found in DNS
@@ -146,7 +160,7 @@ func (r *registry) backendsByPool(name string) []poolBackends {
 	for n, p := range r.pools {
 		if name == "" || n == name {
 			bs, static := p.current()
-			out = append(out, poolBackends{name: n, backends: bs, static: static})
+			out = append(out, poolBackends{pool: p, name: n, backends: bs, static: static})
 		}
 	}
 	r.mu.Unlock()
@@ -155,23 +169,12 @@ func (r *registry) backendsByPool(name string) []poolBackends {
 }
 
 // SetState sets a backend's admin state (ready, drain or maint) and returns
-// its stats. The backend is matched by its URL as configured or as shown in
-// stats.
+// its stats; Change with only a state.
 func SetState(pool, backend, state string) (BackendStats, error) {
-	if state != StateReady && state != StateDrain && state != StateMaint {
+	if state == "" {
 		return BackendStats{}, ErrBadState
 	}
-	pools := defaultRegistry.backendsByPool(pool)
-	if len(pools) == 0 {
-		return BackendStats{}, fmt.Errorf("%w: %q", ErrUnknownPool, pool)
-	}
-	for i, b := range pools[0].backends {
-		if b.matches(backend) {
-			b.setAdminState(state)
-			return b.snapshot(pool, i < pools[0].static, time.Now()), nil
-		}
-	}
-	return BackendStats{}, fmt.Errorf("%w: %q in pool %q", ErrUnknownBackend, redactRaw(backend), pool)
+	return Change(pool, backend, RuntimeChange{State: state})
 }
 
 // matches compares a backend reference from the admin API with this
@@ -247,6 +250,7 @@ func (b *Backend) snapshot(pool string, static bool, now time.Time) BackendStats
 	s.UptimeSeconds = int64(up / time.Second)
 	s.Uptime = FormatUptime(up)
 	s.DowntimeSeconds = int64(down / time.Second)
+	b.runtimeStats(&s)
 	return s
 }
 

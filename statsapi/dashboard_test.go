@@ -337,6 +337,29 @@ func TestDashboardInABrowserShowsBackendsAndDrainsOne(t *testing.T) {
 	b.screenshot(shot)
 	b.viewport(1280, 800, false)
 
+	// a weight from the page: set, shown, then back to the configured one
+	if err := b.eval(`(() => { const i = [...document.querySelectorAll("tr.backend")].find((r) => r.dataset.url === `+jsString(apps[0].URL())+`).querySelector("input.weight-in"); i.value = "4"; return true; })()`, nil); err != nil {
+		t.Fatal(err)
+	}
+	b.click(b.button(apps[0].URL(), "weight"))
+	b.waitPage("app1 shown with weight 4", func(p dashboardPage) bool {
+		r := p.row("web", apps[0].URL())
+		return r.Message == "weight 4: done" && strings.Contains(p.Text, "weight 4 (set; configured 1)")
+	})
+	if s := c.Backend(t, "web", apps[0].URL()); s.Weight != 4 || s.ConfiguredWeight != 1 {
+		t.Fatalf("after the weight button the stats say weight %d, configured %d", s.Weight, s.ConfiguredWeight)
+	}
+	if err := b.eval(`(() => { const i = [...document.querySelectorAll("tr.backend")].find((r) => r.dataset.url === `+jsString(apps[0].URL())+`).querySelector("input.weight-in"); i.value = ""; return true; })()`, nil); err != nil {
+		t.Fatal(err)
+	}
+	b.click(b.button(apps[0].URL(), "weight"))
+	b.waitPage("app1 back at its configured weight", func(p dashboardPage) bool {
+		return p.row("web", apps[0].URL()).Message == "configured weight: done" && !strings.Contains(p.Text, "weight 4")
+	})
+	if s := c.Backend(t, "web", apps[0].URL()); s.Weight != 1 {
+		t.Fatalf("after an empty weight the stats say weight %d", s.Weight)
+	}
+
 	// ready brings app2 back, from the page
 	b.click(b.button(apps[1].URL(), "ready"))
 	b.waitPage("app2 up again", func(p dashboardPage) bool {

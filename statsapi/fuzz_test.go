@@ -11,6 +11,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -22,6 +23,12 @@ func FuzzStateRequestBody(f *testing.F) {
 		`{"pool":"web","backend":"http://ops:xxxxx@127.0.0.1:9002","state":"ready"}`,
 		`{"pool":"fuzz-none","backend":"a:80","state":"maint"}`,
 		`{"pool":"fuzz-none","backend":"a:80","state":"off"}`,
+		`{"pool":"web","backend":"127.0.0.1:9002","weight":5}`,
+		`{"pool":"web","backend":"127.0.0.1:9002","weight":null,"state":"ready"}`,
+		`{"pool":"web","backend":"a","weight":0}`,
+		`{"pool":"web","backend":"a","weight":1.5}`,
+		`{"pool":"web","backend":"a","weight":"3"}`,
+		`{"pool":"web","backend":"a","weight":99999999999999999999}`,
 		`{"pool":"web","state":"drain"}`,
 		`{"pool":"web","backend":"a","state":"drain","x":1}`,
 		`{"pool":"web","backend":"a","state":"drain"} {}`,
@@ -39,13 +46,13 @@ func FuzzStateRequestBody(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req, err := decodeStateRequest(bytes.NewReader(body))
 		if err == nil {
-			if req.Pool == "" || req.Backend == "" || req.State == "" {
+			if req.Pool == "" || req.Backend == "" || (req.State == "" && !req.Weight.Set) {
 				t.Fatalf("%q decoded without a field: %+v", body, req)
 			}
 			// what was read is what the client meant: it encodes and reads back the same
 			data, _ := json.Marshal(req)
 			again, err := decodeStateRequest(bytes.NewReader(data))
-			if err != nil || again != req {
+			if err != nil || !reflect.DeepEqual(again, req) {
 				t.Fatalf("%q read as %+v, which reads back as %+v (%v)", body, req, again, err)
 			}
 		} else if err.Error() == "" {

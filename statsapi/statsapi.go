@@ -45,6 +45,7 @@ func (a Admin) Routes() []caddy.AdminRoute {
 		{Pattern: "/lbpool/state", Handler: caddy.AdminHandlerFunc(a.handleState)},
 		{Pattern: "/lbpool/discovery", Handler: caddy.AdminHandlerFunc(a.handleDiscovery)},
 		{Pattern: "/lbpool/pools", Handler: caddy.AdminHandlerFunc(a.handlePools)},
+		{Pattern: "/lbpool/fleet", Handler: caddy.AdminHandlerFunc(a.handleFleet)},
 		{Pattern: "/lbpool/", Handler: caddy.AdminHandlerFunc(a.handleDashboard)},
 	}
 }
@@ -87,12 +88,65 @@ func (Admin) handleDiscovery(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, sources)
 }
 
-// StateRequest is the body of POST /lbpool/state.
-type StateRequest struct {
-	Pool    string `json:"pool"`
-	Backend string `json:"backend"`
-	State   string `json:"state"`
+// handleFleet: GET /lbpool/fleet, every pool's fleet state sync: its
+// interval, storage, last sync, the storage's error ("" when it works) and
+// the changes waiting to be written.
+func (Admin) handleFleet(w http.ResponseWriter, r *http.Request) error {
+	if err := onlyGet(r); err != nil {
+		return err
+	}
+	pools := leastconn.Fleet()
+	if pools == nil {
+		pools = []leastconn.FleetStatus{}
+	}
+	return writeJSON(w, http.StatusOK, pools)
 }
+
+// StateRequest is the body of POST /lbpool/state: a state, a weight, or both.
+type StateRequest struct {
+	// The pool's name.
+	Pool string `json:"pool"`
+	// The backend, as configured or as stats show it.
+	Backend string `json:"backend"`
+	// The admin state: ready, drain or maint. Empty leaves it.
+	State string `json:"state,omitempty"`
+	// A weight from 1 to 10000 in place of the configured one; null returns
+	// to the configured weight; absent leaves the weight.
+	Weight OptionalWeight `json:"weight,omitzero"`
+}
+
+// OptionalWeight is a JSON weight that tells absent (Set false) from null
+// (Set, Value nil).
+type OptionalWeight struct {
+	Set   bool
+	Value *int
+}
+
+// UnmarshalJSON reads a whole number or null.
+func (o *OptionalWeight) UnmarshalJSON(data []byte) error {
+	o.Set = true
+	if string(data) == "null" {
+		o.Value = nil
+		return nil
+	}
+	var n int
+	if err := json.Unmarshal(data, &n); err != nil {
+		return fmt.Errorf("weight must be a whole number or null")
+	}
+	o.Value = &n
+	return nil
+}
+
+// MarshalJSON writes the number, or null.
+func (o OptionalWeight) MarshalJSON() ([]byte, error) {
+	if o.Value == nil {
+		return []byte("null"), nil
+	}
+	return json.Marshal(*o.Value)
+}
+
+// IsZero is true when no weight was given.
+func (o OptionalWeight) IsZero() bool { return !o.Set }
 
 // handleState: POST /lbpool/state.
 func (Admin) handleState(w http.ResponseWriter, r *http.Request) error {
@@ -107,9 +161,10 @@ func (Admin) handleState(w http.ResponseWriter, r *http.Request) error {
 		}
 		return apiError(http.StatusBadRequest, err)
 	}
-	stats, err := leastconn.SetState(req.Pool, req.Backend, req.State)
+	stats, err := leastconn.Change(req.Pool, req.Backend, leastconn.RuntimeChange{
+		State: req.State, SetWeight: req.Weight.Set, Weight: req.Weight.Value})
 	switch {
-	case errors.Is(err, leastconn.ErrBadState):
+	case errors.Is(err, leastconn.ErrBadState), errors.Is(err, leastconn.ErrBadWeight):
 		return apiError(http.StatusBadRequest, err)
 	case err != nil:
 		return apiError(http.StatusNotFound, err)
@@ -117,7 +172,8 @@ func (Admin) handleState(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, stats)
 }
 
-// decodeStateRequest reads one JSON object with pool, backend and state.
+// decodeStateRequest reads one JSON object with pool, backend, and a state,
+// a weight or both.
 func decodeStateRequest(body io.Reader) (StateRequest, error) {
 	var req StateRequest
 	dec := json.NewDecoder(body)
@@ -132,8 +188,11 @@ func decodeStateRequest(body io.Reader) (StateRequest, error) {
 	if dec.More() {
 		return req, errors.New("bad JSON: more than one value")
 	}
-	if req.Pool == "" || req.Backend == "" || req.State == "" {
-		return req, errors.New("pool, backend and state are required")
+	if req.Pool == "" || req.Backend == "" || (req.State == "" && !req.Weight.Set) {
+		return req, errors.New("pool, backend, and a state or a weight are required")
+	}
+	if w := req.Weight.Value; w != nil && (*w < 1 || *w > leastconn.MaxWeight) {
+		return req, leastconn.ErrBadWeight
 	}
 	return req, nil
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,7 +45,10 @@ type Caddy struct {
 	AdminPort int
 	HTTPPort  int
 	LogFile   string
-	client    *http.Client
+	// Storage is the folder of Caddy's storage, where lbpool keeps run-time
+	// changes; each test starts with none stored.
+	Storage string
+	client  *http.Client
 }
 
 var (
@@ -70,9 +74,13 @@ func Start(t testing.TB) *Caddy {
 			AdminPort: FreePort(t),
 			HTTPPort:  port,
 			LogFile:   dir + "/caddy.log",
+			Storage:   dir + "/storage",
 			client:    &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}},
 		}
 	})
+	// a drain stored by an earlier test must not reach a backend that
+	// happens to get the same port
+	_ = os.RemoveAll(filepath.Join(instance.Storage, "lbpool"))
 	logged := instance.logSize()
 	t.Cleanup(func() {
 		if p := instance.logLines(logged, panicLogged); len(p) > 0 {
@@ -95,13 +103,14 @@ func (c *Caddy) Globals() string {
 	admin localhost:%d
 	http_port %d
 	auto_https off
+	storage file_system %s
 	log {
 		output file %s
 		format json
 		level DEBUG
 	}
 }
-`, c.AdminPort, c.HTTPPort, c.LogFile)
+`, c.AdminPort, c.HTTPPort, c.Storage, c.LogFile)
 }
 
 // Adapt turns a Caddyfile into JSON.

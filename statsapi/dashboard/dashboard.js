@@ -156,10 +156,27 @@ function newRow(pool, url) {
     b.dataset.action = state;
     b.setAttribute("aria-label", `${state[0].toUpperCase()}${state.slice(1)} ${url} in pool ${pool}`);
     b.setAttribute("aria-pressed", "false");
-    b.addEventListener("click", () => setState(r, state));
+    b.addEventListener("click", () => send(r, state, { state }));
     r.buttons[state] = b;
     group.append(b);
   }
+  // a run-time weight: a number, or empty for the configured weight
+  r.weightIn = el("input", "weight-in");
+  r.weightIn.type = "number";
+  r.weightIn.min = "1";
+  r.weightIn.max = "10000";
+  r.weightIn.setAttribute("aria-label", `Weight of ${url} in pool ${pool}; empty for the configured weight`);
+  const wb = el("button", "act act-weight", "weight");
+  wb.type = "button";
+  wb.dataset.action = "weight";
+  wb.setAttribute("aria-label", `Set the weight of ${url} in pool ${pool}`);
+  wb.addEventListener("click", () => {
+    const v = r.weightIn.value.trim();
+    const weight = v === "" ? null : Number(v);
+    send(r, v === "" ? "configured weight" : `weight ${v}`, { weight });
+  });
+  r.weightButton = wb;
+  group.append(r.weightIn, wb);
   r.msg = el("output", "msg");
   cells.actions.append(group, r.msg);
   return r;
@@ -201,7 +218,11 @@ function updateRow(r, s, t) {
   // a member found through DNS says so, and that it is leaving once it left DNS
   const notes = [];
   if (s.source === "dns") notes.push(s.leaving ? "dns · leaving" : "dns");
-  if (s.weight !== 1) notes.push(`weight ${s.weight}`);
+  if (s.weight !== s.configured_weight) notes.push(`weight ${s.weight} (set; configured ${s.configured_weight})`);
+  else if (s.weight !== 1) notes.push(`weight ${s.weight}`);
+  if (s.state_source === "storage") notes.push("state from storage");
+  if (s.unsaved) notes.push("unsaved");
+  r.weightIn.placeholder = String(s.weight);
   r.weight.textContent = notes.join(" · ");
   r.active.textContent = integer.format(s.active_connections);
   if (t !== undefined) r.rate.textContent = formatRate(sample(r, s, t));
@@ -372,26 +393,28 @@ async function poll() {
   setTimeout(poll, Math.max(0, POLL_MS - (performance.now() - started)));
 }
 
-async function setState(r, state) {
-  const buttons = Object.values(r.buttons);
+// send POSTs a change (a state, a weight) for the row's backend; what says
+// it in the row's message.
+async function send(r, what, change) {
+  const buttons = [...Object.values(r.buttons), r.weightButton];
   buttons.forEach((b) => (b.disabled = true));
   r.msg.className = "msg";
-  r.msg.textContent = `${state}…`;
+  r.msg.textContent = `${what}…`;
   r.msgAt = Date.now();
   try {
     const resp = await fetch("state", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ pool: r.pool, backend: r.url, state }),
+      body: JSON.stringify({ pool: r.pool, backend: r.url, ...change }),
       signal: AbortSignal.timeout(TIMEOUT_MS),
     });
     if (!resp.ok) throw new Error(await errorText(resp));
     updateRow(r, await resp.json());
     r.msg.className = "msg ok";
-    r.msg.textContent = `${state}: done`;
+    r.msg.textContent = `${what}: done`;
   } catch (err) {
     r.msg.className = "msg bad";
-    r.msg.textContent = `${state} failed: ${err.message}`;
+    r.msg.textContent = `${what} failed: ${err.message}`;
   } finally {
     r.msgAt = Date.now();
     buttons.forEach((b) => (b.disabled = false));
