@@ -34,8 +34,10 @@ func TestSlowBackendGetsWellUnderItsThird(t *testing.T) {
 	c := lbtest.Start(t)
 	fast1 := lbtest.NewBackend(t, "fast1", nil)
 	fast2 := lbtest.NewBackend(t, "fast2", nil)
+	// 60ms: well above what a fast backend takes even when the machine is
+	// busy with other tests
 	slow := lbtest.NewBackend(t, "slow", func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(30 * time.Millisecond)
+		time.Sleep(60 * time.Millisecond)
 	})
 	c.Load(t, site(c, "", fast1, slow, fast2))
 	if failed := load(t, c, 16, 600, "/"); failed != 0 {
