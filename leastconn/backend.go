@@ -164,6 +164,7 @@ type Backend struct {
 	weight   atomic.Int64 // configured weight
 	rampFrom atomic.Int64 // unix nanos of the last down→up change, while flagRamp
 	rampLen  atomic.Int64 // slow-start window in nanos
+	peak     peakEWMA     // time to response headers, for least_time (leasttime.go)
 
 	// Counters.
 	requests atomic.Uint64

@@ -306,7 +306,7 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	}
 	st.latency = time.Since(start)
 	st.status = resp.StatusCode
-	b.latency.observe(st.latency)
+	h.observe(b, start, st.latency)
 	b.requests.Add(1)
 	clean := false // the body was read to its end: the connection can be reused
 	defer func() {

@@ -42,6 +42,7 @@ type Pool struct {
 	specs    map[*poolSpec]int   // held specs and their holders
 	spec     atomic.Pointer[poolSpec]
 	fetcher  atomic.Pointer[statsFetcher] // nil without stats_uri; written under registry.mu
+	clock    atomic.Int64                 // ms since epoch of the latest least_time response (leasttime.go)
 }
 
 // poolSpec is one handler's resolved pool configuration. The newest held
