@@ -41,11 +41,13 @@ const (
 )
 
 const (
-	// latencyHalfLife is 2^halfLifeShift milliseconds: 256 ms.
-	halfLifeShift   = 8
+	// latencyHalfLife is 2^halfLifeShift milliseconds: 64 ms, longer than a
+	// slow response (so one is not forgotten while the next is in flight),
+	// short enough that a fast backend's occasional peak fades quickly.
+	halfLifeShift   = 6
 	latencyHalfLife = 1 << halfLifeShift
 	// latencyStale: an estimate not updated for this long (8 half-lives,
-	// about 2 s) is replaced by the pool's median.
+	// 512 ms) is replaced by the pool's median.
 	latencyStale = 8 * latencyHalfLife
 	// estimateBits of a peakEWMA word hold the estimate in microseconds
 	// (at most 67 s); the bits above hold the millisecond it was updated.
