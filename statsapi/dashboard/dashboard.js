@@ -180,7 +180,9 @@ function newRow(pool, url) {
     send(r, v === "" ? "configured weight" : `weight ${v}`, { weight });
   });
   r.weightButton = wb;
-  group.append(r.weightIn, wb);
+  const weightSet = el("span", "weight-set");
+  weightSet.append(r.weightIn, wb);
+  group.append(weightSet);
   r.msg = el("output", "msg");
   cells.actions.append(group, r.msg);
   return r;
