@@ -180,7 +180,12 @@ func TestKilledBackendUnderLoadCostsNoFailedGETAndIsDownWithinASecond(t *testing
 		defer close(done)
 		sent, failed = c.Traffic(8, 50000, "/", stop.Load)
 	}()
-	lbtest.Eventually(t, 10*time.Second, "traffic on the victim", func() bool { return victim.Requests.Load() > 50 })
+	// The first check runs at a random moment within firstCheckSpread of
+	// the load; killed before it, the victim could be found down by that
+	// check rather than by a failing request. The next check is 20s away.
+	lbtest.Eventually(t, 10*time.Second, "traffic on the victim and its first check", func() bool {
+		return victim.Requests.Load() > 50 && victim.HealthHits.Load() > 0
+	})
 	victim.Close()
 	lbtest.Eventually(t, time.Second, "the killed backend down in the stats", func() bool {
 		return !c.Backend(t, "web", victim.URL()).Alive

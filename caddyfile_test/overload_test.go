@@ -150,12 +150,20 @@ func TestMaxConnsQueuesInFIFOOrderAndNeverExceedsTheCap(t *testing.T) {
 	noQueuedGoroutine(t)
 }
 
-func TestQueueTimeoutAnswers503WithRetryAfter(t *testing.T) {
+// oneSlotTaken loads a pool of one gated backend with max_conns 1 and the
+// extra options, and sends a first request that the backend holds.
+func oneSlotTaken(t *testing.T, extra string) (*lbtest.Caddy, *gatedBackend, <-chan answer) {
+	t.Helper()
 	c := lbtest.Start(t)
 	b := newGatedBackend(t, "b")
-	c.Load(t, site(c, "max_conns 1\n\t\tqueue_timeout 300ms", b.Backend))
+	c.Load(t, site(c, "max_conns 1"+extra, b.Backend))
 	first := sendGet(context.Background(), c, "/?n=0")
 	lbtest.Eventually(t, 5*time.Second, "the first request at the backend", func() bool { return b.arrived() == 1 })
+	return c, b, first
+}
+
+func TestQueueTimeoutAnswers503WithRetryAfter(t *testing.T) {
+	c, b, first := oneSlotTaken(t, "\n\t\tqueue_timeout 300ms")
 	before := poolStats(t, c) // the pool's counters live on across tests
 	a := <-sendGet(context.Background(), c, "/?n=1")
 	if a.status != http.StatusServiceUnavailable || a.retryAfter == "" {
@@ -176,11 +184,7 @@ func TestQueueTimeoutAnswers503WithRetryAfter(t *testing.T) {
 }
 
 func TestClientCancellingWhileQueuedLeavesTheQueue(t *testing.T) {
-	c := lbtest.Start(t)
-	b := newGatedBackend(t, "b")
-	c.Load(t, site(c, "max_conns 1\n\t\tqueue_size 1\n\t\tqueue_timeout 30s", b.Backend))
-	first := sendGet(context.Background(), c, "/?n=0")
-	lbtest.Eventually(t, 5*time.Second, "the first request at the backend", func() bool { return b.arrived() == 1 })
+	c, b, first := oneSlotTaken(t, "\n\t\tqueue_size 1\n\t\tqueue_timeout 30s")
 	ctx, cancel := context.WithCancel(context.Background())
 	gone := sendGet(ctx, c, "/?n=gone")
 	lbtest.Eventually(t, 5*time.Second, "a queued request", func() bool { return poolStats(t, c).QueueDepth == 1 })
@@ -205,11 +209,7 @@ func TestClientCancellingWhileQueuedLeavesTheQueue(t *testing.T) {
 }
 
 func TestFullQueueAnswers503AtOnce(t *testing.T) {
-	c := lbtest.Start(t)
-	b := newGatedBackend(t, "b")
-	c.Load(t, site(c, "max_conns 1\n\t\tqueue_size 1\n\t\tqueue_timeout 30s", b.Backend))
-	first := sendGet(context.Background(), c, "/?n=0")
-	lbtest.Eventually(t, 5*time.Second, "the first request at the backend", func() bool { return b.arrived() == 1 })
+	c, b, first := oneSlotTaken(t, "\n\t\tqueue_size 1\n\t\tqueue_timeout 30s")
 	queued := sendGet(context.Background(), c, "/?n=1")
 	lbtest.Eventually(t, 5*time.Second, "a queued request", func() bool { return poolStats(t, c).QueueDepth == 1 })
 	before := poolStats(t, c) // the pool's counters live on across tests

@@ -148,6 +148,17 @@ func (in *lbInstance) start(t *testing.T, ctx context.Context, caddyBin string) 
 		status, _, err := get(in.client, in.admin+"/lbpool/fleet")
 		return status == http.StatusOK, fmt.Sprint(status, err)
 	})
+	// the admin endpoint answers once the config is provisioned, a moment
+	// before the site listens: wait for that too, without sending a request
+	// a backend would count
+	poll(t, startBound, in.name+" site listens", func() (bool, string) {
+		conn, err := net.DialTimeout("tcp", strings.TrimSuffix(strings.TrimPrefix(in.lbURL, "http://"), "/"), time.Second)
+		if err != nil {
+			return false, err.Error()
+		}
+		conn.Close()
+		return true, ""
+	})
 }
 
 // fleetBackend is the part of a stats entry these tests read.

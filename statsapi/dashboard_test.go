@@ -461,6 +461,97 @@ func TestDashboardInABrowserGroupsTwoPoolsOfTwentyBackends(t *testing.T) {
 	b.assertNoProblems()
 }
 
+func TestDashboardInABrowserShowsEjectionAndTheQueue(t *testing.T) {
+	c := lbtest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b := startBrowser(t, ctx)
+
+	// pool web: bad answers 500 to requests and 200 to its checks, so it
+	// stays up and is ejected for its responses
+	good := lbtest.NewBackend(t, "good", nil)
+	bad := lbtest.NewBackend(t, "bad", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) })
+	// pool held: one backend, one request at a time, each held until released
+	release := make(chan struct{})
+	var arrived atomic.Int64
+	slow := lbtest.NewBackend(t, "slow", func(w http.ResponseWriter, r *http.Request) {
+		arrived.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		_, _ = io.WriteString(w, "slow")
+	})
+	var releaseOnce sync.Once
+	releaseAll := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(releaseAll) // before the backend closes, which waits for its requests
+	heldPort := lbtest.FreePort(t)
+	loadForBrowser(t, c, pool(c, "fail_duration 30s\n\t\tmax_fails 1\n\t\tunhealthy_status 5xx", good, bad)+fmt.Sprintf(`
+:%d {
+	lbpool %s {
+		name held
+		health_uri /health
+		max_conns 1
+		queue_timeout 30s
+	}
+}`, heldPort, slow.Addr()))
+
+	b.open(fmt.Sprintf("http://localhost:%d/lbpool/", c.AdminPort), 1280, 800)
+	b.waitPage("both pools up, held with its cap and no queue yet", func(p dashboardPage) bool {
+		web, held := p.rows("web"), p.rows("held")
+		return len(web) == 2 && len(held) == 1 && web[0].Word == "up" && web[1].Word == "up" && held[0].Word == "up" &&
+			held[0].Note == "max 1" && !strings.Contains(p.info("held"), "queue")
+	})
+
+	for i := 0; i < 20 && !c.Backend(t, "web", bad.URL()).Ejected; i++ {
+		c.Get(t, c.URL("/"))
+	}
+	if s := c.Backend(t, "web", bad.URL()); !s.Ejected || !s.Alive {
+		t.Fatalf("bad after 20 requests: ejected %v, alive %v; want ejected and alive", s.Ejected, s.Alive)
+	}
+	b.waitPage("bad shown as ejected, with the reason, and counted", func(p dashboardPage) bool {
+		r := p.row("web", bad.URL())
+		return r.Word == "ejected" && r.Note == "ejected: 5xx: 500" && r.Changed &&
+			p.row("web", good.URL()).Word == "up" &&
+			strings.Contains(p.info("web"), "1 up · 1 ejected") && strings.Contains(p.Summary, "2 up · 1 ejected")
+	})
+
+	// one request held at the backend, one more waits in the queue
+	heldURL := fmt.Sprintf("http://127.0.0.1:%d/", heldPort)
+	answers := make(chan int, 2)
+	get := func() {
+		resp, err := c.Client().Get(heldURL)
+		if err != nil {
+			answers <- 0
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		answers <- resp.StatusCode
+	}
+	go get()
+	lbtest.Eventually(t, 5*time.Second, "the first request at the backend", func() bool { return arrived.Load() == 1 })
+	go get()
+	b.waitPage("pool held with one request waiting", func(p dashboardPage) bool {
+		return strings.Contains(p.info("held"), "· queue 1 waiting · 1 queued · 0 timed out")
+	})
+	releaseAll()
+	for range 2 {
+		select {
+		case code := <-answers:
+			if code != 200 {
+				t.Fatalf("a request to pool held: status %d", code)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the released requests did not finish in 10s")
+		}
+	}
+	b.waitPage("pool held with none waiting", func(p dashboardPage) bool {
+		return strings.Contains(p.info("held"), "· queue 0 waiting · 1 queued · 0 timed out")
+	})
+	b.assertNoProblems()
+}
+
 func addrs(backends []*lbtest.Backend) []string {
 	out := make([]string, len(backends))
 	for i, b := range backends {
@@ -495,8 +586,10 @@ func repoPath(t *testing.T, path string) string {
 type dashboardPage struct {
 	Pools []struct {
 		Name string         `json:"name"`
+		Info string         `json:"info"`
 		Rows []dashboardRow `json:"rows"`
 	} `json:"pools"`
+	Summary        string  `json:"summary"`
 	Overflow       bool    `json:"overflow"`
 	SmallestButton float64 `json:"smallestButton"`
 	Text           string  `json:"text"`
@@ -505,6 +598,7 @@ type dashboardPage struct {
 type dashboardRow struct {
 	URL     string   `json:"url"`
 	Word    string   `json:"word"`
+	Note    string   `json:"note"`
 	Changed bool     `json:"changed"`
 	Memory  string   `json:"memory"`
 	Sticky  string   `json:"sticky"`
@@ -525,6 +619,16 @@ func (p dashboardPage) rows(pool string) []dashboardRow {
 	return nil
 }
 
+// info is a pool's line beside its name.
+func (p dashboardPage) info(pool string) string {
+	for _, s := range p.Pools {
+		if s.Name == pool {
+			return s.Info
+		}
+	}
+	return ""
+}
+
 func (p dashboardPage) row(pool, url string) dashboardRow {
 	for _, r := range p.rows(pool) {
 		if r.URL == url {
@@ -540,9 +644,11 @@ const readPage = `(() => {
 	return {
 		pools: [...document.querySelectorAll("section.pool")].map((s) => ({
 			name: s.dataset.pool,
+			info: text(s, ".pool-info"),
 			rows: [...s.querySelectorAll("tr.backend")].map((r) => ({
 				url: r.dataset.url,
 				word: text(r, ".badge"),
+				note: text(r, ".weight"),
 				changed: r.classList.contains("changed") && !r.querySelector(".flag").hidden,
 				memory: text(r, "td.col-memory"),
 				sticky: text(r, "td.col-sticky"),
@@ -554,6 +660,7 @@ const readPage = `(() => {
 				buttons: [...r.querySelectorAll("button")].map((b) => b.getAttribute("aria-label")),
 			})),
 		})),
+		summary: text(document, "#summary"),
 		overflow: [document.documentElement, ...document.querySelectorAll(".table-wrap")].some((e) => e.scrollWidth > e.clientWidth),
 		smallestButton: buttons.length ? Math.min(...buttons.map((b) => b.getBoundingClientRect().height)) : 0,
 		text: document.body.innerText,

@@ -1,6 +1,8 @@
 // lbpool dashboard: polls ./stats (GET /lbpool/stats) about once a second
 // and keeps one table per pool, one row per backend. Rows are updated in
 // place, so a focused button keeps its focus. The buttons POST to ./state.
+// The same poll reads ./pools (GET /lbpool/pools) for each pool's queue;
+// without it the tables still show, with no queue line.
 //
 // Requests per second are not in the stats: they are computed here from
 // successive requests_total samples.
@@ -32,10 +34,12 @@ function svg(tag, attrs) {
 }
 
 // stateOf gives the state shown for a backend: admin maint first (it stops
-// checks, so health is stale), then health, then drain, then slow start.
+// checks, so health is stale), then health, then ejection for failed
+// responses, then drain, then slow start.
 function stateOf(s) {
   if (s.state === "maint") return { cls: "maint", word: "maint" };
   if (!s.alive) return { cls: "down", word: "down" };
+  if (s.ejected) return { cls: "ejected", word: "ejected" };
   if (s.state === "drain") return { cls: "drain", word: "drain" };
   if (s.slow_start_percent) return { cls: "slow", word: `slow start ${Math.floor(s.slow_start_percent)}%` };
   return { cls: "up", word: "up" };
@@ -176,7 +180,9 @@ function newRow(pool, url) {
     send(r, v === "" ? "configured weight" : `weight ${v}`, { weight });
   });
   r.weightButton = wb;
-  group.append(r.weightIn, wb);
+  const weightSet = el("span", "weight-set");
+  weightSet.append(r.weightIn, wb);
+  group.append(weightSet);
   r.msg = el("output", "msg");
   cells.actions.append(group, r.msg);
   return r;
@@ -211,6 +217,9 @@ function updateRow(r, s, t) {
   r.tr.className = `backend ${st.cls}`;
   r.badge.className = `badge ${st.cls}`;
   r.badge.textContent = st.word;
+  r.badge.title = s.ejected && s.ejected_since
+    ? `ejected ${formatAge(secondsSince(s.ejected_since))} ago; ${integer.format(s.ejections_total || 0)} ejections in all`
+    : "";
   const changed = Date.now() - r.changedAt < CHANGED_MS;
   r.tr.classList.toggle("changed", changed);
   r.flag.hidden = !changed;
@@ -218,6 +227,8 @@ function updateRow(r, s, t) {
   // a member found through DNS says so, and that it is leaving once it left DNS
   const notes = [];
   if (s.source === "dns") notes.push(s.leaving ? "dns · leaving" : "dns");
+  if (s.ejected) notes.push(s.ejected_reason ? `ejected: ${s.ejected_reason}` : "ejected");
+  if (s.max_conns) notes.push(`max ${integer.format(s.max_conns)}`);
   if (s.weight !== s.configured_weight) notes.push(`weight ${s.weight} (set; configured ${s.configured_weight})`);
   else if (s.weight !== 1) notes.push(`weight ${s.weight}`);
   if (s.state_source === "storage") notes.push("state from storage");
@@ -299,14 +310,24 @@ function reorder(parent, nodes) {
   while (parent.children.length > nodes.length) parent.lastElementChild.remove();
 }
 
-function render(stats, t) {
+// queueWords is a pool's queue for its info line, or "" when it never had
+// one: requests waiting now, ever queued, timed out.
+function queueWords(q) {
+  if (!q || !(q.queue_depth || q.queued_total || q.queue_timeouts_total)) return "";
+  return `queue ${integer.format(q.queue_depth || 0)} waiting · ${integer.format(q.queued_total || 0)} queued · ` +
+    `${integer.format(q.queue_timeouts_total || 0)} timed out`;
+}
+
+// render draws the stats; queues maps a pool's name to its GET /lbpool/pools
+// object (empty when that could not be read).
+function render(stats, queues, t) {
   const byPool = new Map();
   for (const s of stats) {
     if (!byPool.has(s.pool)) byPool.set(s.pool, []);
     byPool.get(s.pool).push(s);
   }
   const seen = new Set();
-  const counts = { up: 0, down: 0, drain: 0, maint: 0, slow: 0 };
+  const counts = { up: 0, down: 0, ejected: 0, drain: 0, maint: 0, slow: 0 };
   let totalRate = 0;
   for (const [name, list] of byPool) {
     let pool = pools.get(name);
@@ -315,7 +336,7 @@ function render(stats, t) {
       pools.set(name, pool);
     }
     pool.rows = [];
-    const poolCounts = { up: 0, down: 0, drain: 0, maint: 0, slow: 0 };
+    const poolCounts = { up: 0, down: 0, ejected: 0, drain: 0, maint: 0, slow: 0 };
     let poolRate = 0;
     for (const s of list) {
       const key = `${name}\n${s.url}`;
@@ -334,7 +355,9 @@ function render(stats, t) {
     totalRate += poolRate;
     reorder(pool.tbody, pool.rows.map((r) => r.tr));
     drawBars(pool);
-    pool.info.textContent = `${list.length} backends · ${countWords(poolCounts)} · ${formatRate(poolRate)} req/s`;
+    const queue = queueWords(queues.get(name));
+    pool.info.textContent = `${list.length} backends · ${countWords(poolCounts)} · ${formatRate(poolRate)} req/s` +
+      (queue ? ` · ${queue}` : "");
   }
   for (const key of rows.keys()) if (!seen.has(key)) rows.delete(key);
   for (const name of pools.keys()) if (!byPool.has(name)) pools.delete(name);
@@ -351,7 +374,7 @@ function render(stats, t) {
 
 function countWords(counts) {
   const words = [];
-  for (const [cls, word] of [["up", "up"], ["slow", "slow start"], ["drain", "drain"], ["maint", "maint"], ["down", "down"]]) {
+  for (const [cls, word] of [["up", "up"], ["slow", "slow start"], ["drain", "drain"], ["maint", "maint"], ["ejected", "ejected"], ["down", "down"]]) {
     if (counts[cls] || cls === "up") words.push(`${counts[cls]} ${word}`);
   }
   return words.join(" · ");
@@ -380,12 +403,29 @@ function setLive(ok, err) {
   $("pools").classList.toggle("stale", !ok);
 }
 
+// readQueues reads ./pools into a map by pool name; on any failure the map
+// is empty, and the stats show without queue lines.
+async function readQueues() {
+  const queues = new Map();
+  try {
+    const resp = await fetch("pools", { cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS) });
+    if (!resp.ok) return queues;
+    const list = await resp.json();
+    if (Array.isArray(list)) for (const q of list) if (q && typeof q.pool === "string") queues.set(q.pool, q);
+  } catch {
+    // no queue lines this time
+  }
+  return queues;
+}
+
 async function poll() {
   const started = performance.now();
+  const queues = readQueues();
   try {
     const resp = await fetch("stats", { cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS) });
     if (!resp.ok) throw new Error(await errorText(resp));
-    render(await resp.json(), performance.now());
+    const stats = await resp.json();
+    render(stats, await queues, performance.now());
     setLive(true);
   } catch (err) {
     setLive(false, err);
