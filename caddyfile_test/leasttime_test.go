@@ -1,7 +1,9 @@
 package caddyfile_test
 
 import (
+	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,31 +38,60 @@ func shareOf(fn func(), backends ...*lbtest.Backend) (float64, int64) {
 	return float64(backends[0].Requests.Load()-before[0]) / float64(total), total
 }
 
-// The issue asks for under a quarter; on a busy two-core machine under
-// -race the fast backends' own times to headers reach 5-25 ms, so a 40 ms
-// backend is worth one request in flight by load × latency, and the ratio
-// measured is 0.3-0.5. The test guards the direction with margin.
-func TestLeastTimeGivesASlowBackendLessThanLeastConnDoes(t *testing.T) {
+// Both policies are set up at once in one Caddy, each over its own three
+// backends (one 40 ms slow), and take turns of 250 ms with 16 clients, so
+// both see the same machine: a busy machine makes the fast backends slower
+// too, and the comparison stays fair.
+func TestLeastTimeGivesASlowBackendLessThanAQuarterOfLeastConnsShare(t *testing.T) {
 	c := lbtest.Start(t)
 	var slow atomic.Bool
 	slow.Store(true)
-	lagging := slowable(t, "slow", &slow)
-	fast1 := lbtest.NewBackend(t, "fast1", nil)
-	fast2 := lbtest.NewBackend(t, "fast2", nil)
-	run := func() {
-		if failed := loadFor(t, c, 16, 2*time.Second); failed != 0 {
-			t.Fatalf("%d requests failed", failed)
+	type pool struct {
+		name, policy string
+		backends     []*lbtest.Backend
+		slow, total  int64
+		share        float64
+	}
+	pools := []*pool{{name: "conn", policy: "least_conn"}, {name: "time", policy: "least_time"}}
+	var routes strings.Builder
+	for _, p := range pools {
+		p.backends = []*lbtest.Backend{
+			slowable(t, p.name+"-slow", &slow),
+			lbtest.NewBackend(t, p.name+"-fast1", nil),
+			lbtest.NewBackend(t, p.name+"-fast2", nil),
+		}
+		var addrs []string
+		for _, b := range p.backends {
+			addrs = append(addrs, b.Addr())
+		}
+		fmt.Fprintf(&routes, "\thandle /%s {\n\t\tlbpool %s {\n\t\t\tname %s\n\t\t\thealth_uri /health\n\t\t\tlb_policy %s\n\t\t}\n\t}\n",
+			p.name, strings.Join(addrs, " "), p.name, p.policy)
+	}
+	c.Load(t, fmt.Sprintf(":%d {\n%s}", c.HTTPPort, routes.String()))
+	// two turns each of warm-up: every policy spreads its first requests
+	// before it knows anything, and the test is about what it does next
+	for turn := range 16 {
+		p := pools[turn%2]
+		deadline := time.Now().Add(250 * time.Millisecond)
+		share, total := shareOf(func() {
+			if _, failed := c.Traffic(16, 1<<30, "/"+p.name, func() bool { return time.Now().After(deadline) }); failed != 0 {
+				t.Fatalf("%s: %d requests failed", p.name, failed)
+			}
+		}, p.backends...)
+		if turn >= 4 {
+			p.slow += int64(share*float64(total) + 0.5)
+			p.total += total
 		}
 	}
-	c.Load(t, site(c, "", lagging, fast1, fast2))
-	connShare, connTotal := shareOf(run, lagging, fast1, fast2)
-	c.Load(t, site(c, "lb_policy least_time", lagging, fast1, fast2))
-	timeShare, timeTotal := shareOf(run, lagging, fast1, fast2)
+	for _, p := range pools {
+		p.share = float64(p.slow) / float64(max(p.total, 1))
+	}
+	conn, lt := pools[0], pools[1]
 	t.Logf("the 40 ms backend's share: least_conn %.2f%% of %d, least_time %.2f%% of %d",
-		connShare*100, connTotal, timeShare*100, timeTotal)
-	if connShare == 0 || timeShare >= connShare*3/4 {
-		t.Fatalf("least_time gave the slow backend %.2f%%, want well under least_conn's %.2f%%",
-			timeShare*100, connShare*100)
+		conn.share*100, conn.total, lt.share*100, lt.total)
+	if conn.share == 0 || lt.share >= conn.share/4 {
+		t.Fatalf("least_time gave the slow backend %.2f%%, want under a quarter of least_conn's %.2f%%",
+			lt.share*100, conn.share*100)
 	}
 }
 

@@ -17,15 +17,22 @@ import (
 // where latency is a peak-sensitive moving average of the backend's time to
 // response headers (Finagle's and Linkerd's "peak EWMA"):
 //
-//   - a sample above the current estimate replaces it at once, so one slow
-//     response is enough to move traffic away;
-//   - otherwise the estimate moves toward the sample with a half-life of
-//     latencyHalfLife of elapsed time (not of requests), and between samples
-//     it decays toward zero at the same rate, so a slow backend that gets no
-//     traffic looks cheaper and cheaper until one request tries it again;
-//   - an estimate older than latencyStale (or none: a new, discovered or
-//     long-idle backend) counts as the median of the pool's fresh estimates,
-//     so such a backend is neither flooded nor starved.
+//   - a sample at or above the current estimate replaces it at once, so one
+//     slow response is enough to move traffic away;
+//   - a lower sample pulls the estimate toward it with a half-life of
+//     latencyHalfLife/pullDownSpeed (16 ms) of elapsed time, not of
+//     requests, so a fast backend's own brief peak is soon forgotten;
+//   - while the backend has no request in flight the estimate decays toward
+//     zero with a half-life of latencyHalfLife (64 ms), so a slow backend
+//     that gets no traffic looks cheaper and cheaper until one request tries
+//     it again; with a request in flight it does not decay (that request's
+//     answer will tell), so a slow backend is probed one request at a time;
+//   - an estimate older than latencyStale (512 ms), or none (a new,
+//     discovered, recovered or long-idle backend), counts as the median of
+//     the pool's fresh estimates while the backend is idle, and as more than
+//     any estimate while it has a request in flight: it gets one request at
+//     the pool's median cost, and more once it has answered, so it is
+//     neither starved nor flooded.
 //
 // The pick reads no clock: elapsed time is measured on the pool's clock,
 // which the responses of least_time handlers advance (Pool.clock, in
@@ -46,6 +53,9 @@ const (
 	// short enough that a fast backend's occasional peak fades quickly.
 	halfLifeShift   = 6
 	latencyHalfLife = 1 << halfLifeShift
+	// pullDownSpeed: lower samples pull the estimate down with a half-life
+	// of latencyHalfLife / pullDownSpeed (16 ms).
+	pullDownSpeed = 4
 	// latencyStale: an estimate not updated for this long (8 half-lives,
 	// 512 ms) is replaced by the pool's median.
 	latencyStale = 8 * latencyHalfLife
@@ -119,18 +129,22 @@ var decayFraction = func() (t [latencyHalfLife]uint32) {
 	return t
 }()
 
-// observe takes a sample d measured at now: a sample above the decayed
-// estimate replaces it, a lower one pulls it down by the share of a
-// half-life that has passed.
+// observe takes a sample d measured at now: a sample at or above the
+// estimate replaces it; a lower one pulls it down by the share of a
+// pull-down half-life (a quarter of latencyHalfLife) that has passed since
+// the last sample, so a fast backend's own brief peak (a pause, a moment of
+// scheduling) is forgotten within tens of milliseconds of its next fast
+// answers, while a slow backend's estimate falls no faster than its idle
+// decay.
 func (e *peakEWMA) observe(d time.Duration, now int64) {
 	us := min(max(int64(d/time.Microsecond), 1), estimateMax)
 	for {
 		old := e.w.Load()
 		next := us
 		if dt := now - int64(old>>estimateBits); old != 0 && dt < latencyStale {
-			dt = max(dt, 0)
-			if est := decayLatency(int64(old&estimateMax), dt); us < est {
-				next = est + us - decayLatency(us, dt)
+			if est := int64(old & estimateMax); us < est {
+				k := max(dt, 0) * pullDownSpeed
+				next = decayLatency(est, k) + us - decayLatency(us, k)
 			}
 		}
 		if e.w.CompareAndSwap(old, packEstimate(next, now)) {
@@ -139,32 +153,55 @@ func (e *peakEWMA) observe(d time.Duration, now int64) {
 	}
 }
 
-// at returns the estimate decayed to now and rounded to latencyDigits
-// significant bits, or 0 when there is none or it is stale.
-func (e *peakEWMA) at(now int64) int64 {
+// at returns the estimate at now rounded to latencyDigits significant bits,
+// or 0 when there is none or it is stale. The estimate decays only while the
+// backend is quiet: a busy one (requests in flight) keeps it as its last
+// response left it, since its next response will say more than the clock.
+// So a slow backend gets one probe at a time: while the probe is out its
+// cost is (1+1) × its slow estimate, and only once the probe is back and
+// the estimate has decayed again below the others' cost is it tried anew.
+func (e *peakEWMA) at(now int64, busy bool) int64 {
 	x := e.w.Load()
 	dt := max(now-int64(x>>estimateBits), 0) // a response may be newer than now
 	if x == 0 || dt >= latencyStale {
 		return 0
 	}
-	// decayLatency without its range check: dt is under latencyStale here
-	v := (int64(x&estimateMax)>>(dt>>halfLifeShift))*int64(decayFraction[dt&(latencyHalfLife-1)])>>16 | 1
+	v := int64(x & estimateMax)
+	if !busy {
+		// decayLatency without its range check: dt is under latencyStale here
+		v = (v >> (dt >> halfLifeShift)) * int64(decayFraction[dt&(latencyHalfLife-1)]) >> 16
+	}
+	v |= 1
 	s := max(bits.Len64(uint64(v))-latencyDigits, 0)
 	return v >> s << s
 }
 
-// neutralLatency is what a backend without a fresh estimate counts as: the
-// median of the fresh estimates in group (at most the first exactScanMax),
-// which it also keeps as its estimate from now on. *median caches the
-// median for one pick; it is -1 until computed. With no fresh estimate in
-// the pool every backend counts as 1 µs, and the pick is least_conn's.
-func neutralLatency(b *Backend, group []*Backend, now int64, median *int64) int64 {
+// unknownBusyLatency is what a backend without a fresh estimate counts as
+// while it has a request in flight: more than any estimate, so it takes one
+// request at a time until it has answered (a new backend is not flooded
+// before anyone knows its speed), and among such backends the one with the
+// fewest requests in flight wins. A power of two, so costs stay exact.
+const unknownBusyLatency = 1 << estimateBits
+
+// latencyOf is the latency a pick counts for b with load-1 requests in
+// flight: its estimate; without a fresh one, the median of the fresh
+// estimates in group (at most the first exactScanMax) while b is idle,
+// unknownBusyLatency while it is busy. *median caches the median for one
+// pick; it is -1 until computed. With no fresh estimate in the pool an idle
+// backend counts as 1 µs, and the pick is least_conn's.
+func latencyOf(b *Backend, load int64, group []*Backend, now int64, median *int64) int64 {
+	if lat := b.peak.at(now, load != 1); lat != 0 {
+		return lat
+	}
+	if load != 1 {
+		return unknownBusyLatency
+	}
 	if *median < 0 {
 		var buf [exactScanMax]int64
 		n := 0
 		for _, g := range group {
-			if v := g.peak.at(now); v != 0 {
-				// insertion sort: this runs once per stale estimate
+			if v := g.peak.at(now, g.active.Load() != 0); v != 0 {
+				// insertion sort: this runs only while a backend has no estimate
 				i := n
 				for ; i > 0 && buf[i-1] > v; i-- {
 					buf[i] = buf[i-1]
@@ -180,13 +217,7 @@ func neutralLatency(b *Backend, group []*Backend, now int64, median *int64) int6
 			*median = buf[n/2]
 		}
 	}
-	if *median == 0 {
-		return 1
-	}
-	if old := b.peak.w.Load(); b.peak.at(now) == 0 {
-		b.peak.w.CompareAndSwap(old, packEstimate(*median, now))
-	}
-	return *median
+	return max(*median, 1)
 }
 
 // pickLeastTime is pick under least_time: the same priority groups, sampling
@@ -239,11 +270,7 @@ func (h *Handler) pickTimeExact(bs []*Backend, lo, hi int, tried *triedSet, now 
 		if load != 1 {
 			idle = false
 		}
-		lat := b.peak.at(now)
-		if lat == 0 {
-			lat = neutralLatency(b, bs[lo:hi], now, &median)
-		}
-		cost, fw := float64(load*lat), float64(w)
+		cost, fw := float64(load*latencyOf(b, load, bs[lo:hi], now, &median)), float64(w)
 		switch lhs, rhs := cost*bestWeight, bestCost*fw; {
 		case first < 0 || lhs < rhs:
 			first, ties = j, 1
@@ -272,6 +299,7 @@ func (h *Handler) pickTimeExact(bs []*Backend, lo, hi int, tried *triedSet, now 
 // nthTiedTime is nthTied for least_time costs.
 func nthTiedTime(bs []*Backend, lo, hi int, tried *triedSet, start, k int, cost, weight float64, def int, now int64) int {
 	var wall int64
+	median := int64(-1)
 	for i := lo; i < hi; i++ {
 		j := start + i - lo
 		if j >= hi {
@@ -286,8 +314,8 @@ func nthTiedTime(bs []*Backend, lo, hi int, tried *triedSet, start, k int, cost,
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &wall)
 		}
-		lat := max(b.peak.at(now), 1)
-		if float64((b.active.Load()+1)*lat)*weight == cost*float64(w) {
+		load := b.active.Load() + 1
+		if float64(load*latencyOf(b, load, bs[lo:hi], now, &median))*weight == cost*float64(w) {
 			if k == 0 {
 				return j
 			}
@@ -317,11 +345,8 @@ func (h *Handler) pickTimeSampled(bs []*Backend, lo int, tried *triedSet, now in
 			if f&flagRamp != 0 {
 				w = b.rampedWeight(w, &wall)
 			}
-			lat := b.peak.at(now)
-			if lat == 0 {
-				lat = neutralLatency(b, bs, now, &median)
-			}
-			cost, fw := float64((b.active.Load()+1)*lat), float64(w)
+			load := b.active.Load() + 1
+			cost, fw := float64(load*latencyOf(b, load, bs, now, &median)), float64(w)
 			if best < 0 || cost*bestWeight < bestCost*fw {
 				best, bestCost, bestWeight = j, cost, fw
 			}

@@ -27,11 +27,11 @@ func TestLatencyEstimateReactsToOneSlowResponse(t *testing.T) {
 	for ms := int64(0); ms < 100; ms++ {
 		e.observe(200*time.Microsecond, 1000+ms)
 	}
-	if got := e.at(1100); got < 150 || got > 250 {
+	if got := e.at(1100, false); got < 150 || got > 250 {
 		t.Fatalf("after fast samples the estimate is %d µs, want about 200", got)
 	}
 	e.observe(50*time.Millisecond, 1100)
-	if got := e.at(1100); got < 40_000 {
+	if got := e.at(1100, false); got < 40_000 {
 		t.Fatalf("one 50 ms sample moved the estimate to %d µs, want about 50000", got)
 	}
 }
@@ -49,7 +49,7 @@ func TestLatencyEstimateDecaysWithTime(t *testing.T) {
 		{latencyStale - 1, 200, 260},
 		{latencyStale, 0, 0}, // stale: none, so the pool's median stands in
 	} {
-		if got := e.at(1000 + tc.after); got < tc.min || got > tc.max {
+		if got := e.at(1000+tc.after, false); got < tc.min || got > tc.max {
 			t.Fatalf("%d ms after a 64 ms sample the estimate is %d µs, want %d-%d", tc.after, got, tc.min, tc.max)
 		}
 	}
@@ -58,28 +58,116 @@ func TestLatencyEstimateDecaysWithTime(t *testing.T) {
 	for range 1000 {
 		e.observe(100*time.Microsecond, 5000)
 	}
-	if got := e.at(5000); got < 56_000 {
+	if got := e.at(5000, false); got < 56_000 {
 		t.Fatalf("1000 fast samples within one millisecond pulled the estimate to %d µs", got)
 	}
-	for ms := int64(1); ms <= 2*latencyHalfLife; ms++ {
+	// with a half-life of latencyHalfLife/pullDownSpeed
+	const pullDown = latencyHalfLife / pullDownSpeed
+	for ms := int64(1); ms <= 2*pullDown; ms++ {
 		e.observe(100*time.Microsecond, 5000+ms)
 	}
-	if got := e.at(5000 + 2*latencyHalfLife); got < 14_000 || got > 17_000 {
-		t.Fatalf("two half-lives of fast samples left the estimate at %d µs, want about a quarter of 64 ms", got)
+	if got := e.at(5000+2*pullDown, false); got < 14_000 || got > 17_000 {
+		t.Fatalf("two pull-down half-lives of fast samples left the estimate at %d µs, want about a quarter of 64 ms", got)
+	}
+	// a sample between the estimate and the decayed estimate lowers it
+	e.observe(50*time.Millisecond, 9000)
+	e.observe(40*time.Millisecond, 9000+latencyHalfLife)
+	if got := int64(e.w.Load() & estimateMax); got < 39_000 || got > 42_000 {
+		t.Fatalf("a 40 ms answer a half-life after a 50 ms one left the estimate at %d µs, want about 40 ms", got)
 	}
 }
 
-func TestNewBackendStartsAtThePoolsMedian(t *testing.T) {
-	h := newLeastTimeTestHandler(100, 200, 5000, 0)
-	now := h.lease.pool.clock.Load()
-	// with the others busy alike, the new backend is as good as the median one
-	for i, a := range []int64{3, 3, 3, 3} {
-		h.viewed()[i].active.Store(a)
+func TestLatencyEstimateHoldsWhileRequestsAreInFlight(t *testing.T) {
+	var e peakEWMA
+	e.observe(50*time.Millisecond, 1000)
+	// a backend with a request out keeps what its last answer said
+	for _, after := range []int64{latencyHalfLife, 4 * latencyHalfLife, latencyStale - 1} {
+		if got := e.at(1000+after, true); got < 40_000 {
+			t.Fatalf("%d ms after a 50 ms answer, with a request in flight, the estimate is %d µs", after, got)
+		}
 	}
+	// quiet, it decays as before; stale, it is none, busy or not
+	if got := e.at(1000+4*latencyHalfLife, false); got > 4_000 {
+		t.Fatalf("quiet for four half-lives the estimate is still %d µs", got)
+	}
+	if got := e.at(1000+latencyStale, true); got != 0 {
+		t.Fatalf("a stale estimate reads %d µs, want none", got)
+	}
+}
+
+// The slow backend is probed one request at a time: once its estimate has
+// decayed below the others' cost it takes one request, and no more until
+// that one has answered.
+func TestLeastTimeProbesASlowBackendOneRequestAtATime(t *testing.T) {
+	h := newLeastTimeTestHandler(1000, 1000, 50_000)
+	fast1, fast2, slow := h.viewed()[0], h.viewed()[1], h.viewed()[2]
+	fast1.active.Store(4)
+	fast2.active.Store(4)
+	pool := h.lease.pool
+	start := pool.clock.Load()
+	// with the fast ones at (4+1)×1 ms, the idle 50 ms backend is picked
+	// once its estimate has decayed under 5 ms: about 3.3 half-lives
+	var probedAt int64
+	for ms := int64(1); ms < latencyStale; ms++ {
+		pool.clock.Store(start + ms)
+		var tried triedSet
+		i := h.pickNow(&tried)
+		if i == 2 {
+			probedAt = ms
+			break
+		}
+		h.viewed()[i].active.Add(-1)
+	}
+	if probedAt < 3*latencyHalfLife || probedAt > 4*latencyHalfLife {
+		t.Fatalf("the slow backend was probed %d ms after its answer, want after 3-4 half-lives", probedAt)
+	}
+	// while the probe is out, every pick goes elsewhere
+	for ms := probedAt; ms < latencyStale; ms += 7 { // the others' estimates are fresh till then
+		pool.clock.Store(start + ms)
+		var tried triedSet
+		i := h.pickNow(&tried)
+		if i == 2 {
+			t.Fatalf("the slow backend took a second request %d ms into its probe", ms-probedAt)
+		}
+		h.viewed()[i].active.Add(-1)
+	}
+	if slow.active.Load() != 1 {
+		t.Fatalf("the slow backend has %d in flight, want its one probe", slow.active.Load())
+	}
+}
+
+func TestNewBackendStartsAtThePoolsMedianOneRequestAtATime(t *testing.T) {
+	h := newLeastTimeTestHandler(100, 200, 5000, 0)
+	bs := h.viewed()
+	// idle, the new backend counts as the median (the 200 µs one): the two
+	// tie below the fastest with 3 in flight, and share the picks
+	bs[0].active.Store(3)
+	counts := make([]int, 4)
+	for range 100 {
+		var tried triedSet
+		i := h.pickNow(&tried)
+		counts[i]++
+		bs[i].active.Add(-1)
+	}
+	// ties are broken at random while the pool is busy: 25 or fewer of 100
+	// to one side has a chance of about 1 in 10^6
+	if counts[1] < 25 || counts[3] < 25 || counts[1]+counts[3] != 100 {
+		t.Fatalf("picks went %v, want them shared by the median backend and the new one", counts)
+	}
+	// busy and still unknown, it takes nothing more until it has answered,
+	// however busy the others are
 	var tried triedSet
-	h.pickNow(&tried)
-	if got, want := h.viewed()[3].peak.at(now), h.viewed()[1].peak.at(now); got != want {
-		t.Fatalf("the new backend starts at %d µs, want the median %d µs", got, want)
+	bs[3].active.Store(1)
+	for _, b := range bs[:3] {
+		b.active.Store(50)
+	}
+	if i := h.pickNow(&tried); i == 3 {
+		t.Fatal("the new backend took a second request before its first answered")
+	}
+	bs[3].peak.observe(200*time.Microsecond, h.lease.pool.clock.Load())
+	bs[3].active.Store(1)
+	if i := h.pickNow(&tried); i != 3 {
+		t.Fatalf("picked %d after the new backend answered fast, want it", i)
 	}
 	// a pool with no estimate at all picks as least_conn
 	h = newLeastTimeTestHandler(0, 0, 0)
@@ -230,7 +318,7 @@ func TestLeastConnDoesNotKeepLatencyEstimates(t *testing.T) {
 	}
 	h.leastTime = true
 	h.observe(b, time.Now(), time.Millisecond)
-	if got := b.peak.at(h.lease.pool.clock.Load()); got < 875 || got > 1000 {
+	if got := b.peak.at(h.lease.pool.clock.Load(), false); got < 875 || got > 1000 {
 		t.Fatalf("least_time estimate %d µs after a 1 ms response", got)
 	}
 }
