@@ -20,7 +20,7 @@ import (
 //   - a sample at or above the current estimate replaces it at once, so one
 //     slow response is enough to move traffic away;
 //   - a lower sample pulls the estimate toward it with a half-life of
-//     latencyHalfLife/pullDownSpeed (16 ms) of elapsed time, not of
+//     latencyHalfLife/pullDownSpeed (4 ms) of elapsed time, not of
 //     requests, so a fast backend's own brief peak is soon forgotten;
 //   - while the backend has no request in flight the estimate decays toward
 //     zero with a half-life of latencyHalfLife (64 ms), so a slow backend
@@ -54,8 +54,10 @@ const (
 	halfLifeShift   = 6
 	latencyHalfLife = 1 << halfLifeShift
 	// pullDownSpeed: lower samples pull the estimate down with a half-life
-	// of latencyHalfLife / pullDownSpeed (16 ms).
-	pullDownSpeed = 4
+	// of latencyHalfLife / pullDownSpeed (4 ms): short, since under load a
+	// fast backend answers many times a millisecond and its own peaks (a
+	// moment without a core) should not keep traffic away for long.
+	pullDownSpeed = 16
 	// latencyStale: an estimate not updated for this long (8 half-lives,
 	// 512 ms) is replaced by the pool's median.
 	latencyStale = 8 * latencyHalfLife
@@ -131,11 +133,11 @@ var decayFraction = func() (t [latencyHalfLife]uint32) {
 
 // observe takes a sample d measured at now: a sample at or above the
 // estimate replaces it; a lower one pulls it down by the share of a
-// pull-down half-life (a quarter of latencyHalfLife) that has passed since
+// pull-down half-life (latencyHalfLife/pullDownSpeed) that has passed since
 // the last sample, so a fast backend's own brief peak (a pause, a moment of
-// scheduling) is forgotten within tens of milliseconds of its next fast
-// answers, while a slow backend's estimate falls no faster than its idle
-// decay.
+// scheduling) is forgotten within milliseconds of its next fast answers.
+// A slow backend sends no fast answers: its estimate falls only by its idle
+// decay, or at once when it has turned fast.
 func (e *peakEWMA) observe(d time.Duration, now int64) {
 	us := min(max(int64(d/time.Microsecond), 1), estimateMax)
 	for {
