@@ -2,6 +2,7 @@ package caddyfile_test
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -188,4 +189,99 @@ func TestLeastTimeGivesARecoveredBackendItsShareBack(t *testing.T) {
 		return ok && s > 0.20
 	})
 	t.Logf("fast again: %.1f%% within %v", share*100, time.Since(recovered).Round(100*time.Millisecond))
+}
+
+// With sticky sessions only new sessions are placed by least_time: a session
+// that lives on a backend that turns slow stays there while it is up, and
+// new sessions keep away from it.
+func TestLeastTimePlacesOnlyNewSessionsWithSticky(t *testing.T) {
+	c := lbtest.Start(t)
+	var slow atomic.Bool
+	named := func(name string) *lbtest.Backend {
+		return lbtest.NewBackend(t, name, func(w http.ResponseWriter, r *http.Request) {
+			if slow.Load() && name == "lagging" {
+				time.Sleep(40 * time.Millisecond)
+			}
+			_, _ = io.WriteString(w, name)
+		})
+	}
+	lagging, fast1, fast2 := named("lagging"), named("fast1"), named("fast2")
+	c.Load(t, site(c, "lb_policy least_time\n\t\t"+stickyOpts, lagging, fast1, fast2))
+	// a session that lands on the backend about to turn slow
+	var pinned *session
+	for range 50 {
+		s := newSession(c, c.URL("/"))
+		if body, _ := s.mustGet(t); body == "lagging" {
+			pinned = s
+			break
+		}
+	}
+	if pinned == nil {
+		t.Fatal("50 new sessions, none on the lagging backend")
+	}
+	slow.Store(true)
+	// new sessions (no cookie) under load, while the pinned one keeps going
+	var stop atomic.Bool
+	done := make(chan int64)
+	go func() {
+		_, failed := c.Traffic(16, 1<<30, "/", stop.Load)
+		done <- failed
+	}()
+	lbtest.Eventually(t, 10*time.Second, "new sessions under load", func() bool {
+		return fast1.Requests.Load()+fast2.Requests.Load() > 300
+	})
+	share, total := shareOf(func() {
+		for range 10 {
+			if body, _ := pinned.mustGet(t); body != "lagging" {
+				t.Errorf("the pinned session went to %s while its backend was up, slow as it was", body)
+			}
+		}
+	}, lagging, fast1, fast2)
+	stop.Store(true)
+	if failed := <-done; failed != 0 {
+		t.Fatalf("%d requests failed", failed)
+	}
+	// 10 of the lagging backend's requests were the pinned session's
+	newOnLagging := share*float64(total) - 10
+	t.Logf("while the pinned session sent 10 requests, new sessions sent %d, %.0f of them to the slow backend",
+		total-10, newOnLagging)
+	if newOnLagging/float64(total-10) > 0.05 {
+		t.Fatalf("new sessions sent %.1f%% to the slow backend, want least_time to keep them away",
+			newOnLagging/float64(total-10)*100)
+	}
+}
+
+// A member found through DNS joins a least_time pool at the pool's median:
+// under load it takes its share at once, not starved for having no
+// estimate yet.
+func TestLeastTimeDiscoveredMemberTakesItsShare(t *testing.T) {
+	c := lbtest.Start(t)
+	d := lbtest.NewDNS(t)
+	bs, port := lbtest.NewBackendsOnLoopback(t, 3, nil)
+	d.SetA("app.lbtest", ips(bs[:2]...)...)
+	c.Load(t, dnsSite(c, d, "app.lbtest", port, "lb_policy least_time"))
+	lbtest.Eventually(t, 10*time.Second, "2 members up", func() bool { return allAlive(t, c, bs[:2]...) })
+	var stop atomic.Bool
+	done := make(chan int64)
+	go func() {
+		_, failed := c.Traffic(8, 1<<30, "/", stop.Load)
+		done <- failed
+	}()
+	defer func() {
+		stop.Store(true)
+		if failed := <-done; failed != 0 {
+			t.Errorf("%d requests failed", failed)
+		}
+	}()
+	lbtest.Eventually(t, 10*time.Second, "traffic", func() bool { return bs[0].Requests.Load() > 100 })
+	d.SetA("app.lbtest", ips(bs...)...)
+	lbtest.Eventually(t, 10*time.Second, "the new member serving", func() bool { return bs[2].Requests.Load() > 0 })
+	joined := time.Now()
+	var share float64
+	lbtest.Eventually(t, 10*time.Second, "the new member's share over 20%", func() bool {
+		var n int64
+		share, n = shareOf(func() { time.Sleep(200 * time.Millisecond) }, bs[2], bs[0], bs[1])
+		return n > 50 && share > 0.2
+	})
+	t.Logf("the new member took %.0f%% within %v of its first request", share*100, time.Since(joined).Round(10*time.Millisecond))
 }
