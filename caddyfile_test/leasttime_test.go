@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,6 +49,28 @@ func pacedUntil(deadline time.Time) func() bool {
 		time.Sleep(20 * time.Millisecond)
 		return time.Now().After(deadline)
 	}
+}
+
+// backgroundTraffic sends GETs from clients goroutines until the test ends
+// (or the returned stop is called), and fails the test if any failed.
+func backgroundTraffic(t *testing.T, c *lbtest.Caddy, clients int) (stop func()) {
+	var halt atomic.Bool
+	done := make(chan int64)
+	go func() {
+		_, failed := c.Traffic(clients, 1<<30, "/", halt.Load)
+		done <- failed
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			halt.Store(true)
+			if failed := <-done; failed != 0 {
+				t.Errorf("%d requests failed", failed)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // Both policies are set up at once in one Caddy, each over its own three
@@ -141,18 +164,7 @@ func TestLeastTimeGivesARecoveredBackendItsShareBack(t *testing.T) {
 	fast2 := lbtest.NewBackend(t, "fast2", nil)
 	c.Load(t, site(c, "lb_policy least_time", flip, fast1, fast2))
 
-	var stop atomic.Bool
-	done := make(chan int64)
-	go func() {
-		_, failed := c.Traffic(16, 1<<30, "/", stop.Load)
-		done <- failed
-	}()
-	defer func() {
-		stop.Store(true)
-		if failed := <-done; failed != 0 {
-			t.Errorf("%d requests failed", failed)
-		}
-	}()
+	backgroundTraffic(t, c, 16)
 
 	// windowShare is the flip backend's share since the previous call,
 	// once at least 300 ms have passed
@@ -221,12 +233,7 @@ func TestLeastTimePlacesOnlyNewSessionsWithSticky(t *testing.T) {
 	}
 	slow.Store(true)
 	// new sessions (no cookie) under load, while the pinned one keeps going
-	var stop atomic.Bool
-	done := make(chan int64)
-	go func() {
-		_, failed := c.Traffic(16, 1<<30, "/", stop.Load)
-		done <- failed
-	}()
+	stop := backgroundTraffic(t, c, 16)
 	lbtest.Eventually(t, 10*time.Second, "new sessions under load", func() bool {
 		return fast1.Requests.Load()+fast2.Requests.Load() > 300
 	})
@@ -237,10 +244,7 @@ func TestLeastTimePlacesOnlyNewSessionsWithSticky(t *testing.T) {
 			}
 		}
 	}, lagging, fast1, fast2)
-	stop.Store(true)
-	if failed := <-done; failed != 0 {
-		t.Fatalf("%d requests failed", failed)
-	}
+	stop()
 	// 10 of the lagging backend's requests were the pinned session's
 	newOnLagging := share*float64(total) - 10
 	t.Logf("while the pinned session sent 10 requests, new sessions sent %d, %.0f of them to the slow backend",
@@ -261,18 +265,7 @@ func TestLeastTimeDiscoveredMemberTakesItsShare(t *testing.T) {
 	d.SetA("app.lbtest", ips(bs[:2]...)...)
 	c.Load(t, dnsSite(c, d, "app.lbtest", port, "lb_policy least_time"))
 	lbtest.Eventually(t, 10*time.Second, "2 members up", func() bool { return allAlive(t, c, bs[:2]...) })
-	var stop atomic.Bool
-	done := make(chan int64)
-	go func() {
-		_, failed := c.Traffic(8, 1<<30, "/", stop.Load)
-		done <- failed
-	}()
-	defer func() {
-		stop.Store(true)
-		if failed := <-done; failed != 0 {
-			t.Errorf("%d requests failed", failed)
-		}
-	}()
+	backgroundTraffic(t, c, 8)
 	lbtest.Eventually(t, 10*time.Second, "traffic", func() bool { return bs[0].Requests.Load() > 100 })
 	d.SetA("app.lbtest", ips(bs...)...)
 	lbtest.Eventually(t, 10*time.Second, "the new member serving", func() bool { return bs[2].Requests.Load() > 0 })
