@@ -21,7 +21,12 @@ import (
 //
 //	/health   200 "ok", never delayed (so every configuration sees it up)
 //	/count    200 and the number of other requests served, as JSON
-//	anything  200 "backend <name>" after the -delay, counted
+//	/slow     200; from now on counted requests wait the -delay
+//	/fast     200; from now on they do not wait
+//	anything  200 "backend <name>", after the -delay while slow, counted
+//
+// A backend with a -delay starts slow, unless -fast is given. /slow and /fast
+// let the harness turn a backend slow and fast again during a run.
 
 // bodyLength is the length of every answer to counted requests; the respond
 // configuration answers with as many bytes.
@@ -30,20 +35,23 @@ const bodyLength = len("backend b1")
 // backend is one backend process's state.
 type backend struct {
 	name   string
-	delay  time.Duration
+	delay  time.Duration // while slow
+	slow   atomic.Bool
 	served atomic.Int64 // counted requests answered
 
 	hello, health []byte // complete responses, built once
 }
 
-func newBackend(name string, delay time.Duration) *backend {
+func newBackend(name string, delay time.Duration, fast bool) *backend {
 	body := "backend " + name
-	return &backend{
+	b := &backend{
 		name:   name,
 		delay:  delay,
 		hello:  response(200, body),
 		health: response(200, "ok"),
 	}
+	b.slow.Store(delay > 0 && !fast)
+	return b
 }
 
 // response builds a complete HTTP/1.1 response with a text body.
@@ -65,12 +73,13 @@ func statusText(status int) string {
 }
 
 // runBackend is the backend role: bench -backend -listen 127.0.0.1:PORT
-// -name b1 [-delay 50ms]. It serves until the harness stops it.
+// -name b1 [-delay 50ms [-fast]]. It serves until the harness stops it.
 func runBackend(args []string) error {
 	fs := flag.NewFlagSet("backend", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
 	name := fs.String("name", "b1", "name in the answers")
-	delay := fs.Duration("delay", 0, "wait this long before answering a counted request")
+	delay := fs.Duration("delay", 0, "wait this long before answering a counted request while slow")
+	fast := fs.Bool("fast", false, "start fast: wait the -delay only after a request to /slow")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -78,7 +87,7 @@ func runBackend(args []string) error {
 	if err != nil {
 		return fmt.Errorf("backend %s: %w", *name, err)
 	}
-	return newBackend(*name, *delay).serve(context.Background(), ln)
+	return newBackend(*name, *delay, *fast).serve(context.Background(), ln)
 }
 
 // serve accepts connections until ctx ends or the listener fails.
@@ -122,8 +131,11 @@ func (b *backend) serveConn(c net.Conn) {
 			out = b.health
 		case "/count":
 			out = response(200, fmt.Sprintf(`{"name":%q,"requests":%d}`, b.name, b.served.Load()))
+		case "/slow", "/fast":
+			b.slow.Store(path == "/slow")
+			out = b.health
 		default:
-			if b.delay > 0 {
+			if b.slow.Load() {
 				time.Sleep(b.delay)
 			}
 			b.served.Add(1)
@@ -214,6 +226,10 @@ func internPath(p []byte) string {
 		return "/health"
 	case "/count":
 		return "/count"
+	case "/slow":
+		return "/slow"
+	case "/fast":
+		return "/fast"
 	}
 	return "other"
 }

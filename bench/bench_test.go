@@ -80,7 +80,7 @@ func startBackend(t *testing.T, delay time.Duration) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	go newBackend("b1", delay).serve(ctx, ln)
+	go newBackend("b1", delay, false).serve(ctx, ln)
 	return ln.Addr().String()
 }
 
@@ -156,7 +156,7 @@ func TestReadResponseLengthChunkedAndClose(t *testing.T) {
 
 // TestQuickRunMeasuresEveryConfiguration runs the whole harness in -quick
 // mode: Caddy built and started, backends and load generator as processes,
-// every configuration in both scenarios, and the report files written.
+// every configuration in every scenario, and the report files written.
 func TestQuickRunMeasuresEveryConfiguration(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds Caddy and runs it under load for about 20s; skipped with -short")
@@ -186,7 +186,7 @@ func TestQuickRunMeasuresEveryConfiguration(t *testing.T) {
 	if err := json.Unmarshal(b, &res); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]int{"throughput": 4, "quality": 3}
+	want := map[string]int{scThroughput: 5, scQuality: 4, scQualityFast: 1, scFlip: 3}
 	for _, r := range res.Runs {
 		want[r.Scenario]--
 		if r.Requests == 0 || r.Errors != 0 || r.LBCPUSeconds <= 0 || r.P99us <= 0 {
@@ -195,8 +195,12 @@ func TestQuickRunMeasuresEveryConfiguration(t *testing.T) {
 		if r.Config != "respond" && len(r.Shares) != numBackends {
 			t.Errorf("%s %s: shares %v", r.Scenario, r.Config, r.Shares)
 		}
-		if r.Scenario == "quality" && r.Config == "rp_round_robin" && (r.Shares[1] < 0.2 || r.Shares[1] > 0.45) {
+		if r.Scenario == scQuality && r.Config == "rp_round_robin" && (r.Shares[1] < 0.2 || r.Shares[1] > 0.45) {
 			t.Errorf("round_robin gave the slow backend %.0f%%, want about a third", r.Shares[1]*100)
+		}
+		// 1s fast, 2s slow, 2s fast: a share for each second.
+		if (r.Scenario == scFlip) != (len(r.FlipShares) == 5) || (r.Scenario == scFlip) != (len(r.Series) == 20) {
+			t.Errorf("%s %s: %d shares per second, %d steps", r.Scenario, r.Config, len(r.FlipShares), len(r.Series))
 		}
 	}
 	for sc, n := range want {
@@ -204,7 +208,7 @@ func TestQuickRunMeasuresEveryConfiguration(t *testing.T) {
 			t.Errorf("%s: %d runs missing", sc, n)
 		}
 	}
-	if len(res.Targets) != 4 {
+	if len(res.Targets) != 9 {
 		t.Errorf("targets: %+v", res.Targets)
 	}
 	for _, name := range []string{"report.txt", "chart.svg", "caddyfiles/throughput-lbpool.Caddyfile"} {
@@ -216,7 +220,40 @@ func TestQuickRunMeasuresEveryConfiguration(t *testing.T) {
 	if err := xml.Unmarshal(svg, new(struct{})); err != nil {
 		t.Errorf("chart.svg is not well-formed XML: %v", err)
 	}
+	for _, want := range []string{"ratios to rp_least_conn", "b2's share of the requests in each second", "targets of issue 14"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("no %q in the report:\n%s", want, stdout.String())
+		}
+	}
 	if !strings.Contains(stdout.String(), "ratios to rp_least_conn") {
 		t.Errorf("no ratios in the report:\n%s", stdout.String())
+	}
+}
+
+func TestFlipFiguresSharePerSecondAndRecovery(t *testing.T) {
+	// Steps of 250ms over 4s: b2 fast in second 0, slow in seconds 1-2,
+	// fast again from 3s, back to a third in the second step after that.
+	var series [][]int64
+	for k := range 16 {
+		b2 := int64(100)
+		switch {
+		case k >= 4 && k < 12:
+			b2 = 1
+		case k == 12:
+			b2 = 40 // 40/240: under a quarter
+		}
+		series = append(series, []int64{100, b2, 100})
+	}
+	r := runRecord{loadResult: loadResult{Series: series, SeriesStep: 0.25}}
+	r.flipFigures(1, 3*time.Second)
+	if len(r.FlipShares) != 4 || *r.FlipShares[0] < 0.33 || *r.FlipShares[1] > 0.01 || *r.FlipShares[3] > 0.33 {
+		t.Fatalf("shares per second %v", r.FlipShares)
+	}
+	if r.Recovery == nil || *r.Recovery != 0.5 {
+		t.Fatalf("recovery %v, want 0.5s", r.Recovery)
+	}
+	r = runRecord{loadResult: loadResult{Series: series[:12], SeriesStep: 0.25}}
+	if r.flipFigures(1, 3*time.Second); r.Recovery != nil {
+		t.Fatalf("recovery %v in a window that ends slow", *r.Recovery)
 	}
 }

@@ -25,10 +25,11 @@ const (
 
 // configColors are fixed per configuration so the panels read alike.
 var configColors = map[string]string{
-	"lbpool":         "#1f77b4",
-	"rp_least_conn":  "#ff7f0e",
-	"rp_round_robin": "#8c8c8c",
-	"respond":        "#2ca02c",
+	"lbpool":            "#1f77b4",
+	"lbpool_least_time": "#9467bd",
+	"rp_least_conn":     "#ff7f0e",
+	"rp_round_robin":    "#8c8c8c",
+	"respond":           "#2ca02c",
 }
 
 // panel is one metric of one scenario.
@@ -70,7 +71,13 @@ func scenarioPanels(sc scenario) []panel {
 
 func (res *results) chart() []byte {
 	var b bytes.Buffer
-	height := 70 + rowHeight*len(res.Scenarios) + 40
+	var charted []scenario
+	for _, sc := range res.Scenarios {
+		if sc.Name == scThroughput || sc.Name == scQuality {
+			charted = append(charted, sc)
+		}
+	}
+	height := 70 + rowHeight*len(charted) + 40
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="Helvetica, Arial, sans-serif" font-size="12">`+"\n",
 		chartWidth, height, chartWidth, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="#ffffff"/>`+"\n")
@@ -84,7 +91,7 @@ func (res *results) chart() []byte {
 	res.legend(&b, 62)
 
 	y := 80
-	for _, sc := range res.Scenarios {
+	for _, sc := range charted {
 		title := fmt.Sprintf("Throughput: %d fast backends, %d keep-alive clients", numBackends, sc.Conns)
 		if sc.Slow >= 0 {
 			title = fmt.Sprintf("Quality: b%d answers after %s, %d keep-alive clients", sc.Slow+1, sc.Delay, sc.Conns)

@@ -24,10 +24,20 @@ type lbConfig struct {
 const baseline = "rp_least_conn"
 
 var allConfigs = []lbConfig{
-	{Name: "lbpool", Label: "lbpool", proxies: true, handler: lbpoolHandler},
+	{Name: "lbpool", Label: "lbpool", proxies: true, handler: lbpoolHandler("least_conn")},
+	{Name: "lbpool_least_time", Label: "lbpool least_time", proxies: true, handler: lbpoolHandler("least_time")},
 	{Name: "rp_least_conn", Label: "reverse_proxy least_conn", proxies: true, handler: reverseProxyHandler("least_conn")},
 	{Name: "rp_round_robin", Label: "reverse_proxy round_robin", proxies: true, handler: reverseProxyHandler("round_robin")},
 	{Name: "respond", Label: "respond (no proxy)", proxies: false, handler: respondHandler},
+}
+
+// configNames lists the known configurations, for errors.
+func configNames() string {
+	var names []string
+	for _, c := range allConfigs {
+		names = append(names, c.Name)
+	}
+	return strings.Join(names, ", ")
 }
 
 func configByName(name string) (lbConfig, bool) {
@@ -39,14 +49,22 @@ func configByName(name string) (lbConfig, bool) {
 	return lbConfig{}, false
 }
 
-func lbpoolHandler(backends []string) string {
-	return fmt.Sprintf(`lbpool %s {
-		name bench
+// lbpoolHandler is lbpool with an lb_policy; least_conn, the default, is
+// left out of the Caddyfile so that lbpool runs as configured without one.
+func lbpoolHandler(policy string) func([]string) string {
+	line := ""
+	if policy != "least_conn" {
+		line = "\n\t\tlb_policy " + policy
+	}
+	return func(backends []string) string {
+		return fmt.Sprintf(`lbpool %s {
+		name bench%s
 		health_uri /health
 		health_interval 20s
 		health_timeout 2s
 		dial_timeout 3s
-	}`, strings.Join(backends, " "))
+	}`, strings.Join(backends, " "), line)
+	}
 }
 
 func reverseProxyHandler(policy string) func([]string) string {

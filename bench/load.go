@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +45,10 @@ type loadResult struct {
 	LoadCPUSeconds float64   `json:"load_cpu_seconds"` // of the load generator and the backends
 	CPUBusy        []float64 `json:"cpu_busy"`         // per core, the busy fraction of the window
 	Backends       []int64   `json:"backend_requests"`
+	// Series is each backend's requests in each -series step of the
+	// window, in order (only with -series).
+	Series     [][]int64 `json:"backend_series,omitempty"`
+	SeriesStep float64   `json:"series_step_s,omitempty"`
 }
 
 // loadSpec is the load role's command line.
@@ -57,6 +62,10 @@ type loadSpec struct {
 	lbPID    int           // 0: no CPU sampling
 	loadPIDs []int         // the backends; the load generator adds itself
 	backends []string      // host:port of each backend's /count
+	series   time.Duration // 0: no per-step counts
+	flip     string        // host:port of a backend to turn slow and fast again
+	flipAt   time.Duration // into the window
+	flipFor  time.Duration
 }
 
 // runLoad is the load role: bench -load -addr 127.0.0.1:PORT ...
@@ -73,6 +82,10 @@ func runLoad(args []string) error {
 	fs.IntVar(&s.lbPID, "lb-pid", 0, "PID of the load balancer, for its CPU time")
 	fs.StringVar(&backends, "backends", "", "comma-separated backend host:port, for their request counters")
 	pids := fs.String("backend-pids", "", "comma-separated PIDs of the backends, for their CPU time")
+	fs.DurationVar(&s.series, "series", 0, "also count each backend's requests in steps of this length")
+	fs.StringVar(&s.flip, "flip", "", "backend host:port to turn slow at -flip-at into the window and fast -flip-for later")
+	fs.DurationVar(&s.flipAt, "flip-at", 0, "when in the measured window the -flip backend turns slow")
+	fs.DurationVar(&s.flipFor, "flip-for", 0, "how long the -flip backend stays slow")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -119,15 +132,71 @@ func takeSample(s loadSpec) (sample, error) {
 	if out.cpus, err = readCPUTicks(); err != nil {
 		return out, err
 	}
-	for _, b := range s.backends {
-		n, err := readCounter(b)
-		if err != nil {
-			return out, err
-		}
-		out.backends = append(out.backends, n)
+	if out.backends, err = readCounters(s.backends); err != nil {
+		return out, err
 	}
 	out.at = time.Now()
 	return out, nil
+}
+
+func readCounters(addrs []string) ([]int64, error) {
+	var out []int64
+	for _, b := range addrs {
+		n, err := readCounter(b)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// timeline runs the measured window up to end: it counts each backend's
+// requests every -series step (from the counts at the start, first), and
+// turns the -flip backend slow and fast again at its times. A count due at
+// the same moment as a switch is taken first.
+func timeline(s loadSpec, start, end time.Time, first []int64) ([][]int64, error) {
+	type event struct {
+		at   time.Time
+		path string // "" counts
+	}
+	var events []event
+	if s.series > 0 && len(s.backends) > 0 {
+		for t := start.Add(s.series); !t.After(end); t = t.Add(s.series) {
+			events = append(events, event{at: t})
+		}
+	}
+	if s.flip != "" {
+		events = append(events, event{start.Add(s.flipAt), "/slow"}, event{start.Add(s.flipAt + s.flipFor), "/fast"})
+	}
+	slices.SortStableFunc(events, func(a, b event) int {
+		if c := a.at.Compare(b.at); c != 0 {
+			return c
+		}
+		return strings.Compare(a.path, b.path)
+	})
+	var series [][]int64
+	last := first
+	for _, e := range events {
+		time.Sleep(time.Until(e.at))
+		if e.path != "" {
+			if err := switchBackend(s.flip, e.path); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		now, err := readCounters(s.backends)
+		if err != nil {
+			return nil, err
+		}
+		step := make([]int64, len(now))
+		for i := range now {
+			step[i] = now[i] - last[i]
+		}
+		series, last = append(series, step), now
+	}
+	time.Sleep(time.Until(end))
+	return series, nil
 }
 
 // worker is one closed-loop client.
@@ -172,7 +241,10 @@ func generate(s loadSpec) (*loadResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load: sampling at the start: %w", err)
 	}
-	time.Sleep(time.Until(end))
+	series, err := timeline(s, start, end, before.backends)
+	if err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
 	after, err := takeSample(s)
 	if err != nil {
 		return nil, fmt.Errorf("load: sampling at the end: %w", err)
@@ -180,7 +252,10 @@ func generate(s loadSpec) (*loadResult, error) {
 	wg.Wait()
 
 	var all histogram
-	res := &loadResult{Seconds: after.at.Sub(before.at).Seconds()}
+	res := &loadResult{Seconds: after.at.Sub(before.at).Seconds(), Series: series}
+	if series != nil {
+		res.SeriesStep = s.series.Seconds()
+	}
 	for _, w := range workers {
 		all.merge(&w.hist)
 		res.Requests += w.requests
@@ -373,6 +448,19 @@ func parseInt(b []byte) (int64, error) {
 // countClient reads the backends' counters; it is used twice per run, off the
 // request path.
 var countClient = &http.Client{Timeout: 5 * time.Second}
+
+// switchBackend turns a backend slow (path /slow) or fast (/fast).
+func switchBackend(addr, path string) error {
+	resp, err := countClient.Get("http://" + addr + path)
+	if err != nil {
+		return fmt.Errorf("backend %s%s: %w", addr, path, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("backend %s%s: status %d", addr, path, resp.StatusCode)
+	}
+	return nil
+}
 
 func readCounter(addr string) (int64, error) {
 	resp, err := countClient.Get("http://" + addr + "/count")

@@ -1,23 +1,29 @@
 // Command bench measures lbpool against Caddy's own reverse_proxy, in one
 // command from the repository root:
 //
-//	go run ./bench            # about 4 minutes; -quick for a smoke test
+//	go run ./bench            # about 7 minutes; -quick for a smoke test
 //	go run ./bench -publish   # also copies the chart to docs/bench.svg
 //
 // It builds ./cmd/caddy once (Caddy with the standard modules and lbpool),
 // starts three fast backends on 127.0.0.1 (this program, as subprocesses),
-// and runs two scenarios, each configuration in turn within every repeat so
+// and runs three scenarios, each configuration in turn within every repeat so
 // that ratios are paired between neighbours in time:
 //
 //   - throughput: 64 keep-alive clients; req/s, raw p50 and p99, and the load
 //     balancer's CPU time per request (utime+stime from /proc over the
 //     measured window only);
 //   - quality: one backend 50 ms slow, 32 clients; p50, p99 and each
-//     backend's share of the requests.
+//     backend's share of the requests; in each repeat lbpool with least_time
+//     also runs once with that backend fast (quality_fast), the reference
+//     for its p99;
+//   - flip: 32 clients, one backend turns 50 ms slow for 10 s, then fast
+//     again; that backend's share per second, and how long after it turned
+//     fast its share took to be back to 25%.
 //
-// The configurations are lbpool, reverse_proxy with lb_policy least_conn and
-// with round_robin, all in the same binary with equivalent settings (see
-// configs.go), and Caddy's respond as the floor of what any proxy costs.
+// The configurations are lbpool (lb_policy least_conn and least_time),
+// reverse_proxy with lb_policy least_conn and with round_robin, all in the
+// same binary with equivalent settings (see configs.go), and Caddy's respond
+// as the floor of what any proxy costs.
 // Caddy runs on one core and everything else (backends, load generator,
 // harness) on another, with taskset where available. Each run starts a fresh
 // Caddy, warms up, then measures. Before each repeat the harness waits a
@@ -83,9 +89,14 @@ type options struct {
 	Conns        int           `json:"conns"`
 	QualityConns int           `json:"quality_conns"`
 	SlowDelay    time.Duration `json:"slow_delay_ns"`
-	Configs      []string      `json:"configs"`
-	Scenarios    []string      `json:"scenarios"`
-	Quick        bool          `json:"quick"`
+	// The flip scenario's measured window: FlipBefore fast, FlipSlow slow,
+	// FlipAfter fast again.
+	FlipBefore time.Duration `json:"flip_before_ns"`
+	FlipSlow   time.Duration `json:"flip_slow_ns"`
+	FlipAfter  time.Duration `json:"flip_after_ns"`
+	Configs    []string      `json:"configs"`
+	Scenarios  []string      `json:"scenarios"`
+	Quick      bool          `json:"quick"`
 
 	out            string
 	publish        bool
@@ -110,10 +121,12 @@ func parseOptions(args []string) (options, error) {
 	fs.DurationVar(&o.Duration, "duration", 8*time.Second, "measured window of each run")
 	fs.IntVar(&o.Conns, "conns", 64, "keep-alive clients in the throughput scenario")
 	fs.IntVar(&o.QualityConns, "quality-conns", 32, "keep-alive clients in the quality scenario")
-	fs.DurationVar(&o.SlowDelay, "slow", 50*time.Millisecond, "delay of the slow backend in the quality scenario")
-	fs.StringVar(&configs, "configs", "lbpool,rp_least_conn,rp_round_robin,respond", "configurations, comma-separated (respond runs in the throughput scenario only)")
-	fs.StringVar(&scenarios, "scenarios", "throughput,quality", "scenarios, comma-separated")
-	fs.BoolVar(&o.Quick, "quick", false, "smoke test: 1 repeat of 1s runs after 0.3s warm-up")
+	fs.DurationVar(&o.SlowDelay, "slow", 50*time.Millisecond, "delay of the slow backend in the quality and flip scenarios")
+	fs.DurationVar(&o.FlipSlow, "flip-slow", 10*time.Second, "how long the backend stays slow in the flip scenario (measured: 2s before, 8s after)")
+	fs.StringVar(&configs, "configs", "lbpool,lbpool_least_time,rp_least_conn,rp_round_robin,respond",
+		"configurations, comma-separated (respond runs in the throughput scenario only; flip runs lbpool, lbpool_least_time and rp_least_conn)")
+	fs.StringVar(&scenarios, "scenarios", "throughput,quality,flip", "scenarios, comma-separated (throughput, quality, flip)")
+	fs.BoolVar(&o.Quick, "quick", false, "smoke test: 1 repeat of 1s runs after 0.3s warm-up (flip: 1s fast, 2s slow, 2s fast)")
 	fs.StringVar(&o.out, "out", "", "folder for report.txt, results.json and chart.svg (default bench/out)")
 	fs.BoolVar(&o.publish, "publish", false, "also copy the chart to docs/bench.svg")
 	fs.BoolVar(&o.pin, "pin", true, "pin the load balancer and the rest to separate cores with taskset")
@@ -130,25 +143,27 @@ func parseOptions(args []string) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	o.FlipBefore, o.FlipAfter = 2*time.Second, 8*time.Second
 	if o.Quick {
 		o.Repeats, o.Warmup, o.Duration, o.quietWait, o.redoNoisy = 1, 300*time.Millisecond, time.Second, 0, 0
+		o.FlipBefore, o.FlipSlow, o.FlipAfter = time.Second, 2*time.Second, 2*time.Second
 	}
 	o.Configs, o.Scenarios, o.profile = splitList(configs), splitList(scenarios), splitList(profile)
 	for _, c := range append(slices.Clone(o.Configs), o.profile...) {
 		if _, ok := configByName(c); !ok {
-			return o, fmt.Errorf("unknown configuration %q (known: lbpool, rp_least_conn, rp_round_robin, respond)", c)
+			return o, fmt.Errorf("unknown configuration %q (known: %s)", c, configNames())
 		}
 	}
 	if !slices.Contains(o.Configs, baseline) {
 		return o, fmt.Errorf("-configs must include %s: every ratio is taken against it", baseline)
 	}
 	for _, s := range o.Scenarios {
-		if s != "throughput" && s != "quality" {
-			return o, fmt.Errorf("unknown scenario %q (known: throughput, quality)", s)
+		if s != "throughput" && s != "quality" && s != "flip" {
+			return o, fmt.Errorf("unknown scenario %q (known: throughput, quality, flip)", s)
 		}
 	}
-	if o.Repeats < 1 || o.Conns < 1 || o.QualityConns < 1 || o.Duration <= 0 || o.Warmup < 0 {
-		return o, errors.New("-repeats, -conns, -quality-conns and -duration must be positive")
+	if o.Repeats < 1 || o.Conns < 1 || o.QualityConns < 1 || o.Duration <= 0 || o.Warmup < 0 || o.FlipSlow <= 0 {
+		return o, errors.New("-repeats, -conns, -quality-conns, -duration and -flip-slow must be positive")
 	}
 	return o, nil
 }
@@ -167,31 +182,68 @@ func splitList(s string) []string {
 type scenario struct {
 	Name    string   `json:"name"`
 	Conns   int      `json:"conns"`
-	Slow    int      `json:"slow_backend"` // index of the slow backend, -1 for none
+	Slow    int      `json:"slow_backend"` // index of the slow (or flipping) backend, -1 for none
 	Delay   string   `json:"slow_delay"`
 	Configs []string `json:"configs"`
+	// Of names the scenario whose repeats run this one too, on its
+	// backends with the slow one turned fast; it has no backends of its own.
+	Of string `json:"of,omitempty"`
 
 	delay time.Duration
 }
 
+// The scenarios' names.
+const (
+	scThroughput  = "throughput"
+	scQuality     = "quality"
+	scQualityFast = "quality_fast"
+	scFlip        = "flip"
+	leastTime     = "lbpool_least_time"
+)
+
+// flipConfigs are the configurations the flip scenario runs, of those
+// selected.
+var flipConfigs = []string{"lbpool", leastTime, "rp_least_conn"}
+
 func scenarios(o options) []scenario {
 	var out []scenario
+	var proxies []string
+	for _, c := range o.Configs {
+		if cfg, _ := configByName(c); cfg.proxies {
+			proxies = append(proxies, c)
+		}
+	}
 	for _, name := range o.Scenarios {
 		switch name {
-		case "throughput":
+		case scThroughput:
 			out = append(out, scenario{Name: name, Conns: o.Conns, Slow: -1, Configs: o.Configs})
-		case "quality":
-			var proxies []string
-			for _, c := range o.Configs {
-				if cfg, _ := configByName(c); cfg.proxies {
-					proxies = append(proxies, c)
+		case scQuality:
+			out = append(out, scenario{Name: name, Conns: o.QualityConns, Slow: 1, delay: o.SlowDelay,
+				Delay: o.SlowDelay.String(), Configs: proxies})
+			if slices.Contains(o.Configs, leastTime) {
+				out = append(out, scenario{Name: scQualityFast, Conns: o.QualityConns, Slow: -1, Of: scQuality,
+					Configs: []string{leastTime}})
+			}
+		case scFlip:
+			var configs []string
+			for _, c := range flipConfigs {
+				if slices.Contains(o.Configs, c) {
+					configs = append(configs, c)
 				}
 			}
 			out = append(out, scenario{Name: name, Conns: o.QualityConns, Slow: 1, delay: o.SlowDelay,
-				Delay: o.SlowDelay.String(), Configs: proxies})
+				Delay: o.SlowDelay.String(), Configs: configs})
 		}
 	}
 	return out
+}
+
+// window is the measured window of each run of a scenario.
+func (o options) window(sc scenario) time.Duration {
+	if sc.Name == scFlip {
+		return o.FlipBefore + o.FlipSlow + o.FlipAfter
+	}
+	return o.Duration
 }
 
 // numBackends is how many backends every proxy configuration balances over.
@@ -209,6 +261,7 @@ type harness struct {
 	ldCPUs string
 	saved  map[string]bool // Caddyfiles already copied to out
 
+	scs       []scenario
 	warnings  []string
 	redosLeft int         // repeats that may still run again for being noisy
 	discarded []runRecord // runs of those repeats
@@ -259,7 +312,11 @@ func run(ctx context.Context, o options) error {
 
 	res := &results{Machine: describeMachine(h.caddy), Options: o, Pinning: note,
 		LBCPUs: h.lbCPUs, LoadCPUs: h.ldCPUs, Scenarios: scs}
+	h.scs = scs
 	for _, sc := range scs {
+		if sc.Of != "" {
+			continue // runs within its scenario's repeats
+		}
 		runs, err := h.runScenario(ctx, sc)
 		if err != nil {
 			return err
@@ -280,12 +337,11 @@ func run(ctx context.Context, o options) error {
 }
 
 func estimateDuration(o options, scs []scenario) time.Duration {
-	var n int
+	var total time.Duration
 	for _, sc := range scs {
-		n += len(sc.Configs) * o.Repeats
+		total += time.Duration(len(sc.Configs)*o.Repeats) * (o.Warmup + o.window(sc) + 700*time.Millisecond)
 	}
-	n += len(o.profile)
-	return time.Duration(n) * (o.Warmup + o.Duration + 700*time.Millisecond)
+	return total + time.Duration(len(o.profile))*(o.Warmup+o.Duration+700*time.Millisecond)
 }
 
 // runScenario starts the scenario's backends and runs every configuration
@@ -322,23 +378,60 @@ func (h *harness) runScenario(ctx context.Context, sc scenario) ([]runRecord, er
 }
 
 // runRepeat runs every configuration of a scenario once, in the repeat's
-// rotated order.
+// rotated order, then the scenarios run within it, with its slow backend
+// turned fast.
 func (h *harness) runRepeat(ctx context.Context, sc scenario, backends backendSet, r int) ([]runRecord, error) {
 	var runs []runRecord
 	for pos, name := range rotate(sc.Configs, r) {
-		cfg, _ := configByName(name)
-		fmt.Fprintf(h.opts.stdout, "  %s, repeat %d/%d: %s ...", sc.Name, r+1, h.opts.Repeats, name)
-		rec, err := h.runOne(ctx, sc, cfg, backends, h.opts.Warmup, h.opts.Duration, nil)
+		rec, err := h.runNamed(ctx, sc, name, backends, r)
 		if err != nil {
-			fmt.Fprintln(h.opts.stdout)
-			return nil, fmt.Errorf("%s, repeat %d, %s: %w", sc.Name, r+1, name, err)
+			return nil, err
 		}
-		rec.Repeat, rec.Position = r+1, pos+1
-		fmt.Fprintf(h.opts.stdout, " %.0f req/s, p99 %.2f ms, LB %.1f µs/req, others on LB core %.0f%%\n",
-			rec.ReqPerSec, rec.P99us/1e3, rec.LBCPUPerReqUs, rec.OthersOnLBCore*100)
+		rec.Position = pos + 1
 		runs = append(runs, rec)
 	}
+	for _, sub := range h.scs {
+		if sub.Of != sc.Name {
+			continue
+		}
+		slow := backends.addrs[sc.Slow]
+		if err := switchBackend(slow, "/fast"); err != nil {
+			return nil, err
+		}
+		for pos, name := range sub.Configs {
+			rec, err := h.runNamed(ctx, sub, name, backends, r)
+			if err != nil {
+				return nil, err
+			}
+			rec.Position = len(sc.Configs) + pos + 1
+			runs = append(runs, rec)
+		}
+		if err := switchBackend(slow, "/slow"); err != nil {
+			return nil, err
+		}
+	}
 	return runs, nil
+}
+
+// runNamed runs one configuration in a repeat and prints its figures.
+func (h *harness) runNamed(ctx context.Context, sc scenario, name string, backends backendSet, r int) (runRecord, error) {
+	cfg, _ := configByName(name)
+	fmt.Fprintf(h.opts.stdout, "  %s, repeat %d/%d: %s ...", sc.Name, r+1, h.opts.Repeats, name)
+	rec, err := h.runOne(ctx, sc, cfg, backends, h.opts.Warmup, h.opts.window(sc), nil)
+	if err != nil {
+		fmt.Fprintln(h.opts.stdout)
+		return rec, fmt.Errorf("%s, repeat %d, %s: %w", sc.Name, r+1, name, err)
+	}
+	rec.Repeat = r + 1
+	fmt.Fprintf(h.opts.stdout, " %.0f req/s, p99 %.2f ms, LB %.1f µs/req, others on LB core %.0f%%",
+		rec.ReqPerSec, rec.P99us/1e3, rec.LBCPUPerReqUs, rec.OthersOnLBCore*100)
+	if rec.Recovery != nil {
+		fmt.Fprintf(h.opts.stdout, ", b%d back to %.0f%% %.2fs after turning fast", sc.Slow+1, recoveredShare*100, *rec.Recovery)
+	} else if sc.Name == scFlip {
+		fmt.Fprintf(h.opts.stdout, ", b%d not back to %.0f%% within %v", sc.Slow+1, recoveredShare*100, h.opts.FlipAfter)
+	}
+	fmt.Fprintln(h.opts.stdout)
+	return rec, nil
 }
 
 // noisiest is the largest share of the load balancer's core that other work
@@ -433,6 +526,9 @@ func (h *harness) startBackends(ctx context.Context, sc scenario) (bs backendSet
 		args := []string{"-backend", "-listen", addr, "-name", name}
 		if i == sc.Slow {
 			args = append(args, "-delay", sc.delay.String())
+			if sc.Name == scFlip {
+				args = append(args, "-fast")
+			}
 		}
 		p, err := h.procs.start(procSpec{name: "backend " + name, cpus: h.ldCPUs, env: os.Environ(),
 			logFile: filepath.Join(h.tmp, sc.Name+"-"+name+".log"), bin: h.opts.exe, args: args})
@@ -500,13 +596,19 @@ func (h *harness) runOne(ctx context.Context, sc scenario, cfg lbConfig, backend
 	if cfg.proxies {
 		counters = backends.addrs
 	}
+	args := []string{"-load", "-addr", site, "-conns", strconv.Itoa(sc.Conns),
+		"-warmup", warmup.String(), "-duration", duration.String(),
+		"-lb-pid", strconv.Itoa(caddy.pid()), "-backends", strings.Join(counters, ","),
+		"-backend-pids", strings.Join(backends.pids, ",")}
+	if sc.Name == scFlip {
+		// The load generator turns the backend slow and fast on the
+		// window's own clock, and counts each backend's requests per step.
+		args = append(args, "-series", seriesStep.String(), "-flip", backends.addrs[sc.Slow],
+			"-flip-at", h.opts.FlipBefore.String(), "-flip-for", h.opts.FlipSlow.String())
+	}
 	var stdout strings.Builder
 	load, err := h.procs.start(procSpec{name: "load generator", cpus: h.ldCPUs, env: os.Environ(),
-		stdout: &stdout, logFile: filepath.Join(h.tmp, "load.log"), bin: h.opts.exe,
-		args: []string{"-load", "-addr", site, "-conns", strconv.Itoa(sc.Conns),
-			"-warmup", warmup.String(), "-duration", duration.String(),
-			"-lb-pid", strconv.Itoa(caddy.pid()), "-backends", strings.Join(counters, ","),
-			"-backend-pids", strings.Join(backends.pids, ",")}})
+		stdout: &stdout, logFile: filepath.Join(h.tmp, "load.log"), bin: h.opts.exe, args: args})
 	if err != nil {
 		return rec, err
 	}
@@ -534,6 +636,9 @@ func (h *harness) runOne(ctx context.Context, sc scenario, cfg lbConfig, backend
 	}
 	if err := rec.fill(stdout.String()); err != nil {
 		return rec, err
+	}
+	if sc.Name == scFlip {
+		rec.flipFigures(sc.Slow, h.opts.FlipBefore+h.opts.FlipSlow)
 	}
 	if lb := singleCore(h.lbCPUs); lb >= 0 && lb < len(rec.CPUBusy) {
 		rec.OthersOnLBCore = max(rec.CPUBusy[lb]-rec.CaddyCore, 0)

@@ -38,6 +38,56 @@ type runRecord struct {
 	// no process, and anything else that ran there. An upper bound.
 	LBCorePerReqUs float64   `json:"lb_core_per_request_us,omitempty"`
 	Shares         []float64 `json:"backend_shares,omitempty"` // of the requests the backends counted
+
+	// Of the flip scenario: the flipping backend's share in each second of
+	// the window, and how long after it turned fast its share was back to
+	// recoveredShare (null: not within the window).
+	FlipShares []*float64 `json:"flip_shares_per_second,omitempty"`
+	Recovery   *float64   `json:"recovery_s,omitempty"`
+}
+
+// seriesStep is how often the flip scenario counts each backend's requests.
+const seriesStep = 250 * time.Millisecond
+
+// recoveredShare is the share a backend that turned fast again must be back
+// to (three equal backends get a third each).
+const recoveredShare = 0.25
+
+// flipFigures derives the flipping backend's share per second and its
+// recovery from the per-step counts; fastAt is when in the window it turned
+// fast again. Recovery ends with the first step, wholly after fastAt, in
+// which its share reached recoveredShare.
+func (r *runRecord) flipFigures(slow int, fastAt time.Duration) {
+	share := func(steps [][]int64) *float64 {
+		var mine, total int64
+		for _, st := range steps {
+			for i, n := range st {
+				total += n
+				if i == slow {
+					mine += n
+				}
+			}
+		}
+		if total == 0 {
+			return nil
+		}
+		return ptr(float64(mine) / float64(total))
+	}
+	step := time.Duration(r.SeriesStep * float64(time.Second))
+	if step <= 0 || len(r.Series) == 0 || slow < 0 || slow >= len(r.Series[0]) {
+		return
+	}
+	perSecond := max(int(time.Second/step), 1)
+	for i := 0; i < len(r.Series); i += perSecond {
+		r.FlipShares = append(r.FlipShares, share(r.Series[i:min(i+perSecond, len(r.Series))]))
+	}
+	for k := range r.Series {
+		begin := time.Duration(k) * step
+		if v := share(r.Series[k : k+1]); begin >= fastAt && v != nil && *v >= recoveredShare {
+			r.Recovery = ptr((begin + step - fastAt).Seconds())
+			return
+		}
+	}
 }
 
 // fill reads the load generator's JSON and derives the rates.
@@ -108,27 +158,85 @@ type ratio struct {
 	Median    *float64   `json:"median"`
 }
 
-// target is one of issue 6's goals for lbpool, checked on the median of the
-// paired ratios.
+// target is one of an issue's goals, checked on the median over the
+// repeats of a figure taken within each repeat.
 type target struct {
-	Scenario string   `json:"scenario"`
-	Metric   string   `json:"metric"`
-	Limit    float64  `json:"limit"` // lbpool ÷ baseline must be at most this
-	Median   *float64 `json:"median"`
-	MetIn    int      `json:"met_in_repeats"`
-	Repeats  int      `json:"repeats"`
-	Met      bool     `json:"met"`
+	Issue     int        `json:"issue"`
+	Scenario  string     `json:"scenario"`
+	Config    string     `json:"config"`
+	Metric    string     `json:"metric"` // what the figure is
+	Limit     float64    `json:"limit"`  // the figure must be at most this
+	Unit      string     `json:"unit"`   // x (a ratio), % or s
+	PerRepeat []*float64 `json:"per_repeat"`
+	Median    *float64   `json:"median"`
+	MetIn     int        `json:"met_in_repeats"`
+	Repeats   int        `json:"repeats"`
+	Met       bool       `json:"met"`
 }
 
-var targets = []struct {
-	scenario string
-	metric   metric
-	limit    float64
-}{
-	{"throughput", metricLBCPU, 0.67},
-	{"throughput", metricP99, 1.00},
-	{"quality", metricSlowShare, 1.00},
-	{"quality", metricP99, 1.00},
+// targetDef defines a target: value is its figure in one repeat, nil when
+// that repeat has none.
+type targetDef struct {
+	issue            int
+	scenario, config string
+	metric           string
+	limit            float64
+	unit             string
+	value            func(res *results, rep int) *float64
+}
+
+// pairedTarget is issue 6's kind: config's metric ÷ other's in the same
+// repeat of the scenario.
+func pairedTarget(issue int, scenario, config, other string, m metric, limit float64) targetDef {
+	return targetDef{issue, scenario, config, m.Name + " ÷ " + other, limit, "x", func(res *results, rep int) *float64 {
+		sc := res.scenario(scenario)
+		return res.ratioIn(*sc, rep, config, other, m)
+	}}
+}
+
+// runTarget is a figure of one run of config in the scenario.
+func runTarget(issue int, scenario, config, name string, limit float64, unit string, f func(sc scenario, r *runRecord) *float64) targetDef {
+	return targetDef{issue, scenario, config, name, limit, unit, func(res *results, rep int) *float64 {
+		if r := res.find(scenario, rep, config); r != nil {
+			return f(*res.scenario(scenario), r)
+		}
+		return nil
+	}}
+}
+
+var targets = []targetDef{
+	pairedTarget(6, scThroughput, "lbpool", baseline, metricLBCPU, 0.67),
+	pairedTarget(6, scThroughput, "lbpool", baseline, metricP99, 1.00),
+	pairedTarget(6, scQuality, "lbpool", baseline, metricSlowShare, 1.00),
+	pairedTarget(6, scQuality, "lbpool", baseline, metricP99, 1.00),
+
+	runTarget(14, scQuality, leastTime, "slow backend's share", 0.2, "%", func(sc scenario, r *runRecord) *float64 {
+		return finite(metricSlowShare.value(r, sc.Slow))
+	}),
+	{14, scQuality, leastTime, "p99 ÷ its p99 with 3 fast backends (" + scQualityFast + ")", 1.5, "x", func(res *results, rep int) *float64 {
+		slow, fast := res.find(scQuality, rep, leastTime), res.find(scQualityFast, rep, leastTime)
+		if slow == nil || fast == nil || fast.P99us <= 0 {
+			return nil
+		}
+		return ptr(slow.P99us / fast.P99us)
+	}},
+	runTarget(14, scFlip, leastTime, fmt.Sprintf("seconds until its share is back to %.0f%%", recoveredShare*100), 5, "s", func(_ scenario, r *runRecord) *float64 {
+		return r.Recovery
+	}),
+	pairedTarget(14, scThroughput, leastTime, "lbpool", metricLBCPU, 1.03),
+	runTarget(14, scThroughput, leastTime, "largest ÷ smallest backend share", 1.05, "x", func(_ scenario, r *runRecord) *float64 {
+		if len(r.Shares) == 0 || slices.Min(r.Shares) <= 0 {
+			return nil
+		}
+		return ptr(slices.Max(r.Shares) / slices.Min(r.Shares))
+	}),
+}
+
+func finite(v float64) *float64 {
+	if math.IsNaN(v) {
+		return nil
+	}
+	return &v
 }
 
 // profileTop is the top of one configuration's CPU profile.
@@ -185,6 +293,9 @@ func (res *results) summarise() {
 			noisy, len(res.Runs), noisyLimit*100, worst*100))
 	}
 	for _, sc := range res.Scenarios {
+		if !sc.paired() {
+			continue
+		}
 		for _, m := range scenarioMetrics(sc) {
 			for _, c := range sc.Configs {
 				if c == baseline {
@@ -196,19 +307,36 @@ func (res *results) summarise() {
 	}
 	for _, t := range targets {
 		sc := res.scenario(t.scenario)
-		if sc == nil || !slices.Contains(sc.Configs, "lbpool") {
+		if sc == nil || !slices.Contains(sc.Configs, t.config) {
 			continue
 		}
-		rt := res.pairedRatio(*sc, "lbpool", t.metric)
-		tg := target{Scenario: t.scenario, Metric: t.metric.Name, Limit: t.limit, Median: rt.Median, Repeats: len(rt.PerRepeat)}
-		for _, v := range rt.PerRepeat {
-			if v != nil && *v <= t.limit {
-				tg.MetIn++
+		tg := target{Issue: t.issue, Scenario: t.scenario, Config: t.config, Metric: t.metric, Limit: t.limit, Unit: t.unit,
+			Repeats: res.Options.Repeats}
+		var vals []float64
+		for rep := 1; rep <= res.Options.Repeats; rep++ {
+			v := t.value(res, rep)
+			tg.PerRepeat = append(tg.PerRepeat, v)
+			if v != nil {
+				vals = append(vals, *v)
+				if *v <= t.limit {
+					tg.MetIn++
+				}
 			}
 		}
-		tg.Met = rt.Median != nil && *rt.Median <= t.limit
+		if len(vals) > 0 {
+			tg.Median = ptr(median(vals))
+		}
+		// A repeat without the figure (a backend never back to its share)
+		// misses the target, so it cannot be met on the others' median.
+		tg.Met = tg.Median != nil && *tg.Median <= t.limit && len(vals) == len(tg.PerRepeat)
 		res.Targets = append(res.Targets, tg)
 	}
+}
+
+// paired says whether the scenario's ratios to the baseline are reported:
+// it runs the baseline, and its runs are alike over the window.
+func (sc scenario) paired() bool {
+	return sc.Name != scFlip && slices.Contains(sc.Configs, baseline)
 }
 
 func (res *results) scenario(name string) *scenario {
@@ -220,21 +348,27 @@ func (res *results) scenario(name string) *scenario {
 	return nil
 }
 
+// ratioIn is config's metric ÷ other's in one repeat of the scenario.
+func (res *results) ratioIn(sc scenario, rep int, config, other string, m metric) *float64 {
+	a, b := res.find(sc.Name, rep, config), res.find(sc.Name, rep, other)
+	if a == nil || b == nil {
+		return nil
+	}
+	num, den := m.value(a, sc.Slow), m.value(b, sc.Slow)
+	switch {
+	case num == 0 && den == 0:
+		return ptr(1.0)
+	case den > 0 && !math.IsNaN(num):
+		return ptr(num / den)
+	}
+	return nil
+}
+
 func (res *results) pairedRatio(sc scenario, config string, m metric) ratio {
 	rt := ratio{Scenario: sc.Name, Config: config, Metric: m.Name}
 	var vals []float64
 	for rep := 1; rep <= res.Options.Repeats; rep++ {
-		a, b := res.find(sc.Name, rep, config), res.find(sc.Name, rep, baseline)
-		var v *float64
-		if a != nil && b != nil {
-			num, den := m.value(a, sc.Slow), m.value(b, sc.Slow)
-			switch {
-			case num == 0 && den == 0:
-				v = ptr(1.0)
-			case den > 0 && !math.IsNaN(num):
-				v = ptr(num / den)
-			}
-		}
+		v := res.ratioIn(sc, rep, config, baseline, m)
 		if v != nil {
 			vals = append(vals, *v)
 		}
@@ -365,31 +499,29 @@ func (res *results) report(w io.Writer) {
 
 	for _, sc := range res.Scenarios {
 		fmt.Fprintln(w)
-		if sc.Slow >= 0 {
+		switch {
+		case sc.Name == scFlip:
+			fmt.Fprintf(w, "== flip: %d backends, b%d fast for %v, then answers after %s for %v, then fast again for %v; %d keep-alive clients\n",
+				numBackends, sc.Slow+1, o.FlipBefore, sc.Delay, o.FlipSlow, o.FlipAfter, sc.Conns)
+		case sc.Of != "":
+			fmt.Fprintf(w, "== %s: %d fast backends (the %s scenario's, its slow one turned fast, run in each of its repeats); %d keep-alive clients\n",
+				sc.Name, numBackends, sc.Of, sc.Conns)
+		case sc.Slow >= 0:
 			fmt.Fprintf(w, "== quality: %d backends, b%d answers after %s; %d keep-alive clients\n", numBackends, sc.Slow+1, sc.Delay, sc.Conns)
-		} else {
+		default:
 			fmt.Fprintf(w, "== throughput: %d fast backends; %d keep-alive clients\n", numBackends, sc.Conns)
 		}
 		for rep := 1; rep <= o.Repeats; rep++ {
 			res.repeatTable(w, sc, rep)
-		}
-		res.ratioTable(w, sc)
-	}
-
-	if len(res.Targets) > 0 {
-		fmt.Fprintln(w)
-		fmt.Fprintf(w, "== targets of issue 6: lbpool ÷ %s, median of the paired ratios\n", baseline)
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "scenario\tmetric\tlimit\tmedian\tmet in\tverdict\t")
-		for _, t := range res.Targets {
-			verdict := "not met"
-			if t.Met {
-				verdict = "met"
+			if sc.Name == scFlip {
+				res.flipTable(w, sc, rep)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t≤ %.2fx\t%s\t%d/%d\t%s\t\n", t.Scenario, t.Metric, t.Limit, fmtRatio(t.Median), t.MetIn, t.Repeats, verdict)
 		}
-		tw.Flush()
+		if sc.paired() {
+			res.ratioTable(w, sc)
+		}
 	}
+	res.targetTables(w)
 	for _, p := range res.Profiles {
 		fmt.Fprintln(w)
 		fmt.Fprintf(w, "== CPU profile of Caddy, %s, throughput load (go tool pprof -top -nodecount=15)\n", p.Config)
@@ -410,7 +542,9 @@ func (res *results) repeatTable(w io.Writer, sc scenario, rep int) {
 	if sc.Slow >= 0 {
 		for i := range numBackends {
 			name := fmt.Sprintf("b%d", i+1)
-			if i == sc.Slow {
+			if i == sc.Slow && sc.Name == scFlip {
+				name += " flips"
+			} else if i == sc.Slow {
 				name += " slow"
 			}
 			head += name + "\t"
@@ -434,6 +568,93 @@ func (res *results) repeatTable(w io.Writer, sc scenario, rep int) {
 		fmt.Fprintf(tw, "%s%d\t\n", line, r.Errors)
 	}
 	tw.Flush()
+}
+
+// flipTable shows the flipping backend's share in each second of a flip
+// repeat, one column per configuration, and its recovery.
+func (res *results) flipTable(w io.Writer, sc scenario, rep int) {
+	o := res.Options
+	var runs []*runRecord
+	head := "second\tb" + strconv.Itoa(sc.Slow+1) + "\t"
+	for _, name := range sc.Configs {
+		if r := res.find(sc.Name, rep, name); r != nil {
+			runs = append(runs, r)
+			head += name + "\t"
+		}
+	}
+	fmt.Fprintf(w, "b%d's share of the requests in each second of repeat %d\n", sc.Slow+1, rep)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, head)
+	seconds := 0
+	for _, r := range runs {
+		seconds = max(seconds, len(r.FlipShares))
+	}
+	for i := range seconds {
+		at := time.Duration(i) * time.Second
+		state := "fast"
+		if at >= o.FlipBefore && at < o.FlipBefore+o.FlipSlow {
+			state = "slow"
+		}
+		line := fmt.Sprintf("%d-%d\t%s\t", i, i+1, state)
+		for _, r := range runs {
+			if i < len(r.FlipShares) && r.FlipShares[i] != nil {
+				line += fmt.Sprintf("%.1f%%\t", *r.FlipShares[i]*100)
+			} else {
+				line += "-\t"
+			}
+		}
+		fmt.Fprintln(tw, line)
+	}
+	line := fmt.Sprintf("back to %.0f%% after\t\t", recoveredShare*100)
+	for _, r := range runs {
+		if r.Recovery != nil {
+			line += fmt.Sprintf("%.2fs\t", *r.Recovery)
+		} else {
+			line += fmt.Sprintf("> %vs\t", o.FlipAfter.Seconds())
+		}
+	}
+	fmt.Fprintln(tw, line)
+	tw.Flush()
+}
+
+// targetTables shows each issue's targets with their verdicts.
+func (res *results) targetTables(w io.Writer) {
+	issue := 0
+	var tw *tabwriter.Writer
+	for _, t := range res.Targets {
+		if t.Issue != issue {
+			if tw != nil {
+				tw.Flush()
+			}
+			issue = t.Issue
+			fmt.Fprintln(w)
+			fmt.Fprintf(w, "== targets of issue %d: median over the repeats of the figure in each\n", issue)
+			tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintln(tw, "scenario\tconfig\tfigure\tlimit\tmedian\tmet in\tverdict\t")
+		}
+		verdict := "missed"
+		if t.Met {
+			verdict = "met"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t≤ %s\t%s\t%d/%d\t%s\t\n", t.Scenario, t.Config, t.Metric, fmtFigure(&t.Limit, t.Unit),
+			fmtFigure(t.Median, t.Unit), t.MetIn, t.Repeats, verdict)
+	}
+	if tw != nil {
+		tw.Flush()
+	}
+}
+
+// fmtFigure prints a target's figure in its unit.
+func fmtFigure(v *float64, unit string) string {
+	switch {
+	case v == nil:
+		return "-"
+	case unit == "x":
+		return fmtRatio(v)
+	case unit == "%":
+		return fmt.Sprintf("%.2f%%", *v)
+	}
+	return fmt.Sprintf("%.2f%s", *v, unit)
 }
 
 func (res *results) ratioTable(w io.Writer, sc scenario) {

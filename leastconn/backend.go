@@ -168,6 +168,7 @@ type Backend struct {
 	rampFrom atomic.Int64 // unix nanos of the last down→up change, while flagRamp
 	rampLen  atomic.Int64 // slow-start window in nanos
 	maxConns atomic.Int64 // max_conns while flagCapped
+	peak     peakEWMA     // time to response headers, for least_time (leasttime.go)
 
 	// Counters.
 	requests atomic.Uint64

@@ -43,6 +43,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    health_fails <n>
 //	    stats_uri <path>
 //	    stats_workers <n>
+//	    lb_policy least_conn|least_time
 //	    retries <n>
 //	    slow_start <duration>
 //	    dial_timeout <duration>
@@ -286,6 +287,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err(err.Error())
 			}
 			h.StateSync = v
+		case "lb_policy":
+			args := d.RemainingArgs()
+			if len(args) != 1 {
+				return d.Errf("lb_policy: want one of %s, %s; got %d arguments", PolicyLeastConn, PolicyLeastTime, len(args))
+			}
+			if args[0] != PolicyLeastConn && args[0] != PolicyLeastTime {
+				return d.Errf("lb_policy: unknown policy %q (use %s or %s)", args[0], PolicyLeastConn, PolicyLeastTime)
+			}
+			if d.NextBlock(d.Nesting()) {
+				return d.Err("lb_policy: takes no block")
+			}
+			h.LBPolicy = args[0]
 
 		case "header_up", "header_down":
 			if err := h.parseHeaderOp(d); err != nil {

@@ -104,6 +104,14 @@ type Handler struct {
 	// How many goroutines fetch backend stats for this pool. Default: 3.
 	StatsWorkers int `json:"stats_workers,omitempty"`
 
+	// Selection.
+
+	// How a backend is picked: `least_conn` (the fewest active requests
+	// for its weight) or `least_time` (the lowest active requests for its
+	// weight times its recent time to response headers, so a slow backend
+	// gets little traffic). Default: `least_conn`.
+	LBPolicy string `json:"lb_policy,omitempty"`
+
 	// Retries and slow start.
 
 	// How many other backends are tried after a backend cannot be reached.
@@ -209,6 +217,7 @@ type Handler struct {
 	spec       *poolSpec
 	retries    int           // the retries option; -1 when unset (every other backend)
 	sticky     *stickyCookie // nil without the sticky option
+	leastTime  bool          // lb_policy least_time: pick with pickLeastTime
 	released   bool
 	logger     *zap.Logger
 }
@@ -230,6 +239,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	spec.logger = h.logger
+	if err := h.provisionPolicy(); err != nil {
+		return err
+	}
 	if err := h.provisionTLS(ctx, spec); err != nil {
 		return err
 	}

@@ -332,7 +332,7 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	}
 	st.latency = time.Since(start)
 	st.status = resp.StatusCode
-	b.latency.observe(st.latency)
+	h.observe(b, start, st.latency)
 	b.requests.Add(1)
 	if o := h.spec.outlier; o != nil {
 		o.observe(h, b, resp.StatusCode, st.latency)

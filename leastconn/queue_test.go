@@ -18,7 +18,15 @@ func BenchmarkPickCapped16(b *testing.B) {
 }
 
 func TestPickSkipsAFullBackendAndNeverExceedsItsCap(t *testing.T) {
-	h := capped(newTestHandler(1, 1))
+	for _, leastTime := range []bool{false, true} {
+		h := capped(newTestHandler(1, 1))
+		h.leastTime = leastTime
+		checkCapsHold(t, h)
+	}
+}
+
+func checkCapsHold(t *testing.T, h *Handler) {
+	t.Helper()
 	h.viewed()[0].setMaxConns(1)
 	h.viewed()[1].setMaxConns(2)
 	for range 3 {

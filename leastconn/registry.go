@@ -46,6 +46,7 @@ type Pool struct {
 	queue    queue                        // requests waiting for a slot (queue.go)
 	ejected  atomic.Int64                 // backends ejected now (outlier.go)
 	fleet    atomic.Pointer[fleetSync]    // nil with state_sync off; written under registry.mu
+	clock    atomic.Int64                 // ms since epoch of the latest least_time response (leasttime.go)
 }
 
 // poolSpec is one handler's resolved pool configuration. The newest held

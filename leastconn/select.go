@@ -77,6 +77,9 @@ type view struct {
 // returns its index in v, or -1 when no backend can take traffic. Only the
 // first priority group with a backend that can take traffic is used.
 func (h *Handler) pick(v *view, tried *triedSet) int {
+	if h.leastTime {
+		return h.pickLeastTime(v, tried)
+	}
 	lo := 0
 	for _, hi := range v.groups {
 		if hi-lo > exactScanMax {
@@ -104,10 +107,7 @@ func (h *Handler) pick(v *view, tried *triedSet) int {
 // write one shared rotation counter (on two cores that shared write costs
 // more than the rest of the pick).
 func (h *Handler) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
-	start := int(h.lease.next.Load()) // in [lo, hi) but for a view that changed
-	if start < lo || start >= hi {
-		start = lo
-	}
+	start := h.scanStart(lo, hi)
 	first, ties := -1, 0
 	idle := true
 	var bestLoad, bestWeight, now int64
@@ -144,11 +144,7 @@ func (h *Handler) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
 	chosen := first
 	switch {
 	case idle:
-		next := first + 1
-		if next == hi {
-			next = lo
-		}
-		h.lease.next.Store(uint64(next))
+		h.rotateAfter(first, lo, hi)
 	case ties > 1:
 		chosen = nthTied(bs, lo, hi, tried, start, rand.N(ties), bestLoad, bestWeight, first)
 	}
@@ -157,6 +153,25 @@ func (h *Handler) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
 		return h.pickExact(bs, lo, hi, tried)
 	}
 	return chosen
+}
+
+// scanStart is where an exact scan of [lo, hi) starts: just after the last
+// idle pick.
+func (h *Handler) scanStart(lo, hi int) int {
+	start := int(h.lease.next.Load()) // in [lo, hi) but for a view that changed
+	if start < lo || start >= hi {
+		start = lo
+	}
+	return start
+}
+
+// rotateAfter makes the next idle scan of [lo, hi) start after chosen.
+func (h *Handler) rotateAfter(chosen, lo, hi int) {
+	next := chosen + 1
+	if next == hi {
+		next = lo
+	}
+	h.lease.next.Store(uint64(next))
 }
 
 // nthTied finds the k-th backend (in scan order) whose load/weight equals

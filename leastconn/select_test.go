@@ -11,7 +11,7 @@ import (
 // weights, for testing the pick alone.
 func newTestHandler(weights ...int) *Handler {
 	p := &Pool{name: "test"}
-	h := &Handler{lease: &lease{}}
+	h := &Handler{lease: &lease{pool: p}}
 	for i, w := range weights {
 		h.lease.backends = append(h.lease.backends, newBackend(p, backendAddr{key: fmt.Sprint(i), display: fmt.Sprint(i), weight: w}))
 	}
@@ -32,7 +32,7 @@ func newDiscoveredTestHandler(groups ...int) *Handler {
 			src.members = append(src.members, member{b: b, priority: prio})
 		}
 	}
-	h := &Handler{lease: &lease{sources: []*source{src}}}
+	h := &Handler{lease: &lease{pool: p, sources: []*source{src}}}
 	h.lease.view.Store(h.lease.buildView())
 	return h
 }
@@ -157,16 +157,24 @@ func TestTriedSetLargePool(t *testing.T) {
 }
 
 func TestWeightedShareUnderSteadyLoad(t *testing.T) {
-	// Keep 8 requests in flight; finish the oldest each step. The share
-	// follows the weights 3:1.
-	h := newTestHandler(3, 1)
-	counts := make([]int, 2)
+	// The share follows the weights 3:1.
+	counts := steadyShares(newTestHandler(3, 1), 4000)
+	ratio := float64(counts[0]) / float64(counts[1])
+	if ratio < 2.7 || ratio > 3.3 {
+		t.Fatalf("weight 3:1 gave %v (ratio %.2f)", counts, ratio)
+	}
+}
+
+// steadyShares keeps 8 requests in flight, finishing the oldest each step,
+// and counts where the steps' picks went.
+func steadyShares(h *Handler, steps int) []int {
+	counts := make([]int, len(h.viewed()))
 	var inflight []int
 	for range 8 {
 		var tried triedSet
 		inflight = append(inflight, h.pickNow(&tried))
 	}
-	for range 4000 {
+	for range steps {
 		h.viewed()[inflight[0]].active.Add(-1)
 		inflight = inflight[1:]
 		var tried triedSet
@@ -174,10 +182,7 @@ func TestWeightedShareUnderSteadyLoad(t *testing.T) {
 		counts[i]++
 		inflight = append(inflight, i)
 	}
-	ratio := float64(counts[0]) / float64(counts[1])
-	if ratio < 2.7 || ratio > 3.3 {
-		t.Fatalf("weight 3:1 gave %v (ratio %.2f)", counts, ratio)
-	}
+	return counts
 }
 
 func TestSlowStartRampsLinearlyFromTenPercent(t *testing.T) {
