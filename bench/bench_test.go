@@ -144,12 +144,12 @@ func TestReadResponseLengthChunkedAndClose(t *testing.T) {
 		status    int
 		keepAlive bool
 	}{{200, true}, {502, true}, {200, false}} {
-		status, keepAlive, err := readResponse(br)
+		status, keepAlive, err := readResponse(br, nil)
 		if err != nil || status != want.status || keepAlive != want.keepAlive {
 			t.Fatalf("response %d: status %d, keep-alive %v, err %v; want %d, %v", i, status, keepAlive, err, want.status, want.keepAlive)
 		}
 	}
-	if _, _, err := readResponse(bufio.NewReader(strings.NewReader("SSH-2.0\r\n\r\n"))); err == nil {
+	if _, _, err := readResponse(bufio.NewReader(strings.NewReader("SSH-2.0\r\n\r\n")), nil); err == nil {
 		t.Error("a non-HTTP answer was accepted")
 	}
 }

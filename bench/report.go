@@ -44,6 +44,9 @@ type runRecord struct {
 	// recoveredShare (null: not within the window).
 	FlipShares []*float64 `json:"flip_shares_per_second,omitempty"`
 	Recovery   *float64   `json:"recovery_s,omitempty"`
+
+	// WS is what a run of the websockets scenario found.
+	WS *wsFigures `json:"websockets,omitempty"`
 }
 
 // seriesStep is how often the flip scenario counts each backend's requests.
