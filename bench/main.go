@@ -153,9 +153,29 @@ func parseOptions(args []string) (options, error) {
 	}
 	o.FlipBefore, o.FlipAfter = 2*time.Second, 8*time.Second
 	if o.Quick {
-		o.Repeats, o.Warmup, o.Duration, o.quietWait, o.redoNoisy = 1, 300*time.Millisecond, time.Second, 0, 0
-		o.FlipBefore, o.FlipSlow, o.FlipAfter = time.Second, 2*time.Second, 2*time.Second
-		o.WorkloadDuration, o.Websockets = time.Second, min(o.Websockets, 1000)
+		// Flags given with -quick keep their values.
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		quick := func(name string, v *time.Duration, to time.Duration) {
+			if !set[name] {
+				*v = to
+			}
+		}
+		quick("warmup", &o.Warmup, 300*time.Millisecond)
+		quick("duration", &o.Duration, time.Second)
+		quick("workload-duration", &o.WorkloadDuration, time.Second)
+		quick("flip-slow", &o.FlipSlow, 2*time.Second)
+		quick("quiet-wait", &o.quietWait, 0)
+		if !set["repeats"] {
+			o.Repeats = 1
+		}
+		if !set["websockets"] {
+			o.Websockets = 1000
+		}
+		if !set["redo-noisy"] {
+			o.redoNoisy = 0
+		}
+		o.FlipBefore, o.FlipAfter = time.Second, 2*time.Second
 	}
 	o.Configs, o.Scenarios, o.profile = splitList(configs), splitList(scenarios), splitList(profile)
 	if i := slices.Index(o.Scenarios, "https"); i >= 0 {
@@ -332,6 +352,16 @@ func (o options) window(sc scenario) time.Duration {
 	return o.Duration
 }
 
+// warmup is the load before each measured window of the scenario: longer
+// with many clients, whose first requests each open a connection to a
+// backend.
+func (o options) warmup(sc scenario) time.Duration {
+	if sc.Name == scClients {
+		return o.Warmup + time.Second
+	}
+	return o.Warmup
+}
+
 // wsHold is how long the websockets stay open before they are measured.
 func (o options) wsHold() time.Duration {
 	if o.Quick {
@@ -461,7 +491,7 @@ func filesNeeded(sc scenario) int {
 func estimateDuration(o options, scs []scenario) time.Duration {
 	var total time.Duration
 	for _, sc := range scs {
-		each := o.Warmup + o.window(sc) + 700*time.Millisecond
+		each := o.warmup(sc) + o.window(sc) + 700*time.Millisecond
 		if sc.Websockets > 0 {
 			// opening them (about 2000 a second), then closing them
 			each = time.Duration(sc.Websockets)*time.Second/2000 + o.window(sc) + 2*time.Second
@@ -549,7 +579,7 @@ func (h *harness) runNamed(ctx context.Context, sc scenario, name string, backen
 	if sc.Websockets > 0 {
 		rec, err = h.runWebsockets(ctx, sc, cfg, backends)
 	} else {
-		rec, err = h.runOne(ctx, sc, cfg, backends, h.opts.Warmup, h.opts.window(sc), nil)
+		rec, err = h.runOne(ctx, sc, cfg, backends, h.opts.warmup(sc), h.opts.window(sc), nil)
 	}
 	if err != nil {
 		fmt.Fprintln(h.opts.stdout)
