@@ -97,7 +97,7 @@ func lbpoolHandler(policy string, extra ...string) func(siteSpec) string {
 	return func(s siteSpec) string {
 		opts := lines
 		if s.tls != nil {
-			opts = append(slices.Clone(lines), "tls_trusted_ca_certs "+s.tls.CA)
+			opts = append(slices.Clone(lines), "tls_trust_pool file "+s.tls.CA)
 		}
 		return fmt.Sprintf(`lbpool %s {
 		name bench
@@ -132,7 +132,7 @@ func reverseProxyHandler(policy string) func(siteSpec) string {
 	return func(s siteSpec) string {
 		var tlsLines []string
 		if s.tls != nil {
-			tlsLines = []string{"tls_trusted_ca_certs " + s.tls.CA, "versions " + s.version}
+			tlsLines = []string{"tls_trust_pool file " + s.tls.CA, "versions " + s.version}
 		}
 		return fmt.Sprintf(`reverse_proxy %s {
 		lb_policy %s

@@ -1,13 +1,14 @@
 // Command bench measures lbpool against Caddy's own reverse_proxy, in one
 // command from the repository root:
 //
-//	go run ./bench            # about 7 minutes; -quick for a smoke test
+//	go run ./bench            # about 17 minutes on a quiet machine; -quick: 2 minutes
 //	go run ./bench -publish   # also copies the chart to docs/bench.svg
+//	go run ./bench -quick -scenarios post,https   # some workloads only
 //
 // It builds ./cmd/caddy once (Caddy with the standard modules and lbpool),
 // starts three fast backends on 127.0.0.1 (this program, as subprocesses),
-// and runs three scenarios, each configuration in turn within every repeat so
-// that ratios are paired between neighbours in time:
+// and runs these scenarios, each configuration in turn within every repeat
+// so that ratios are paired between neighbours in time:
 //
 //   - throughput: 64 keep-alive clients; req/s, raw p50 and p99, and the load
 //     balancer's CPU time per request (utime+stime from /proc over the
@@ -18,22 +19,44 @@
 //     for its p99;
 //   - flip: 32 clients, one backend turns 50 ms slow for 10 s, then fast
 //     again; that backend's share per second, and how long after it turned
-//     fast its share took to be back to 25%.
+//     fast its share took to be back to 25%;
+//   - post: 64 clients POST a 1 KiB JSON body, which the backends read whole;
+//   - clients2000: 2000 keep-alive clients on small GETs; also Caddy's peak
+//     RSS (VmHWM);
+//   - websockets: 4000 idle websockets held open through the load balancer
+//     (the backends answer RFC 6455's handshake, then only read); Caddy's
+//     RSS per websocket, and its goroutines before, while held and after
+//     closing them all, polled until back to the baseline;
+//   - https_h1 and https_h2 (-scenarios https for both): small GETs to
+//     backends that speak HTTP/1.1 or HTTP/2 over TLS, with a CA and a
+//     certificate the harness makes at start and Caddy trusts;
+//   - options: small GETs with lbpool's request-path options all on
+//     (lbpool_options: least_time, max_conns, sticky cookie kept by each
+//     client, header_up with placeholders, an access log with log_append),
+//     beside plain lbpool.
 //
-// The configurations are lbpool (lb_policy least_conn and least_time),
-// reverse_proxy with lb_policy least_conn and with round_robin, all in the
-// same binary with equivalent settings (see configs.go), and Caddy's respond
-// as the floor of what any proxy costs.
+// The configurations are lbpool (lb_policy least_conn and least_time, and
+// lbpool_options in the options scenario), reverse_proxy with lb_policy
+// least_conn and with round_robin, all in the same binary with equivalent
+// settings (see configs.go), and Caddy's respond as the floor of what any
+// proxy costs. Every scenario runs rp_least_conn, the baseline of every
+// ratio, and respond where it can answer the same requests (it cannot
+// tunnel a websocket). The newer workloads run fewer configurations and
+// shorter windows (-workload-duration) to keep the default run near 20
+// minutes on two cores.
 // Caddy runs on one core and everything else (backends, load generator,
 // harness) on another, with taskset where available. Each run starts a fresh
 // Caddy, warms up, then measures. Before each repeat the harness waits a
 // little for idle cores, and a repeat in which other work took over a fifth
 // of Caddy's core runs again (-redo-noisy times in all), since pairing only
-// helps when both sides of a pair saw the same machine. Results go to stdout
-// and bench/out/ (report.txt, results.json, chart.svg, the Caddyfiles used).
+// helps when both sides of a pair saw the same machine. The harness raises
+// its open-file limit to the hard limit before it starts anything, so every
+// process inherits it, and says so if that is too low for 2000 clients or
+// the websockets. Results go to stdout and bench/out/ (report.txt,
+// results.json, chart.svg, the Caddyfiles used).
 //
 // The same binary plays the backends (bench -backend ...) and the load
-// generator (bench -load ...).
+// generator (bench -load ...); the harness itself holds the websockets.
 package main
 
 import (

@@ -642,7 +642,7 @@ var scenarioNotes = map[string]string{
 		"before it reads the next request on the connection, so Caddy reads every body in every configuration", postBodyBytes),
 	scClients: " on small GETs; peak RSS is Caddy's VmHWM",
 	scHTTPS1: ", small GETs; the backends speak HTTP/1.1 over TLS (ALPN offers http/1.1 only), with a certificate from a CA\n" +
-		"the harness makes and Caddy trusts (tls_trusted_ca_certs); reverse_proxy with versions 1.1, lbpool negotiates by ALPN",
+		"the harness makes and Caddy trusts (tls_trust_pool file); reverse_proxy with versions 1.1, lbpool negotiates by ALPN",
 	scHTTPS2: ", small GETs; the backends speak HTTP/2 over TLS (net/http's server; other versions are answered 505,\n" +
 		"so a proxy that fell back to HTTP/1.1 shows as errors); reverse_proxy with versions 2; lbpool has no versions option:\n" +
 		"its transport speaks HTTP/2 to every HTTPS backend that offers it (ALPN)",
