@@ -3,8 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +17,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/lbpool/lbpool"
 )
 
 // TestMain lets the test binary play the backends and the load generator,
@@ -144,12 +153,12 @@ func TestReadResponseLengthChunkedAndClose(t *testing.T) {
 		status    int
 		keepAlive bool
 	}{{200, true}, {502, true}, {200, false}} {
-		status, keepAlive, err := readResponse(br)
+		status, keepAlive, err := readResponse(br, nil)
 		if err != nil || status != want.status || keepAlive != want.keepAlive {
 			t.Fatalf("response %d: status %d, keep-alive %v, err %v; want %d, %v", i, status, keepAlive, err, want.status, want.keepAlive)
 		}
 	}
-	if _, _, err := readResponse(bufio.NewReader(strings.NewReader("SSH-2.0\r\n\r\n"))); err == nil {
+	if _, _, err := readResponse(bufio.NewReader(strings.NewReader("SSH-2.0\r\n\r\n")), nil); err == nil {
 		t.Error("a non-HTTP answer was accepted")
 	}
 }
@@ -165,7 +174,9 @@ func TestQuickRunMeasuresEveryConfiguration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts, err := parseOptions([]string{"-quick", "-out", t.TempDir()})
+	// The newer workloads are left out to keep the test short; their
+	// pieces are tested below without Caddy.
+	opts, err := parseOptions([]string{"-quick", "-out", t.TempDir(), "-scenarios", "throughput,quality,flip"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +219,7 @@ func TestQuickRunMeasuresEveryConfiguration(t *testing.T) {
 			t.Errorf("%s: %d runs missing", sc, n)
 		}
 	}
-	if len(res.Targets) != 9 {
+	if len(res.Targets) != 11 { // issue 6's 4, issue 14's 5, and the performance issue's 2 on throughput
 		t.Errorf("targets: %+v", res.Targets)
 	}
 	for _, name := range []string{"report.txt", "chart.svg", "caddyfiles/throughput-lbpool.Caddyfile"} {
@@ -256,4 +267,158 @@ func TestFlipFiguresSharePerSecondAndRecovery(t *testing.T) {
 	if r.flipFigures(1, 3*time.Second); r.Recovery != nil {
 		t.Fatalf("recovery %v in a window that ends slow", *r.Recovery)
 	}
+}
+
+func TestWebsocketAcceptKeyIsRFC6455s(t *testing.T) {
+	// RFC 6455, section 1.3.
+	if got := wsAccept("dGhlIHNhbXBsZSBub25jZQ=="); got != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" {
+		t.Fatalf("accept key %q", got)
+	}
+}
+
+func TestBackendHoldsAWebsocketUntilThePeerCloses(t *testing.T) {
+	addr := startBackend(t, 0)
+	c, err := openWebsocket(addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The backend sends nothing after the 101 and keeps the connection.
+	c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read %d bytes, %v; want a held, silent connection", n, err)
+	}
+	// A plain request to /ws is an ordinary one.
+	resp, err := http.Get("http://" + addr + "/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET /ws without an upgrade: %d", resp.StatusCode)
+	}
+}
+
+// tlsBackend serves a backend in the test process over TLS: HTTP/1.1 with
+// the harness's own server, or HTTP/2 with net/http's.
+func tlsBackend(t *testing.T, certs certFiles, h2 bool) string {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(certs.Cert, certs.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBackend("b1", 0, false)
+	if h2 {
+		srv := &http.Server{Handler: b.h2Handler(), TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"}}}
+		go srv.ServeTLS(ln, "", "")
+		t.Cleanup(func() { srv.Close() })
+	} else {
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		go b.serve(ctx, tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}))
+	}
+	return ln.Addr().String()
+}
+
+func TestCertificatesLetClientsTrustTheBackendsOverHTTP11AndHTTP2(t *testing.T) {
+	certs, err := makeCertificates(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemCA, err := os.ReadFile(certs.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pemCA) {
+		t.Fatal("no CA certificate in", certs.CA)
+	}
+	client := func(h2 bool) *http.Client {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, ForceAttemptHTTP2: h2}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	}
+	for _, c := range []struct {
+		name          string
+		h2Backend     bool
+		h2Client      bool
+		status, proto int
+	}{
+		{"HTTP/1.1 backend, HTTP/2-capable client", false, true, 200, 1},
+		{"HTTP/2 backend, HTTP/2-capable client", true, true, 200, 2},
+		{"HTTP/2 backend, HTTP/1.1 client", true, false, 505, 1},
+	} {
+		addr := tlsBackend(t, certs, c.h2Backend)
+		resp, err := client(c.h2Client).Get("https://" + addr + "/")
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.status || resp.ProtoMajor != c.proto || (c.status == 200 && string(body) != "backend b1") {
+			t.Errorf("%s: %d %s %q, want %d over HTTP/%d", c.name, resp.StatusCode, resp.Proto, body, c.status, c.proto)
+		}
+	}
+}
+
+func TestCaddyfilesOfEveryScenarioAdapt(t *testing.T) {
+	dir := t.TempDir()
+	certs, err := makeCertificates(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := parseOptions(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{opts: opts, tmp: dir, certs: &certs}
+	backends := backendSet{addrs: []string{"127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"},
+		tlsAddrs: []string{"127.0.0.1:9441", "127.0.0.1:9442", "127.0.0.1:9443"}}
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	seen := map[string]bool{}
+	for _, sc := range scenarios(opts) {
+		for _, name := range sc.Configs {
+			cfg, _ := configByName(name)
+			text := caddyfile(cfg, 2019, 8080, h.siteSpec(sc, cfg, backends))
+			js, _, err := adapter.Adapt([]byte(text), nil)
+			if err != nil {
+				t.Errorf("%s, %s: %v\n%s", sc.Name, name, err, text)
+				continue
+			}
+			seen[sc.Name] = true
+			for _, want := range configMarks(sc, name) {
+				if !strings.Contains(string(js), want) {
+					t.Errorf("%s, %s: no %s in the adapted config\n%s", sc.Name, name, want, js)
+				}
+			}
+		}
+	}
+	for _, sc := range []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, scHTTPS1, scHTTPS2, scOptions} {
+		if !seen[sc] {
+			t.Errorf("no configuration of %s adapted", sc)
+		}
+	}
+}
+
+// configMarks are strings the adapted JSON of a configuration in a
+// scenario must hold.
+func configMarks(sc scenario, config string) []string {
+	var marks []string
+	if sc.HTTPS != "" && config != "respond" {
+		marks = append(marks, `/ca.pem"`)
+	}
+	if sc.HTTPS == "2" && config == baseline {
+		marks = append(marks, `"versions":["2"]`)
+	}
+	if sc.Name == scOptions && (config == optionsConfig || config == baseline) {
+		marks = append(marks, `"upstream"`, "access-options-"+config+".log")
+	}
+	if config == optionsConfig {
+		marks = append(marks, `"sticky"`, `"least_time"`, `X-Test`)
+	}
+	return marks
 }

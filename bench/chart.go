@@ -11,8 +11,9 @@ import (
 )
 
 // The chart is a plain SVG written here, so the harness needs nothing else:
-// one row of panels per scenario, one bar per configuration at the median of
-// the repeats, a dot for every repeat.
+// one row of panels for each of the throughput and quality scenarios, then
+// rows of one panel per figure of the other workloads; one bar per
+// configuration at the median of the repeats, a dot for every repeat.
 
 const (
 	chartWidth  = 960
@@ -27,6 +28,7 @@ const (
 var configColors = map[string]string{
 	"lbpool":            "#1f77b4",
 	"lbpool_least_time": "#9467bd",
+	optionsConfig:       "#17becf",
 	"rp_least_conn":     "#ff7f0e",
 	"rp_round_robin":    "#8c8c8c",
 	"respond":           "#2ca02c",
@@ -69,15 +71,59 @@ func scenarioPanels(sc scenario) []panel {
 	return []panel{perSec, p99, {"LB CPU per request, µs (lower is better)", metricLBCPU, fmtSig}}
 }
 
-func (res *results) chart() []byte {
-	var b bytes.Buffer
-	var charted []scenario
+// chartCell is one panel of a row: a figure of a scenario.
+type chartCell struct {
+	sc scenario
+	p  panel
+}
+
+// chartRow is a titled row of up to three panels.
+type chartRow struct {
+	title string
+	cells []chartCell
+}
+
+// chartRows lays out the chart: the throughput and quality scenarios get a
+// row each; the other workloads' figures follow, three to a row.
+func (res *results) chartRows() []chartRow {
+	var rows []chartRow
+	var cells []chartCell
+	cpu := func(sc scenario) chartCell {
+		return chartCell{sc, panel{sc.Name + ": LB CPU per request, µs", metricLBCPU, fmtSig}}
+	}
 	for _, sc := range res.Scenarios {
-		if sc.Name == scThroughput || sc.Name == scQuality {
-			charted = append(charted, sc)
+		switch {
+		case sc.Name == scThroughput || sc.Name == scQuality:
+			row := chartRow{title: fmt.Sprintf("Throughput: %d fast backends, %d keep-alive clients", numBackends, sc.Conns)}
+			if sc.Slow >= 0 {
+				row.title = fmt.Sprintf("Quality: b%d answers after %s, %d keep-alive clients", sc.Slow+1, sc.Delay, sc.Conns)
+			}
+			for _, p := range scenarioPanels(sc) {
+				row.cells = append(row.cells, chartCell{sc, p})
+			}
+			rows = append(rows, row)
+		case sc.Websockets > 0:
+			cells = append(cells, chartCell{sc, panel{fmt.Sprintf("%d websockets: Caddy's RSS per websocket, KiB", sc.Websockets), metricWSRSS, fmtSig}})
+		case sc.Name == scClients:
+			cells = append(cells, cpu(sc), chartCell{sc, panel{sc.Name + ": Caddy's peak RSS, MiB", metricPeakRSS, fmtSig}})
+		case sc.Name == scPost || sc.Name == scHTTPS1 || sc.Name == scHTTPS2 || sc.Name == scOptions:
+			cells = append(cells, cpu(sc))
 		}
 	}
-	height := 70 + rowHeight*len(charted) + 40
+	for i := 0; i < len(cells); i += 3 {
+		title := "Other workloads (lower is better): small POST, 2000 clients, HTTPS backends (HTTP/1.1, HTTP/2), lbpool's options, websockets"
+		if i > 0 {
+			title = ""
+		}
+		rows = append(rows, chartRow{title: title, cells: cells[i:min(i+3, len(cells))]})
+	}
+	return rows
+}
+
+func (res *results) chart() []byte {
+	var b bytes.Buffer
+	rows := res.chartRows()
+	height := 70 + rowHeight*len(rows) + 40
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="Helvetica, Arial, sans-serif" font-size="12">`+"\n",
 		chartWidth, height, chartWidth, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="#ffffff"/>`+"\n")
@@ -91,15 +137,11 @@ func (res *results) chart() []byte {
 	res.legend(&b, 62)
 
 	y := 80
-	for _, sc := range charted {
-		title := fmt.Sprintf("Throughput: %d fast backends, %d keep-alive clients", numBackends, sc.Conns)
-		if sc.Slow >= 0 {
-			title = fmt.Sprintf("Quality: b%d answers after %s, %d keep-alive clients", sc.Slow+1, sc.Delay, sc.Conns)
-		}
-		text(&b, chartMargin, y+16, "start", 14, "bold", title)
-		for i, p := range scenarioPanels(sc) {
+	for _, row := range rows {
+		text(&b, chartMargin, y+16, "start", 14, "bold", row.title)
+		for i, c := range row.cells {
 			x := chartMargin + i*(panelWidth+panelGap)
-			res.drawPanel(&b, sc, p, x, y+30)
+			res.drawPanel(&b, c.sc, c.p, x, y+30)
 		}
 		y += rowHeight
 	}

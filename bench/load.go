@@ -19,8 +19,10 @@ import (
 )
 
 // The load role is a closed-loop HTTP/1.1 load generator: each of -conns
-// keep-alive connections sends a GET, reads the whole response, and sends the
-// next. It records every request's raw latency (from writing the request to
+// keep-alive connections sends a GET (or a POST with a JSON body of -body
+// bytes), reads the whole response, and sends the next; with -sticky each
+// connection keeps the cookie it is given and sends it back, as a browser
+// would. It records every request's raw latency (from writing the request to
 // the last byte of the response, with no correction for coordinated omission)
 // and samples the load balancer's CPU time, the per-core busy time and the
 // backends' counters at the start and the end of the measured window, so all
@@ -42,6 +44,8 @@ type loadResult struct {
 	MeanUs float64 `json:"mean_us"`
 
 	LBCPUSeconds   float64   `json:"lb_cpu_seconds"`   // utime+stime of the LB process
+	LBRSSKiB       int64     `json:"lb_rss_kib"`       // the LB's resident set at the end of the window
+	LBPeakRSSKiB   int64     `json:"lb_peak_rss_kib"`  // its peak resident set (VmHWM) since it started
 	LoadCPUSeconds float64   `json:"load_cpu_seconds"` // of the load generator and the backends
 	CPUBusy        []float64 `json:"cpu_busy"`         // per core, the busy fraction of the window
 	Backends       []int64   `json:"backend_requests"`
@@ -55,6 +59,9 @@ type loadResult struct {
 type loadSpec struct {
 	addr     string // host:port of the load balancer
 	path     string
+	method   string // GET or POST
+	body     int    // bytes of JSON in each POST
+	sticky   bool   // keep and send back cookies, per connection
 	conns    int
 	warmup   time.Duration
 	duration time.Duration
@@ -75,6 +82,9 @@ func runLoad(args []string) error {
 	var backends string
 	fs.StringVar(&s.addr, "addr", "", "load balancer host:port")
 	fs.StringVar(&s.path, "path", "/", "request path")
+	fs.StringVar(&s.method, "method", "GET", "GET, or POST with a JSON body of -body bytes")
+	fs.IntVar(&s.body, "body", 1024, "bytes of the JSON body of each POST")
+	fs.BoolVar(&s.sticky, "sticky", false, "keep the cookie each connection is given and send it back")
 	fs.IntVar(&s.conns, "conns", 64, "keep-alive connections (concurrent clients)")
 	fs.DurationVar(&s.warmup, "warmup", 2*time.Second, "load before the measured window")
 	fs.DurationVar(&s.duration, "duration", 8*time.Second, "measured window")
@@ -88,6 +98,9 @@ func runLoad(args []string) error {
 	fs.DurationVar(&s.flipFor, "flip-for", 0, "how long the -flip backend stays slow")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if err := raiseFileLimit(); err != nil {
+		return fmt.Errorf("load: %w", err)
 	}
 	for p := range strings.SplitSeq(*pids, ",") {
 		if n, err := strconv.Atoi(p); err == nil {
@@ -108,6 +121,8 @@ func runLoad(args []string) error {
 // sample is the state read at each end of the measured window.
 type sample struct {
 	lbTicks   int64
+	lbRSS     int64 // KiB
+	lbPeak    int64
 	loadTicks int64
 	cpus      []cpuTicks
 	backends  []int64
@@ -119,6 +134,9 @@ func takeSample(s loadSpec) (sample, error) {
 	var err error
 	if s.lbPID > 0 {
 		if out.lbTicks, err = processTicks(s.lbPID); err != nil {
+			return out, err
+		}
+		if out.lbRSS, out.lbPeak, err = processMemory(s.lbPID); err != nil {
 			return out, err
 		}
 	}
@@ -203,7 +221,8 @@ func timeline(s loadSpec, start, end time.Time, first []int64) ([][]int64, error
 type worker struct {
 	spec     loadSpec
 	request  []byte
-	start    time.Time // of the measured window
+	jar      *cookieJar // with -sticky
+	start    time.Time  // of the measured window
 	end      time.Time
 	hist     histogram
 	requests int64
@@ -211,10 +230,9 @@ type worker struct {
 }
 
 func generate(s loadSpec) (*loadResult, error) {
-	if s.addr == "" || s.conns < 1 || s.duration <= 0 {
-		return nil, errors.New("load: need -addr, -conns >= 1 and -duration > 0")
+	if s.addr == "" || s.conns < 1 || s.duration <= 0 || (s.method != "GET" && s.method != "POST") {
+		return nil, errors.New("load: need -addr, -conns >= 1, -duration > 0 and -method GET or POST")
 	}
-	request := fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lbpool-bench\r\nAccept: */*\r\n\r\n", s.path, s.addr)
 	workers := make([]*worker, s.conns)
 	conns := make([]net.Conn, s.conns)
 	for i := range workers {
@@ -231,7 +249,10 @@ func generate(s loadSpec) (*loadResult, error) {
 	end := start.Add(s.duration)
 	var wg sync.WaitGroup
 	for i := range workers {
-		w := &worker{spec: s, request: request, start: start, end: end}
+		w := &worker{spec: s, request: buildRequest(s, nil), start: start, end: end}
+		if s.sticky {
+			w.jar = new(cookieJar)
+		}
 		workers[i] = w
 		wg.Go(func() { w.run(conns[i]) })
 	}
@@ -265,6 +286,7 @@ func generate(s loadSpec) (*loadResult, error) {
 	res.P50us, res.P90us, res.P99us = us(all.quantile(0.50)), us(all.quantile(0.90)), us(all.quantile(0.99))
 	res.P999us, res.MaxUs, res.MeanUs = us(all.quantile(0.999)), us(all.max), us(all.mean())
 	res.LBCPUSeconds = float64(after.lbTicks-before.lbTicks) / float64(clockTicks())
+	res.LBRSSKiB, res.LBPeakRSSKiB = after.lbRSS, after.lbPeak
 	res.LoadCPUSeconds = float64(after.loadTicks-before.loadTicks) / float64(clockTicks())
 	res.CPUBusy = busyFractions(before.cpus, after.cpus)
 	for i := range after.backends {
@@ -336,15 +358,55 @@ func (w *worker) roundTrip(c net.Conn, br *bufio.Reader) (status int, keepAlive 
 	if _, err := c.Write(w.request); err != nil {
 		return 0, false, err
 	}
-	return readResponse(br)
+	status, keepAlive, err = readResponse(br, w.jar)
+	if w.jar != nil && w.jar.changed {
+		w.jar.changed = false
+		w.request = buildRequest(w.spec, w.jar.cookie)
+	}
+	return status, keepAlive, err
+}
+
+// buildRequest is the request every worker sends, with a cookie if it has
+// one.
+func buildRequest(s loadSpec, cookie []byte) []byte {
+	req := fmt.Appendf(nil, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lbpool-bench\r\nAccept: */*\r\n", s.method, s.path, s.addr)
+	if len(cookie) > 0 {
+		req = fmt.Appendf(req, "Cookie: %s\r\n", cookie)
+	}
+	if s.method != "POST" {
+		return append(req, "\r\n"...)
+	}
+	req = fmt.Appendf(req, "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n", s.body)
+	return append(req, jsonBody(s.body)...)
+}
+
+// jsonBody is a JSON object of exactly n bytes (at least 11).
+func jsonBody(n int) []byte {
+	return []byte(`{"data":"` + strings.Repeat("x", max(n-11, 0)) + `"}`)
+}
+
+// cookieJar is one connection's cookie: the name=value of the last
+// Set-Cookie it was given.
+type cookieJar struct {
+	cookie  []byte
+	changed bool // since the request was last built
+}
+
+func (j *cookieJar) set(header []byte) {
+	v, _, _ := bytes.Cut(header, []byte(";"))
+	v = bytes.TrimSpace(v)
+	if !bytes.Equal(v, j.cookie) {
+		j.cookie = append(j.cookie[:0], v...)
+		j.changed = true
+	}
 }
 
 var errBadResponse = errors.New("malformed response")
 
-// readResponse reads one response to a GET and discards its body, with a
+// readResponse reads one response and discards its body, with a
 // Content-Length or chunked. It returns the status and whether the
-// connection stays open.
-func readResponse(br *bufio.Reader) (status int, keepAlive bool, err error) {
+// connection stays open; a Set-Cookie goes into jar, if not nil.
+func readResponse(br *bufio.Reader, jar *cookieJar) (status int, keepAlive bool, err error) {
 	line, err := br.ReadSlice('\n')
 	if err != nil {
 		return 0, false, err
@@ -384,6 +446,8 @@ func readResponse(br *bufio.Reader) (status int, keepAlive bool, err error) {
 			chunked = bytes.EqualFold(value, []byte("chunked"))
 		case bytes.EqualFold(name, []byte("Connection")):
 			keepAlive = !bytes.EqualFold(value, []byte("close"))
+		case jar != nil && bytes.EqualFold(name, []byte("Set-Cookie")):
+			jar.set(value)
 		}
 	}
 	switch {

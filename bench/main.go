@@ -1,13 +1,14 @@
 // Command bench measures lbpool against Caddy's own reverse_proxy, in one
 // command from the repository root:
 //
-//	go run ./bench            # about 7 minutes; -quick for a smoke test
+//	go run ./bench            # about 17 minutes on a quiet machine; -quick: 2 minutes
 //	go run ./bench -publish   # also copies the chart to docs/bench.svg
+//	go run ./bench -quick -scenarios post,https   # some workloads only
 //
 // It builds ./cmd/caddy once (Caddy with the standard modules and lbpool),
 // starts three fast backends on 127.0.0.1 (this program, as subprocesses),
-// and runs three scenarios, each configuration in turn within every repeat so
-// that ratios are paired between neighbours in time:
+// and runs these scenarios, each configuration in turn within every repeat
+// so that ratios are paired between neighbours in time:
 //
 //   - throughput: 64 keep-alive clients; req/s, raw p50 and p99, and the load
 //     balancer's CPU time per request (utime+stime from /proc over the
@@ -18,22 +19,44 @@
 //     for its p99;
 //   - flip: 32 clients, one backend turns 50 ms slow for 10 s, then fast
 //     again; that backend's share per second, and how long after it turned
-//     fast its share took to be back to 25%.
+//     fast its share took to be back to 25%;
+//   - post: 64 clients POST a 1 KiB JSON body, which the backends read whole;
+//   - clients2000: 2000 keep-alive clients on small GETs; also Caddy's peak
+//     RSS (VmHWM);
+//   - websockets: 4000 idle websockets held open through the load balancer
+//     (the backends answer RFC 6455's handshake, then only read); Caddy's
+//     RSS per websocket, and its goroutines before, while held and after
+//     closing them all, polled until back to the baseline;
+//   - https_h1 and https_h2 (-scenarios https for both): small GETs to
+//     backends that speak HTTP/1.1 or HTTP/2 over TLS, with a CA and a
+//     certificate the harness makes at start and Caddy trusts;
+//   - options: small GETs with lbpool's request-path options all on
+//     (lbpool_options: least_time, max_conns, sticky cookie kept by each
+//     client, header_up with placeholders, an access log with log_append),
+//     beside plain lbpool.
 //
-// The configurations are lbpool (lb_policy least_conn and least_time),
-// reverse_proxy with lb_policy least_conn and with round_robin, all in the
-// same binary with equivalent settings (see configs.go), and Caddy's respond
-// as the floor of what any proxy costs.
+// The configurations are lbpool (lb_policy least_conn and least_time, and
+// lbpool_options in the options scenario), reverse_proxy with lb_policy
+// least_conn and with round_robin, all in the same binary with equivalent
+// settings (see configs.go), and Caddy's respond as the floor of what any
+// proxy costs. Every scenario runs rp_least_conn, the baseline of every
+// ratio, and respond where it can answer the same requests (it cannot
+// tunnel a websocket). The newer workloads run fewer configurations and
+// shorter windows (-workload-duration) to keep the default run near 20
+// minutes on two cores.
 // Caddy runs on one core and everything else (backends, load generator,
 // harness) on another, with taskset where available. Each run starts a fresh
 // Caddy, warms up, then measures. Before each repeat the harness waits a
 // little for idle cores, and a repeat in which other work took over a fifth
 // of Caddy's core runs again (-redo-noisy times in all), since pairing only
-// helps when both sides of a pair saw the same machine. Results go to stdout
-// and bench/out/ (report.txt, results.json, chart.svg, the Caddyfiles used).
+// helps when both sides of a pair saw the same machine. The harness raises
+// its open-file limit to the hard limit before it starts anything, so every
+// process inherits it, and says so if that is too low for 2000 clients or
+// the websockets. Results go to stdout and bench/out/ (report.txt,
+// results.json, chart.svg, the Caddyfiles used).
 //
 // The same binary plays the backends (bench -backend ...) and the load
-// generator (bench -load ...).
+// generator (bench -load ...); the harness itself holds the websockets.
 package main
 
 import (
@@ -94,9 +117,14 @@ type options struct {
 	FlipBefore time.Duration `json:"flip_before_ns"`
 	FlipSlow   time.Duration `json:"flip_slow_ns"`
 	FlipAfter  time.Duration `json:"flip_after_ns"`
-	Configs    []string      `json:"configs"`
-	Scenarios  []string      `json:"scenarios"`
-	Quick      bool          `json:"quick"`
+	// WorkloadDuration is the measured window of the post, clients2000,
+	// https and options scenarios.
+	WorkloadDuration time.Duration `json:"workload_duration_ns"`
+	ManyConns        int           `json:"many_conns"` // clients of the clients2000 scenario
+	Websockets       int           `json:"websockets"` // held open in the websockets scenario
+	Configs          []string      `json:"configs"`
+	Scenarios        []string      `json:"scenarios"`
+	Quick            bool          `json:"quick"`
 
 	out            string
 	publish        bool
@@ -123,10 +151,13 @@ func parseOptions(args []string) (options, error) {
 	fs.IntVar(&o.QualityConns, "quality-conns", 32, "keep-alive clients in the quality scenario")
 	fs.DurationVar(&o.SlowDelay, "slow", 50*time.Millisecond, "delay of the slow backend in the quality and flip scenarios")
 	fs.DurationVar(&o.FlipSlow, "flip-slow", 10*time.Second, "how long the backend stays slow in the flip scenario (measured: 2s before, 8s after)")
-	fs.StringVar(&configs, "configs", "lbpool,lbpool_least_time,rp_least_conn,rp_round_robin,respond",
-		"configurations, comma-separated (respond runs in the throughput scenario only; flip runs lbpool, lbpool_least_time and rp_least_conn)")
-	fs.StringVar(&scenarios, "scenarios", "throughput,quality,flip", "scenarios, comma-separated (throughput, quality, flip)")
-	fs.BoolVar(&o.Quick, "quick", false, "smoke test: 1 repeat of 1s runs after 0.3s warm-up (flip: 1s fast, 2s slow, 2s fast)")
+	fs.DurationVar(&o.WorkloadDuration, "workload-duration", 5*time.Second, "measured window of each run of the post, clients2000, https and options scenarios")
+	fs.IntVar(&o.ManyConns, "many-conns", 2000, "keep-alive clients in the clients2000 scenario")
+	fs.IntVar(&o.Websockets, "websockets", 4000, "idle websockets held open in the websockets scenario")
+	fs.StringVar(&configs, "configs", "lbpool,lbpool_least_time,lbpool_options,rp_least_conn,rp_round_robin,respond",
+		"configurations, comma-separated; each scenario runs those of its own it finds here (see scenarios in main.go)")
+	fs.StringVar(&scenarios, "scenarios", strings.Join(scenarioNames, ","), "scenarios, comma-separated; https stands for https_h1,https_h2")
+	fs.BoolVar(&o.Quick, "quick", false, "smoke test: 1 repeat of 1s runs after 0.3s warm-up (flip: 1s fast, 2s slow, 2s fast; 1000 websockets)")
 	fs.StringVar(&o.out, "out", "", "folder for report.txt, results.json and chart.svg (default bench/out)")
 	fs.BoolVar(&o.publish, "publish", false, "also copy the chart to docs/bench.svg")
 	fs.BoolVar(&o.pin, "pin", true, "pin the load balancer and the rest to separate cores with taskset")
@@ -145,10 +176,34 @@ func parseOptions(args []string) (options, error) {
 	}
 	o.FlipBefore, o.FlipAfter = 2*time.Second, 8*time.Second
 	if o.Quick {
-		o.Repeats, o.Warmup, o.Duration, o.quietWait, o.redoNoisy = 1, 300*time.Millisecond, time.Second, 0, 0
-		o.FlipBefore, o.FlipSlow, o.FlipAfter = time.Second, 2*time.Second, 2*time.Second
+		// Flags given with -quick keep their values.
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		quick := func(name string, v *time.Duration, to time.Duration) {
+			if !set[name] {
+				*v = to
+			}
+		}
+		quick("warmup", &o.Warmup, 300*time.Millisecond)
+		quick("duration", &o.Duration, time.Second)
+		quick("workload-duration", &o.WorkloadDuration, time.Second)
+		quick("flip-slow", &o.FlipSlow, 2*time.Second)
+		quick("quiet-wait", &o.quietWait, 0)
+		if !set["repeats"] {
+			o.Repeats = 1
+		}
+		if !set["websockets"] {
+			o.Websockets = 1000
+		}
+		if !set["redo-noisy"] {
+			o.redoNoisy = 0
+		}
+		o.FlipBefore, o.FlipAfter = time.Second, 2*time.Second
 	}
 	o.Configs, o.Scenarios, o.profile = splitList(configs), splitList(scenarios), splitList(profile)
+	if i := slices.Index(o.Scenarios, "https"); i >= 0 {
+		o.Scenarios = slices.Replace(o.Scenarios, i, i+1, scHTTPS1, scHTTPS2)
+	}
 	for _, c := range append(slices.Clone(o.Configs), o.profile...) {
 		if _, ok := configByName(c); !ok {
 			return o, fmt.Errorf("unknown configuration %q (known: %s)", c, configNames())
@@ -158,12 +213,13 @@ func parseOptions(args []string) (options, error) {
 		return o, fmt.Errorf("-configs must include %s: every ratio is taken against it", baseline)
 	}
 	for _, s := range o.Scenarios {
-		if s != "throughput" && s != "quality" && s != "flip" {
-			return o, fmt.Errorf("unknown scenario %q (known: throughput, quality, flip)", s)
+		if !slices.Contains(scenarioNames, s) && s != scHTTPS1 && s != scHTTPS2 {
+			return o, fmt.Errorf("unknown scenario %q (known: %s, https_h1, https_h2)", s, strings.Join(scenarioNames, ", "))
 		}
 	}
-	if o.Repeats < 1 || o.Conns < 1 || o.QualityConns < 1 || o.Duration <= 0 || o.Warmup < 0 || o.FlipSlow <= 0 {
-		return o, errors.New("-repeats, -conns, -quality-conns, -duration and -flip-slow must be positive")
+	if o.Repeats < 1 || o.Conns < 1 || o.QualityConns < 1 || o.Duration <= 0 || o.Warmup < 0 || o.FlipSlow <= 0 ||
+		o.WorkloadDuration <= 0 || o.ManyConns < 1 || o.Websockets < 1 {
+		return o, errors.New("-repeats, -conns, -quality-conns, -duration, -flip-slow, -workload-duration, -many-conns and -websockets must be positive")
 	}
 	return o, nil
 }
@@ -189,6 +245,24 @@ type scenario struct {
 	// backends with the slow one turned fast; it has no backends of its own.
 	Of string `json:"of,omitempty"`
 
+	// Method is the load generator's (GET if empty); a POST carries a JSON
+	// body of BodyBytes.
+	Method    string `json:"method,omitempty"`
+	BodyBytes int    `json:"body_bytes,omitempty"`
+	// HTTPS is the HTTP version the backends speak over TLS ("1.1" or "2"),
+	// or "" for plain HTTP/1.1.
+	HTTPS  string `json:"https,omitempty"`
+	Sticky bool   `json:"sticky,omitempty"` // each client keeps its cookie
+	// Websockets, if positive, makes the scenario hold that many idle
+	// websockets instead of sending requests.
+	Websockets int `json:"websockets,omitempty"`
+	// AccessLog lists the configurations that write an access log naming
+	// each request's backend.
+	AccessLog []string `json:"access_log,omitempty"`
+	// NotRun gives the reason for each configuration the scenario cannot
+	// run.
+	NotRun map[string]string `json:"not_run,omitempty"`
+
 	delay time.Duration
 }
 
@@ -198,8 +272,21 @@ const (
 	scQuality     = "quality"
 	scQualityFast = "quality_fast"
 	scFlip        = "flip"
+	scPost        = "post"
+	scClients     = "clients2000"
+	scWebsockets  = "websockets"
+	scHTTPS1      = "https_h1"
+	scHTTPS2      = "https_h2"
+	scOptions     = "options"
 	leastTime     = "lbpool_least_time"
 )
+
+// scenarioNames are the scenarios -scenarios takes, in the order of a
+// default run.
+var scenarioNames = []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, "https", scOptions}
+
+// postBodyBytes is the size of the post scenario's JSON body.
+const postBodyBytes = 1024
 
 // flipConfigs are the configurations the flip scenario runs, of those
 // selected.
@@ -207,16 +294,33 @@ var flipConfigs = []string{"lbpool", leastTime, "rp_least_conn"}
 
 func scenarios(o options) []scenario {
 	var out []scenario
-	var proxies []string
+	var general, proxies []string
 	for _, c := range o.Configs {
+		if c == optionsConfig {
+			continue
+		}
+		general = append(general, c)
 		if cfg, _ := configByName(c); cfg.proxies {
 			proxies = append(proxies, c)
 		}
 	}
+	// pick keeps the configurations that are selected, in this order.
+	pick := func(names ...string) []string {
+		var out []string
+		for _, n := range names {
+			if slices.Contains(o.Configs, n) {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	small := func(name string) scenario {
+		return scenario{Name: name, Conns: o.Conns, Slow: -1, Configs: pick("lbpool", baseline, "respond")}
+	}
 	for _, name := range o.Scenarios {
 		switch name {
 		case scThroughput:
-			out = append(out, scenario{Name: name, Conns: o.Conns, Slow: -1, Configs: o.Configs})
+			out = append(out, scenario{Name: name, Conns: o.Conns, Slow: -1, Configs: general})
 		case scQuality:
 			out = append(out, scenario{Name: name, Conns: o.QualityConns, Slow: 1, delay: o.SlowDelay,
 				Delay: o.SlowDelay.String(), Configs: proxies})
@@ -233,6 +337,26 @@ func scenarios(o options) []scenario {
 			}
 			out = append(out, scenario{Name: name, Conns: o.QualityConns, Slow: 1, delay: o.SlowDelay,
 				Delay: o.SlowDelay.String(), Configs: configs})
+		case scPost:
+			sc := small(name)
+			sc.Method, sc.BodyBytes = "POST", postBodyBytes
+			out = append(out, sc)
+		case scClients:
+			sc := small(name)
+			sc.Conns = o.ManyConns
+			out = append(out, sc)
+		case scWebsockets:
+			out = append(out, scenario{Name: name, Slow: -1, Websockets: o.Websockets, Configs: pick("lbpool", baseline),
+				NotRun: map[string]string{"respond": "respond cannot tunnel a websocket"}})
+		case scHTTPS1, scHTTPS2:
+			sc := small(name)
+			sc.HTTPS = map[string]string{scHTTPS1: "1.1", scHTTPS2: "2"}[name]
+			out = append(out, sc)
+		case scOptions:
+			sc := small(name)
+			sc.Configs = pick("lbpool", optionsConfig, baseline, "respond")
+			sc.Sticky, sc.AccessLog = true, pick(optionsConfig, baseline)
+			out = append(out, sc)
 		}
 	}
 	return out
@@ -240,10 +364,33 @@ func scenarios(o options) []scenario {
 
 // window is the measured window of each run of a scenario.
 func (o options) window(sc scenario) time.Duration {
-	if sc.Name == scFlip {
+	switch sc.Name {
+	case scFlip:
 		return o.FlipBefore + o.FlipSlow + o.FlipAfter
+	case scPost, scClients, scHTTPS1, scHTTPS2, scOptions:
+		return o.WorkloadDuration
+	case scWebsockets:
+		return o.wsHold()
 	}
 	return o.Duration
+}
+
+// warmup is the load before each measured window of the scenario: longer
+// with many clients, whose first requests each open a connection to a
+// backend.
+func (o options) warmup(sc scenario) time.Duration {
+	if sc.Name == scClients {
+		return o.Warmup + time.Second
+	}
+	return o.Warmup
+}
+
+// wsHold is how long the websockets stay open before they are measured.
+func (o options) wsHold() time.Duration {
+	if o.Quick {
+		return 300 * time.Millisecond
+	}
+	return time.Second
 }
 
 // numBackends is how many backends every proxy configuration balances over.
@@ -260,6 +407,7 @@ type harness struct {
 	lbCPUs string
 	ldCPUs string
 	saved  map[string]bool // Caddyfiles already copied to out
+	certs  *certFiles      // of the https scenarios' backends
 
 	scs       []scenario
 	warnings  []string
@@ -301,6 +449,26 @@ func run(ctx context.Context, o options) error {
 		"XDG_CONFIG_HOME="+filepath.Join(tmp, "config"), "XDG_DATA_HOME="+filepath.Join(tmp, "data"))
 
 	scs := scenarios(o)
+	// Before any process starts, so that Caddy, the backends and the load
+	// generator inherit the raised limit.
+	if err := raiseFileLimit(); err != nil {
+		return err
+	}
+	for _, sc := range scs {
+		if need := filesNeeded(sc); need > 0 && fileLimit() < uint64(need) {
+			w := fmt.Sprintf("the open-file limit is %d (the hard limit), under the %d the %s scenario needs: raise it (ulimit -Hn, or LimitNOFILE) or expect it to fail",
+				fileLimit(), need, sc.Name)
+			h.warnings = append(h.warnings, w)
+			fmt.Fprintln(o.stdout, "WARNING: "+w)
+		}
+		if sc.HTTPS != "" && h.certs == nil {
+			certs, err := makeCertificates(tmp)
+			if err != nil {
+				return fmt.Errorf("certificates for the https scenarios: %w", err)
+			}
+			h.certs = &certs
+		}
+	}
 	estimate := estimateDuration(o, scs)
 	fmt.Fprintf(o.stdout, "lbpool bench: building ./cmd/caddy, then about %v of runs, more if a noisy repeat runs again (%s)\n",
 		estimate.Round(time.Second), note)
@@ -336,10 +504,22 @@ func run(ctx context.Context, o options) error {
 	return h.write(res, root)
 }
 
+// filesNeeded is how many open files the scenario needs in Caddy, the
+// process that holds the most: two per client (its own and one to a
+// backend), and some to spare.
+func filesNeeded(sc scenario) int {
+	return 2*max(sc.Conns, sc.Websockets) + 256
+}
+
 func estimateDuration(o options, scs []scenario) time.Duration {
 	var total time.Duration
 	for _, sc := range scs {
-		total += time.Duration(len(sc.Configs)*o.Repeats) * (o.Warmup + o.window(sc) + 700*time.Millisecond)
+		each := o.warmup(sc) + o.window(sc) + 700*time.Millisecond
+		if sc.Websockets > 0 {
+			// opening them (about 2000 a second), then closing them
+			each = time.Duration(sc.Websockets)*time.Second/2000 + o.window(sc) + 2*time.Second
+		}
+		total += time.Duration(len(sc.Configs)*o.Repeats) * each
 	}
 	return total + time.Duration(len(o.profile))*(o.Warmup+o.Duration+700*time.Millisecond)
 }
@@ -417,14 +597,25 @@ func (h *harness) runRepeat(ctx context.Context, sc scenario, backends backendSe
 func (h *harness) runNamed(ctx context.Context, sc scenario, name string, backends backendSet, r int) (runRecord, error) {
 	cfg, _ := configByName(name)
 	fmt.Fprintf(h.opts.stdout, "  %s, repeat %d/%d: %s ...", sc.Name, r+1, h.opts.Repeats, name)
-	rec, err := h.runOne(ctx, sc, cfg, backends, h.opts.Warmup, h.opts.window(sc), nil)
+	var rec runRecord
+	var err error
+	if sc.Websockets > 0 {
+		rec, err = h.runWebsockets(ctx, sc, cfg, backends)
+	} else {
+		rec, err = h.runOne(ctx, sc, cfg, backends, h.opts.warmup(sc), h.opts.window(sc), nil)
+	}
 	if err != nil {
 		fmt.Fprintln(h.opts.stdout)
 		return rec, fmt.Errorf("%s, repeat %d, %s: %w", sc.Name, r+1, name, err)
 	}
 	rec.Repeat = r + 1
-	fmt.Fprintf(h.opts.stdout, " %.0f req/s, p99 %.2f ms, LB %.1f µs/req, others on LB core %.0f%%",
-		rec.ReqPerSec, rec.P99us/1e3, rec.LBCPUPerReqUs, rec.OthersOnLBCore*100)
+	if ws := rec.WS; ws != nil {
+		fmt.Fprintf(h.opts.stdout, " %d open in %.1fs, RSS %.1f KiB each, goroutines %d, %d held, %d after\n",
+			ws.Opened, ws.OpenSeconds, ws.PerWebsocketKiB, ws.GoroutinesBefore, ws.GoroutinesHeld, ws.GoroutinesAfter)
+		return rec, nil
+	}
+	fmt.Fprintf(h.opts.stdout, " %.0f req/s, p99 %.2f ms, LB %.1f µs/req, peak RSS %.0f MiB, others on LB core %.0f%%",
+		rec.ReqPerSec, rec.P99us/1e3, rec.LBCPUPerReqUs, float64(rec.LBPeakRSSKiB)/1024, rec.OthersOnLBCore*100)
 	if rec.Recovery != nil {
 		fmt.Fprintf(h.opts.stdout, ", b%d back to %.0f%% %.2fs after turning fast", sc.Slow+1, recoveredShare*100, *rec.Recovery)
 	} else if sc.Name == scFlip {
@@ -524,6 +715,17 @@ func (h *harness) startBackends(ctx context.Context, sc scenario) (bs backendSet
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		name := fmt.Sprintf("b%d", i+1)
 		args := []string{"-backend", "-listen", addr, "-name", name}
+		if sc.HTTPS != "" {
+			port, err := freePort()
+			if err != nil {
+				stop()
+				return bs, nil, err
+			}
+			tlsAddr := fmt.Sprintf("127.0.0.1:%d", port)
+			listen := map[string]string{"1.1": "-tls-listen", "2": "-h2-listen"}[sc.HTTPS]
+			args = append(args, listen, tlsAddr, "-cert", h.certs.Cert, "-key", h.certs.Key)
+			bs.tlsAddrs = append(bs.tlsAddrs, tlsAddr)
+		}
 		if i == sc.Slow {
 			args = append(args, "-delay", sc.delay.String())
 			if sc.Name == scFlip {
@@ -551,46 +753,72 @@ func (h *harness) startBackends(ctx context.Context, sc scenario) (bs backendSet
 
 // backendSet is a scenario's running backends.
 type backendSet struct {
-	addrs []string // host:port
-	pids  []string
+	addrs    []string // host:port
+	tlsAddrs []string // of their TLS listeners, in the https scenarios
+	pids     []string
 }
 
 // runOne runs one configuration: a fresh Caddy, the load generator (which
 // warms up, then measures), and Caddy stopped again. During the measured
 // window, during (if set) is called with Caddy's admin address.
-func (h *harness) runOne(ctx context.Context, sc scenario, cfg lbConfig, backends backendSet,
-	warmup, duration time.Duration, during func(admin string) error) (runRecord, error) {
-	rec := runRecord{Scenario: sc.Name, Config: cfg.Name}
+// siteSpec is what the Caddyfile of a configuration in a scenario is made
+// for.
+func (h *harness) siteSpec(sc scenario, cfg lbConfig, backends backendSet) siteSpec {
+	s := siteSpec{backends: backends.addrs}
+	if sc.HTTPS != "" {
+		s.backends, s.tls, s.version = backends.tlsAddrs, h.certs, sc.HTTPS
+	}
+	if slices.Contains(sc.AccessLog, cfg.Name) {
+		s.accessLog = filepath.Join(h.tmp, "access-"+sc.Name+"-"+cfg.Name+".log")
+	}
+	return s
+}
+
+// startCaddy writes the configuration's Caddyfile for the scenario, starts
+// a fresh Caddy with it and waits until its site answers. It returns the
+// site's and the admin endpoint's host:port.
+func (h *harness) startCaddy(ctx context.Context, sc scenario, cfg lbConfig, backends backendSet) (caddy *proc, site, admin string, err error) {
 	adminPort, err1 := freePort()
 	sitePort, err2 := freePort()
 	if err := errors.Join(err1, err2); err != nil {
-		return rec, err
+		return nil, "", "", err
 	}
 	file := filepath.Join(h.tmp, "Caddyfile")
-	text := caddyfile(cfg, adminPort, sitePort, backends.addrs)
+	text := caddyfile(cfg, adminPort, sitePort, h.siteSpec(sc, cfg, backends))
 	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
-		return rec, err
+		return nil, "", "", err
 	}
 	if key := sc.Name + "-" + cfg.Name; !h.saved[key] {
 		h.saved[key] = true
 		if err := os.WriteFile(filepath.Join(h.out, "caddyfiles", key+".Caddyfile"), []byte(text), 0o644); err != nil {
-			return rec, err
+			return nil, "", "", err
 		}
 	}
 
 	// Caddy takes over a second to shut down gracefully, with nothing to
 	// save here, so it gets little time before it is killed.
-	caddy, err := h.procs.start(procSpec{name: "caddy (" + cfg.Name + ")", cpus: h.lbCPUs, env: h.env, grace: 300 * time.Millisecond,
+	caddy, err = h.procs.start(procSpec{name: "caddy (" + cfg.Name + ")", cpus: h.lbCPUs, env: h.env, grace: 300 * time.Millisecond,
 		logFile: filepath.Join(h.tmp, "caddy.log"), bin: h.caddy,
 		args: []string{"run", "--config", file, "--adapter", "caddyfile"}})
+	if err != nil {
+		return nil, "", "", err
+	}
+	site = fmt.Sprintf("127.0.0.1:%d", sitePort)
+	if err := waitHTTP(ctx, caddy, "http://"+site+"/", 15*time.Second); err != nil {
+		h.procs.stop(caddy)
+		return nil, "", "", err
+	}
+	return caddy, site, fmt.Sprintf("127.0.0.1:%d", adminPort), nil
+}
+
+func (h *harness) runOne(ctx context.Context, sc scenario, cfg lbConfig, backends backendSet,
+	warmup, duration time.Duration, during func(admin string) error) (runRecord, error) {
+	rec := runRecord{Scenario: sc.Name, Config: cfg.Name}
+	caddy, site, admin, err := h.startCaddy(ctx, sc, cfg, backends)
 	if err != nil {
 		return rec, err
 	}
 	defer h.procs.stop(caddy)
-	site := fmt.Sprintf("127.0.0.1:%d", sitePort)
-	if err := waitHTTP(ctx, caddy, "http://"+site+"/", 15*time.Second); err != nil {
-		return rec, err
-	}
 
 	var counters []string
 	if cfg.proxies {
@@ -600,6 +828,12 @@ func (h *harness) runOne(ctx context.Context, sc scenario, cfg lbConfig, backend
 		"-warmup", warmup.String(), "-duration", duration.String(),
 		"-lb-pid", strconv.Itoa(caddy.pid()), "-backends", strings.Join(counters, ","),
 		"-backend-pids", strings.Join(backends.pids, ",")}
+	if sc.Method != "" {
+		args = append(args, "-method", sc.Method, "-body", strconv.Itoa(sc.BodyBytes))
+	}
+	if sc.Sticky {
+		args = append(args, "-sticky")
+	}
 	if sc.Name == scFlip {
 		// The load generator turns the backend slow and fast on the
 		// window's own clock, and counts each backend's requests per step.
@@ -617,7 +851,7 @@ func (h *harness) runOne(ctx context.Context, sc scenario, cfg lbConfig, backend
 		go func() {
 			select {
 			case <-time.After(warmup):
-				duringErr <- during(fmt.Sprintf("127.0.0.1:%d", adminPort))
+				duringErr <- during(admin)
 			case <-ctx.Done():
 				duringErr <- ctx.Err()
 			}

@@ -266,3 +266,27 @@ func buildCaddy(ctx context.Context, root, dir string) (string, error) {
 	}
 	return bin, nil
 }
+
+// raiseFileLimit raises this process's soft limit on open files to its hard
+// limit. Setting it explicitly also makes the processes started from here
+// inherit it (Go otherwise restores the original soft limit in children).
+func raiseFileLimit() error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("open-file limit: %w", err)
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("raising the open-file limit to %d: %w", lim.Max, err)
+	}
+	return nil
+}
+
+// fileLimit is this process's soft limit on open files.
+func fileLimit() uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	return lim.Cur
+}

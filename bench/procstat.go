@@ -108,3 +108,28 @@ func busyFractions(before, after []cpuTicks) []float64 {
 	}
 	return out
 }
+
+// processMemory returns a process's resident set and its peak (VmRSS and
+// VmHWM of /proc/<pid>/status), in KiB.
+func processMemory(pid int) (rss, peak int64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, fmt.Errorf("memory of pid %d: %w", pid, err)
+	}
+	for line := range strings.Lines(string(b)) {
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || (name != "VmRSS" && name != "VmHWM") {
+			continue
+		}
+		kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(value), " kB"), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("memory of pid %d: %s: %q", pid, name, value)
+		}
+		if name == "VmRSS" {
+			rss = kib
+		} else {
+			peak = kib
+		}
+	}
+	return rss, peak, nil
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
@@ -44,6 +45,9 @@ type runRecord struct {
 	// recoveredShare (null: not within the window).
 	FlipShares []*float64 `json:"flip_shares_per_second,omitempty"`
 	Recovery   *float64   `json:"recovery_s,omitempty"`
+
+	// WS is what a run of the websockets scenario found.
+	WS *wsFigures `json:"websockets,omitempty"`
 }
 
 // seriesStep is how often the flip scenario counts each backend's requests.
@@ -128,6 +132,19 @@ var (
 	metricP99       = metric{"p99", "ms", false, func(r *runRecord, _ int) float64 { return r.P99us / 1e3 }}
 	metricLBCPU     = metric{"LB CPU/req", "µs", false, func(r *runRecord, _ int) float64 { return r.LBCPUPerReqUs }}
 	metricLBCore    = metric{"LB core/req", "µs", false, func(r *runRecord, _ int) float64 { return r.LBCorePerReqUs }}
+	metricPeakRSS   = metric{"peak RSS", "MiB", false, func(r *runRecord, _ int) float64 { return float64(r.LBPeakRSSKiB) / 1024 }}
+	metricWSRSS     = metric{"RSS per websocket", "KiB", false, func(r *runRecord, _ int) float64 {
+		if r.WS == nil {
+			return math.NaN()
+		}
+		return r.WS.PerWebsocketKiB
+	}}
+	metricWSGoroutines = metric{"goroutines per websocket", "", false, func(r *runRecord, _ int) float64 {
+		if r.WS == nil || r.WS.Opened == 0 {
+			return math.NaN()
+		}
+		return float64(r.WS.GoroutinesHeld-r.WS.GoroutinesBefore) / float64(r.WS.Opened)
+	}}
 	metricSlowShare = metric{"slow share", "%", false, func(r *runRecord, slow int) float64 {
 		if slow < 0 || slow >= len(r.Shares) {
 			return math.NaN()
@@ -138,8 +155,13 @@ var (
 
 // scenarioMetrics are the ratios reported per scenario.
 func scenarioMetrics(sc scenario) []metric {
-	if sc.Slow >= 0 {
+	switch {
+	case sc.Slow >= 0:
 		return []metric{metricSlowShare, metricP99, metricP50, metricReqPerSec, metricLBCPU}
+	case sc.Websockets > 0:
+		return []metric{metricWSRSS, metricWSGoroutines}
+	case sc.Name == scClients:
+		return []metric{metricLBCPU, metricPeakRSS, metricP99, metricP50, metricReqPerSec}
 	}
 	return []metric{metricLBCPU, metricLBCore, metricP99, metricP50, metricReqPerSec}
 }
@@ -148,11 +170,13 @@ func scenarioMetrics(sc scenario) []metric {
 // take in a run before the report calls the run noisy.
 const noisyLimit = 0.20
 
-// ratio is one configuration's metric over the baseline's, paired within
-// each repeat. Missing values (a zero baseline) are null.
+// ratio is one configuration's metric over another's (the baseline, or
+// respond, or plain lbpool), paired within each repeat. Missing values (a
+// zero denominator) are null.
 type ratio struct {
 	Scenario  string     `json:"scenario"`
 	Config    string     `json:"config"`
+	Against   string     `json:"against"`
 	Metric    string     `json:"metric"`
 	PerRepeat []*float64 `json:"per_repeat"`
 	Median    *float64   `json:"median"`
@@ -161,7 +185,7 @@ type ratio struct {
 // target is one of an issue's goals, checked on the median over the
 // repeats of a figure taken within each repeat.
 type target struct {
-	Issue     int        `json:"issue"`
+	Issue     string     `json:"issue"` // "issue 6", "issue 14", or perfIssue
 	Scenario  string     `json:"scenario"`
 	Config    string     `json:"config"`
 	Metric    string     `json:"metric"` // what the figure is
@@ -177,7 +201,7 @@ type target struct {
 // targetDef defines a target: value is its figure in one repeat, nil when
 // that repeat has none.
 type targetDef struct {
-	issue            int
+	issue            string
 	scenario, config string
 	metric           string
 	limit            float64
@@ -187,7 +211,7 @@ type targetDef struct {
 
 // pairedTarget is issue 6's kind: config's metric ÷ other's in the same
 // repeat of the scenario.
-func pairedTarget(issue int, scenario, config, other string, m metric, limit float64) targetDef {
+func pairedTarget(issue string, scenario, config, other string, m metric, limit float64) targetDef {
 	return targetDef{issue, scenario, config, m.Name + " ÷ " + other, limit, "x", func(res *results, rep int) *float64 {
 		sc := res.scenario(scenario)
 		return res.ratioIn(*sc, rep, config, other, m)
@@ -195,7 +219,7 @@ func pairedTarget(issue int, scenario, config, other string, m metric, limit flo
 }
 
 // runTarget is a figure of one run of config in the scenario.
-func runTarget(issue int, scenario, config, name string, limit float64, unit string, f func(sc scenario, r *runRecord) *float64) targetDef {
+func runTarget(issue string, scenario, config, name string, limit float64, unit string, f func(sc scenario, r *runRecord) *float64) targetDef {
 	return targetDef{issue, scenario, config, name, limit, unit, func(res *results, rep int) *float64 {
 		if r := res.find(scenario, rep, config); r != nil {
 			return f(*res.scenario(scenario), r)
@@ -204,32 +228,45 @@ func runTarget(issue int, scenario, config, name string, limit float64, unit str
 	}}
 }
 
-var targets = []targetDef{
-	pairedTarget(6, scThroughput, "lbpool", baseline, metricLBCPU, 0.67),
-	pairedTarget(6, scThroughput, "lbpool", baseline, metricP99, 1.00),
-	pairedTarget(6, scQuality, "lbpool", baseline, metricSlowShare, 1.00),
-	pairedTarget(6, scQuality, "lbpool", baseline, metricP99, 1.00),
+// perfIssue names the performance issue's targets, which are not numbered.
+const perfIssue = "the performance issue"
 
-	runTarget(14, scQuality, leastTime, "slow backend's share", 0.2, "%", func(sc scenario, r *runRecord) *float64 {
+var targets = []targetDef{
+	pairedTarget("issue 6", scThroughput, "lbpool", baseline, metricLBCPU, 0.67),
+	pairedTarget("issue 6", scThroughput, "lbpool", baseline, metricP99, 1.00),
+	pairedTarget("issue 6", scQuality, "lbpool", baseline, metricSlowShare, 1.00),
+	pairedTarget("issue 6", scQuality, "lbpool", baseline, metricP99, 1.00),
+
+	runTarget("issue 14", scQuality, leastTime, "slow backend's share", 0.2, "%", func(sc scenario, r *runRecord) *float64 {
 		return finite(metricSlowShare.value(r, sc.Slow))
 	}),
-	{14, scQuality, leastTime, "p99 ÷ its p99 with 3 fast backends (" + scQualityFast + ")", 1.5, "x", func(res *results, rep int) *float64 {
+	{"issue 14", scQuality, leastTime, "p99 ÷ its p99 with 3 fast backends (" + scQualityFast + ")", 1.5, "x", func(res *results, rep int) *float64 {
 		slow, fast := res.find(scQuality, rep, leastTime), res.find(scQualityFast, rep, leastTime)
 		if slow == nil || fast == nil || fast.P99us <= 0 {
 			return nil
 		}
 		return ptr(slow.P99us / fast.P99us)
 	}},
-	runTarget(14, scFlip, leastTime, fmt.Sprintf("seconds until its share is back to %.0f%%", recoveredShare*100), 5, "s", func(_ scenario, r *runRecord) *float64 {
+	runTarget("issue 14", scFlip, leastTime, fmt.Sprintf("seconds until its share is back to %.0f%%", recoveredShare*100), 5, "s", func(_ scenario, r *runRecord) *float64 {
 		return r.Recovery
 	}),
-	pairedTarget(14, scThroughput, leastTime, "lbpool", metricLBCPU, 1.03),
-	runTarget(14, scThroughput, leastTime, "largest ÷ smallest backend share", 1.05, "x", func(_ scenario, r *runRecord) *float64 {
+	pairedTarget("issue 14", scThroughput, leastTime, "lbpool", metricLBCPU, 1.03),
+	runTarget("issue 14", scThroughput, leastTime, "largest ÷ smallest backend share", 1.05, "x", func(_ scenario, r *runRecord) *float64 {
 		if len(r.Shares) == 0 || slices.Min(r.Shares) <= 0 {
 			return nil
 		}
 		return ptr(slices.Max(r.Shares) / slices.Min(r.Shares))
 	}),
+
+	pairedTarget(perfIssue, scThroughput, "lbpool", "respond", metricLBCPU, 1.7),
+	pairedTarget(perfIssue, scThroughput, "lbpool", baseline, metricLBCPU, 0.5),
+	pairedTarget(perfIssue, scPost, "lbpool", baseline, metricLBCPU, 0.5),
+	pairedTarget(perfIssue, scClients, "lbpool", baseline, metricLBCPU, 0.5),
+	pairedTarget(perfIssue, scClients, "lbpool", baseline, metricPeakRSS, 0.6),
+	runTarget(perfIssue, scWebsockets, "lbpool", "Caddy's RSS per websocket", 25, " KiB", func(sc scenario, r *runRecord) *float64 {
+		return finite(metricWSRSS.value(r, sc.Slow))
+	}),
+	pairedTarget(perfIssue, scOptions, optionsConfig, "lbpool", metricLBCPU, 1.15),
 }
 
 func finite(v float64) *float64 {
@@ -298,10 +335,21 @@ func (res *results) summarise() {
 		}
 		for _, m := range scenarioMetrics(sc) {
 			for _, c := range sc.Configs {
-				if c == baseline {
-					continue
+				if c != baseline {
+					res.Ratios = append(res.Ratios, res.pairedRatio(sc, c, baseline, m))
 				}
-				res.Ratios = append(res.Ratios, res.pairedRatio(sc, c, m))
+			}
+		}
+		// CPU per request over what Caddy costs without proxying, and
+		// over plain lbpool's for lbpool with options.
+		for _, against := range []string{"respond", "lbpool"} {
+			if !slices.Contains(sc.Configs, against) || (against == "lbpool" && sc.Name != scOptions) {
+				continue
+			}
+			for _, c := range sc.Configs {
+				if cfg, _ := configByName(c); cfg.proxies && c != against {
+					res.Ratios = append(res.Ratios, res.pairedRatio(sc, c, against, metricLBCPU))
+				}
 			}
 		}
 	}
@@ -364,11 +412,11 @@ func (res *results) ratioIn(sc scenario, rep int, config, other string, m metric
 	return nil
 }
 
-func (res *results) pairedRatio(sc scenario, config string, m metric) ratio {
-	rt := ratio{Scenario: sc.Name, Config: config, Metric: m.Name}
+func (res *results) pairedRatio(sc scenario, config, against string, m metric) ratio {
+	rt := ratio{Scenario: sc.Name, Config: config, Against: against, Metric: m.Name}
 	var vals []float64
 	for rep := 1; rep <= res.Options.Repeats; rep++ {
-		v := res.ratioIn(sc, rep, config, baseline, m)
+		v := res.ratioIn(sc, rep, config, against, m)
 		if v != nil {
 			vals = append(vals, *v)
 		}
@@ -487,9 +535,13 @@ func (res *results) report(w io.Writer) {
 	fmt.Fprintf(w, "pinning: %s\n", res.Pinning)
 	fmt.Fprintf(w, "each run: a fresh Caddy, %v warm-up, %v measured; %d repeats, configurations rotated in each; took %s\n",
 		o.Warmup, o.Duration, o.Repeats, res.Elapsed)
+	fmt.Fprintf(w, "  shorter for the heavier workloads: post, clients2000, https and options measure %v each (clients2000 warms up 1s longer);\n",
+		o.WorkloadDuration)
+	fmt.Fprintf(w, "  a websockets run opens them all, holds them %v, measures, closes them and waits for Caddy's goroutines\n", o.wsHold())
 	fmt.Fprintln(w, "latency: raw per request (request written to last byte read), closed loop, no coordinated-omission correction")
 	fmt.Fprintln(w, "LB CPU/req (LB µs/req): Caddy's utime+stime over the measured window ÷ requests completed in it;")
 	fmt.Fprintln(w, "  LB core/req: all busy time of Caddy's core ÷ requests (adds interrupts and other work there: an upper bound)")
+	fmt.Fprintln(w, "peak RSS: Caddy's VmHWM (/proc) at the end of the measured window, so since it started")
 	fmt.Fprintln(w, "load generator: this harness (Go, raw HTTP/1.1 keep-alive), sharing its core with the backends;")
 	fmt.Fprintln(w, "  when that core nears 100% busy, req/s is capped by it and not by the load balancer")
 
@@ -506,19 +558,30 @@ func (res *results) report(w io.Writer) {
 		case sc.Of != "":
 			fmt.Fprintf(w, "== %s: %d fast backends (the %s scenario's, its slow one turned fast, run in each of its repeats); %d keep-alive clients\n",
 				sc.Name, numBackends, sc.Of, sc.Conns)
+		case sc.Websockets > 0:
+			fmt.Fprintf(w, "== websockets: %d idle websockets held open through the load balancer to %d backends (upgrade to /ws with\n"+
+				"RFC 6455's handshake, then nothing sent); KiB/websocket = (RSS held - RSS before) ÷ opened; goroutines count as back\n"+
+				"at most %d over the baseline (Caddy's admin /debug/pprof/goroutine)\n", sc.Websockets, numBackends, goroutineSlack)
 		case sc.Slow >= 0:
 			fmt.Fprintf(w, "== quality: %d backends, b%d answers after %s; %d keep-alive clients\n", numBackends, sc.Slow+1, sc.Delay, sc.Conns)
 		default:
-			fmt.Fprintf(w, "== throughput: %d fast backends; %d keep-alive clients\n", numBackends, sc.Conns)
+			fmt.Fprintf(w, "== %s: %d fast backends; %d keep-alive clients%s\n", sc.Name, numBackends, sc.Conns, scenarioNotes[sc.Name])
+		}
+		for _, c := range slices.Sorted(maps.Keys(sc.NotRun)) {
+			fmt.Fprintf(w, "%s: n/a (%s)\n", c, sc.NotRun[c])
 		}
 		for rep := 1; rep <= o.Repeats; rep++ {
+			if sc.Websockets > 0 {
+				res.wsTable(w, sc, rep)
+				continue
+			}
 			res.repeatTable(w, sc, rep)
 			if sc.Name == scFlip {
 				res.flipTable(w, sc, rep)
 			}
 		}
 		if sc.paired() {
-			res.ratioTable(w, sc)
+			res.ratioTables(w, sc)
 		}
 	}
 	res.targetTables(w)
@@ -538,7 +601,7 @@ func (res *results) repeatTable(w io.Writer, sc scenario, rep int) {
 	}
 	fmt.Fprintf(w, "repeat %d (in this order)\n", rep)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	head := "config\treq/s\tp50 ms\tp99 ms\tmax ms\tLB µs/req\tLB core µs/req\tload µs/req\tCaddy\tothers on LB core\tload core\t"
+	head := "config\treq/s\tp50 ms\tp99 ms\tmax ms\tLB µs/req\tLB core µs/req\tload µs/req\tCaddy\tothers on LB core\tload core\tpeak RSS MiB\t"
 	if sc.Slow >= 0 {
 		for i := range numBackends {
 			name := fmt.Sprintf("b%d", i+1)
@@ -554,8 +617,9 @@ func (res *results) repeatTable(w io.Writer, sc scenario, rep int) {
 	lb, ld := singleCore(res.LBCPUs), singleCore(res.LoadCPUs)
 	for _, name := range order {
 		r := res.find(sc.Name, rep, name)
-		line := fmt.Sprintf("%s\t%.0f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.1f\t%.0f%%\t%s\t%s\t", r.Config, r.ReqPerSec, r.P50us/1e3, r.P99us/1e3,
-			r.MaxUs/1e3, r.LBCPUPerReqUs, orDash(r.LBCorePerReqUs), r.LoadCPUPerReqUs, r.CaddyCore*100, others(r, lb), busy(r.CPUBusy, ld))
+		line := fmt.Sprintf("%s\t%.0f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.1f\t%.0f%%\t%s\t%s\t%.0f\t", r.Config, r.ReqPerSec, r.P50us/1e3, r.P99us/1e3,
+			r.MaxUs/1e3, r.LBCPUPerReqUs, orDash(r.LBCorePerReqUs), r.LoadCPUPerReqUs, r.CaddyCore*100, others(r, lb), busy(r.CPUBusy, ld),
+			float64(r.LBPeakRSSKiB)/1024)
 		if sc.Slow >= 0 {
 			for i := range numBackends {
 				if i < len(r.Shares) {
@@ -566,6 +630,46 @@ func (res *results) repeatTable(w io.Writer, sc scenario, rep int) {
 			}
 		}
 		fmt.Fprintf(tw, "%s%d\t\n", line, r.Errors)
+	}
+	tw.Flush()
+}
+
+// scenarioNotes complete the heading of the newer scenarios: what they do
+// and where the configurations differ.
+var scenarioNotes = map[string]string{
+	scPost: fmt.Sprintf(", POST with a %d-byte JSON body (application/json), which the backends read whole.\n"+
+		"respond does not read the body in its handler; Caddy's HTTP server (net/http) reads and discards the rest of a body this small\n"+
+		"before it reads the next request on the connection, so Caddy reads every body in every configuration", postBodyBytes),
+	scClients: " on small GETs; peak RSS is Caddy's VmHWM",
+	scHTTPS1: ", small GETs; the backends speak HTTP/1.1 over TLS (ALPN offers http/1.1 only), with a certificate from a CA\n" +
+		"the harness makes and Caddy trusts (tls_trust_pool file); reverse_proxy with versions 1.1, lbpool negotiates by ALPN",
+	scHTTPS2: ", small GETs; the backends speak HTTP/2 over TLS (net/http's server; other versions are answered 505,\n" +
+		"so a proxy that fell back to HTTP/1.1 shows as errors); reverse_proxy with versions 2; lbpool has no versions option:\n" +
+		"its transport speaks HTTP/2 to every HTTPS backend that offers it (ALPN)",
+	scOptions: fmt.Sprintf(", small GETs; %s is lbpool with lb_policy least_time, max_conns 1000, sticky cookie\n"+
+		"(each client keeps and sends back its cookie), header_up X-Test and Host set to %s, and an access log to a file\n"+
+		"with log_append upstream %s; for a fair pair rp_least_conn also logs, with log_append upstream %s;\n"+
+		"plain lbpool and respond write no access log", optionsConfig, lbpoolUpstream, lbpoolUpstream, rpUpstream),
+}
+
+// wsTable shows a websockets repeat: Caddy's memory and goroutines before
+// the websockets were opened, while they were held, and after they closed.
+func (res *results) wsTable(w io.Writer, sc scenario, rep int) {
+	fmt.Fprintf(w, "repeat %d (in this order)\n", rep)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "config\topened\topen s\tRSS before MiB\tRSS held MiB\tRSS after MiB\tKiB/websocket\tgoroutines before\theld\tafter\tback after\t")
+	for _, r := range res.Runs {
+		if r.Scenario != sc.Name || r.Repeat != rep || r.WS == nil {
+			continue
+		}
+		ws := r.WS
+		back := fmt.Sprintf("not within %v", wsBackBound)
+		if ws.BackSeconds != nil {
+			back = fmt.Sprintf("%.1fs", *ws.BackSeconds)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%d\t%d\t%s\t\n", r.Config, ws.Opened, ws.OpenSeconds,
+			float64(ws.RSSBeforeKiB)/1024, float64(ws.RSSHeldKiB)/1024, float64(ws.RSSAfterKiB)/1024, ws.PerWebsocketKiB,
+			ws.GoroutinesBefore, ws.GoroutinesHeld, ws.GoroutinesAfter, back)
 	}
 	tw.Flush()
 }
@@ -619,7 +723,7 @@ func (res *results) flipTable(w io.Writer, sc scenario, rep int) {
 
 // targetTables shows each issue's targets with their verdicts.
 func (res *results) targetTables(w io.Writer) {
-	issue := 0
+	issue := ""
 	var tw *tabwriter.Writer
 	for _, t := range res.Targets {
 		if t.Issue != issue {
@@ -628,7 +732,7 @@ func (res *results) targetTables(w io.Writer) {
 			}
 			issue = t.Issue
 			fmt.Fprintln(w)
-			fmt.Fprintf(w, "== targets of issue %d: median over the repeats of the figure in each\n", issue)
+			fmt.Fprintf(w, "== targets of %s: median over the repeats of the figure in each\n", issue)
 			tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 			fmt.Fprintln(tw, "scenario\tconfig\tfigure\tlimit\tmedian\tmet in\tverdict\t")
 		}
@@ -657,18 +761,32 @@ func fmtFigure(v *float64, unit string) string {
 	return fmt.Sprintf("%.2f%s", *v, unit)
 }
 
-func (res *results) ratioTable(w io.Writer, sc scenario) {
-	fmt.Fprintf(w, "ratios to %s, paired within each repeat (config ÷ %s; below 1 is better except req/s)\n", baseline, baseline)
+// ratioTables shows the scenario's paired ratios, one table for each
+// configuration they are taken against.
+func (res *results) ratioTables(w io.Writer, sc scenario) {
+	for _, against := range []string{baseline, "respond", "lbpool"} {
+		res.ratioTable(w, sc, against)
+	}
+}
+
+func (res *results) ratioTable(w io.Writer, sc scenario, against string) {
+	var rows []ratio
+	for _, rt := range res.Ratios {
+		if rt.Scenario == sc.Name && rt.Against == against {
+			rows = append(rows, rt)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "ratios to %s, paired within each repeat (config ÷ %s; below 1 is better except req/s)\n", against, against)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	head := "metric\tconfig\t"
 	for rep := 1; rep <= res.Options.Repeats; rep++ {
 		head += fmt.Sprintf("r%d\t", rep)
 	}
 	fmt.Fprintln(tw, head+"median\t")
-	for _, rt := range res.Ratios {
-		if rt.Scenario != sc.Name {
-			continue
-		}
+	for _, rt := range rows {
 		line := rt.Metric + "\t" + rt.Config + "\t"
 		for _, v := range rt.PerRepeat {
 			line += fmtRatio(v) + "\t"
