@@ -414,8 +414,11 @@ func configMarks(sc scenario, config string) []string {
 	if sc.HTTPS == "2" && config == baseline {
 		marks = append(marks, `"versions":["2"]`)
 	}
+	if sc.Name == scOptions && config != "respond" {
+		marks = append(marks, "access-options-"+config+".log")
+	}
 	if sc.Name == scOptions && (config == optionsConfig || config == baseline) {
-		marks = append(marks, `"upstream"`, "access-options-"+config+".log")
+		marks = append(marks, `"upstream"`)
 	}
 	if config == optionsConfig {
 		marks = append(marks, `"sticky"`, `"least_time"`, `X-Test`)

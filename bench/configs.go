@@ -12,7 +12,7 @@ import (
 // always checks, so reverse_proxy does too), a 3s dial timeout, up to 1024
 // idle connections per backend (lbpool's transport; reverse_proxy keeps 32 by
 // default), no transparent compression, and no access log (but in the
-// options scenario; see siteSpec).
+// options scenario, where every proxy writes one; see siteSpec).
 type lbConfig struct {
 	Name  string `json:"name"`  // short, for tables and flags
 	Label string `json:"label"` // for the chart
@@ -31,9 +31,10 @@ type siteSpec struct {
 	// tls, if set, makes the backends HTTPS, with HTTP version "1.1" or "2".
 	tls     *certFiles
 	version string
-	// accessLog, if set, is the file of an access log that names each
-	// request's backend (log_append upstream ...).
+	// accessLog, if set, is the file of an access log; with logAppend it
+	// names each request's backend (log_append upstream ...).
 	accessLog string
+	logAppend bool
 }
 
 // urls are the backends as the handler lists them.
@@ -161,13 +162,15 @@ func respondHandler(siteSpec) string {
 // written to disk but the access log, if the spec asks for one.
 func caddyfile(c lbConfig, adminPort, sitePort int, s siteSpec) string {
 	log := ""
-	if s.accessLog != "" && c.upstream != "" {
+	if s.accessLog != "" {
 		log = fmt.Sprintf(`log {
 		output file %s
 		format json
 	}
-	log_append upstream %s
-	`, s.accessLog, c.upstream)
+	`, s.accessLog)
+		if s.logAppend && c.upstream != "" {
+			log += fmt.Sprintf("log_append upstream %s\n\t", c.upstream)
+		}
 	}
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d

@@ -256,9 +256,11 @@ type scenario struct {
 	// Websockets, if positive, makes the scenario hold that many idle
 	// websockets instead of sending requests.
 	Websockets int `json:"websockets,omitempty"`
-	// AccessLog lists the configurations that write an access log naming
-	// each request's backend.
+	// AccessLog lists the configurations that write an access log, and
+	// LogAppend those of them whose log also names each request's backend
+	// (log_append upstream with the proxy's placeholder).
 	AccessLog []string `json:"access_log,omitempty"`
+	LogAppend []string `json:"log_append,omitempty"`
 	// NotRun gives the reason for each configuration the scenario cannot
 	// run.
 	NotRun map[string]string `json:"not_run,omitempty"`
@@ -355,7 +357,10 @@ func scenarios(o options) []scenario {
 		case scOptions:
 			sc := small(name)
 			sc.Configs = pick("lbpool", optionsConfig, baseline, "respond")
-			sc.Sticky, sc.AccessLog = true, pick(optionsConfig, baseline)
+			// every proxy writes the access log (Caddy's work, not an
+			// lbpool option); naming the backend in it is the option
+			sc.Sticky, sc.AccessLog = true, pick("lbpool", optionsConfig, baseline)
+			sc.LogAppend = pick(optionsConfig, baseline)
 			out = append(out, sc)
 		}
 	}
@@ -770,6 +775,7 @@ func (h *harness) siteSpec(sc scenario, cfg lbConfig, backends backendSet) siteS
 	}
 	if slices.Contains(sc.AccessLog, cfg.Name) {
 		s.accessLog = filepath.Join(h.tmp, "access-"+sc.Name+"-"+cfg.Name+".log")
+		s.logAppend = slices.Contains(sc.LogAppend, cfg.Name)
 	}
 	return s
 }

@@ -647,9 +647,10 @@ var scenarioNotes = map[string]string{
 		"so a proxy that fell back to HTTP/1.1 shows as errors); reverse_proxy with versions 2; lbpool has no versions option:\n" +
 		"its transport speaks HTTP/2 to every HTTPS backend that offers it (ALPN)",
 	scOptions: fmt.Sprintf(", small GETs; %s is lbpool with lb_policy least_time, max_conns 1000, sticky cookie\n"+
-		"(each client keeps and sends back its cookie), header_up X-Test and Host set to %s, and an access log to a file\n"+
-		"with log_append upstream %s; for a fair pair rp_least_conn also logs, with log_append upstream %s;\n"+
-		"plain lbpool and respond write no access log", optionsConfig, lbpoolUpstream, lbpoolUpstream, rpUpstream),
+		"(each client keeps and sends back its cookie), header_up X-Test and Host set to %s, and log_append upstream %s;\n"+
+		"every proxy writes an access log to a file (Caddy's log directive: its cost is Caddy's, in both sides of\n"+
+		"lbpool_options ÷ lbpool), and rp_least_conn also names the backend in it, with log_append upstream %s;\n"+
+		"respond writes no access log", optionsConfig, lbpoolUpstream, lbpoolUpstream, rpUpstream),
 }
 
 // wsTable shows a websockets repeat: Caddy's memory and goroutines before
