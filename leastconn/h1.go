@@ -11,13 +11,13 @@ import (
 	"time"
 )
 
-// The direct path: requests without a body to plain-HTTP backends are
-// written and their responses read on the handling goroutine, over a
-// backend's own pool of kept-alive connections. net/http's Transport hands
-// every request to per-connection reader and writer goroutines; for the
-// common small GET that handoff is most of a proxy's client-side cost.
-// Requests with bodies, upgrades and HTTPS backends go through the
-// Transport, which handles 100-continue, HTTP/2 and TLS.
+// The direct path: requests to plain-HTTP backends are written and their
+// responses read on the handling goroutine, over a backend's own pool of
+// kept-alive connections. net/http's Transport hands every request to
+// per-connection reader and writer goroutines; for the common small GET
+// that handoff is most of a proxy's client-side cost. A request with a body
+// takes one goroutine more, which writes it (see h1body.go). Upgrades and
+// HTTPS backends go through the Transport, which handles HTTP/2 and TLS.
 
 const (
 	h1MaxIdle     = 1024            // idle connections kept per backend
@@ -171,8 +171,12 @@ func newH1Conn(nc net.Conn) *h1Conn {
 
 // directOK tells whether a try may take the direct path.
 func directOK(out *http.Request, b *Backend) bool {
-	return b.addr.scheme == "http" && out.Body == nil && out.Header["Upgrade"] == nil
+	return b.addr.scheme == "http" && out.Header["Upgrade"] == nil && (out.Body == nil || directBodies)
 }
+
+// directBodies lets requests with bodies take the direct path; benchmarks
+// turn it off to compare with net/http's Transport.
+var directBodies = true
 
 // aLongTimeAgo is a deadline that has passed: setting it makes blocked reads
 // and writes return at once.
@@ -184,11 +188,12 @@ var aLongTimeAgo = time.Unix(1, 0)
 func (h *Handler) roundTripDirect(w http.ResponseWriter, out *http.Request, b *Backend) (*http.Response, func(reuse bool), error) {
 	ctx := out.Context()
 	s := h.spec
+	body, _ := out.Body.(*requestBody)
 	for attempt := 0; ; attempt++ {
 		now := time.Now()
 		var c *h1Conn
 		if attempt == 0 {
-			c = b.h1.get(now, idempotent(out.Method))
+			c = b.h1.get(now, idempotent(out.Method) && body == nil)
 		}
 		reused := c != nil
 		if c == nil {
@@ -199,27 +204,54 @@ func (h *Handler) roundTripDirect(w http.ResponseWriter, out *http.Request, b *B
 			}
 			c = newH1Conn(nc)
 		}
-		// the response-header timeout covers writing the request too; a
-		// client that goes away unblocks the read at once
-		_ = c.SetDeadline(now.Add(s.responseHeaderTimeout))
+		var resp *http.Response
+		var send *bodySend
+		var err error
 		stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(aLongTimeAgo) })
-		resp, err := writeAndRead(c, out, w)
-		if err == nil {
+		if body == nil {
+			// the response-header timeout covers writing the request too;
+			// a client that goes away unblocks the read at once
+			_ = c.SetDeadline(now.Add(s.responseHeaderTimeout))
+			resp, err = writeAndRead(c, out, w)
+		} else {
 			_ = c.SetDeadline(time.Time{})
+			send = startSend(c, out, body, s.responseHeaderTimeout)
+			resp, err = readResponse(c, out, w, send)
+		}
+		if err == nil {
+			if send == nil {
+				_ = c.SetDeadline(time.Time{})
+			}
 			done := func(reuse bool) {
 				// bytes left after the response (a body on a HEAD or a 204,
 				// more than Content-Length said) would be read as the next
 				// response: such a connection is not kept
-				if stop() && reuse && !resp.Close && c.br.Buffered() == 0 {
+				keep := stop() && reuse && !resp.Close && c.br.Buffered() == 0
+				switch {
+				case send == nil && keep:
 					b.h1.put(c, time.Now())
-					return
+				case send == nil:
+					c.close()
+				case keep && send.finished():
+					b.h1.put(c, time.Now())
+				default:
+					send.abandon()
 				}
-				c.close()
 			}
 			return resp, done, nil
 		}
 		stop()
-		c.close()
+		// a body none of which was taken from the client may go on a new
+		// connection; one partly sent never goes again
+		resend := body == nil || body.halt()
+		switch {
+		case send == nil:
+			c.close()
+		case resend:
+			send.join()
+		default:
+			send.abandon()
+		}
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
 		}
@@ -231,7 +263,10 @@ func (h *Handler) roundTripDirect(w http.ResponseWriter, out *http.Request, b *B
 		// That is the connection's fault, not the backend's. An idempotent
 		// request goes once more on a new connection, as net/http's
 		// Transport does; others may have been acted on and are not resent
-		if idempotent(out.Method) {
+		if idempotent(out.Method) && resend {
+			if body != nil {
+				body.resume()
+			}
 			continue
 		}
 		return nil, nil, reusedConnError{err}
@@ -263,6 +298,12 @@ func writeAndRead(c *h1Conn, out *http.Request, w http.ResponseWriter) (*http.Re
 	if err := c.bw.Flush(); err != nil {
 		return nil, err
 	}
+	return readResponse(c, out, w, nil)
+}
+
+// readResponse reads the final response's headers, passing informational
+// ones on; send, when the request has a body, learns of them.
+func readResponse(c *h1Conn, out *http.Request, w http.ResponseWriter, send *bodySend) (*http.Response, error) {
 	c.limit = maxResponseHeaderBytes
 	defer func() { c.limit = math.MaxInt64 }() // the body is bounded by the caller
 	for range 5 {
@@ -274,7 +315,13 @@ func writeAndRead(c *h1Conn, out *http.Request, w http.ResponseWriter) (*http.Re
 			return nil, errBadStatus
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			if send != nil {
+				send.headersIn()
+			}
 			return resp, nil
+		}
+		if send != nil {
+			send.interim(resp.StatusCode)
 		}
 		forward1xx(w, resp.StatusCode, resp.Header)
 	}

@@ -42,6 +42,7 @@ type proxyState struct {
 
 	out    http.Request // the request sent to backends (see outgoing)
 	outURL url.URL
+	body   requestBody // out's body, when there is one
 }
 
 // track starts the request's state and offers it to the request's replacer.

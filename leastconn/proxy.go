@@ -238,9 +238,13 @@ func (h *Handler) outgoing(r *http.Request, st *proxyState) *http.Request {
 	if r.ContentLength == 0 {
 		out.Body = nil // no body (a chunked one has length -1)
 	} else if r.Body != nil {
-		// the transport closes the body when a try fails; keep it open for
-		// the next try (only taken after a dial error, when nothing was read)
-		out.Body = keepOpenBody{r.Body}
+		// one reader for every try (see requestBody); the next try takes
+		// it only when nothing of it was read
+		st.body.rc = r.Body
+		out.Body = &st.body
+		if len(r.Trailer) > 0 {
+			out.ContentLength = -1 // HTTP/1.1 carries trailers only chunked
+		}
 	}
 	upgrade := ""
 	if httpguts.HeaderValuesContainsToken(r.Header["Connection"], "Upgrade") {
@@ -292,10 +296,6 @@ func setForwarded(r *http.Request, h http.Header) {
 
 var emptyValue = []string{""}
 
-type keepOpenBody struct{ io.ReadCloser }
-
-func (keepOpenBody) Close() error { return nil }
-
 // proxyTo sends one try to b and, if the backend answers, streams the
 // response to the client. A *tryError means the client was sent nothing.
 func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend, st *proxyState) error {
@@ -321,6 +321,11 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		resp, err = h.roundTripTransport(w, out)
 	}
 	if err != nil {
+		if body, ok := out.Body.(*requestBody); ok && body.clientError() != nil {
+			// the client's body broke off, or was refused (too large):
+			// not the backend's fault, and not sent again
+			return h.clientBodyFailed(w, r, body.clientError())
+		}
 		var de dialError
 		var rc reusedConnError
 		return &tryError{
@@ -396,6 +401,20 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		}
 	}
 	return nil
+}
+
+// clientBodyFailed answers a request whose body could not be read from the
+// client: a Caddy error as it is (request_body's 413), otherwise 502, as
+// reverse_proxy answers. A client that went away is answered nothing.
+func (h *Handler) clientBodyFailed(w http.ResponseWriter, r *http.Request, err error) error {
+	if r.Context().Err() != nil {
+		return nil
+	}
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) {
+		return he
+	}
+	return h.fail(w, r, http.StatusBadGateway, fmt.Errorf("lbpool: reading the request body: %w", err))
 }
 
 // copyHeader adds src's values to dst; a key dst lacks takes src's slice as

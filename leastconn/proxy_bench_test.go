@@ -1,6 +1,7 @@
 package leastconn
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -23,6 +24,7 @@ func benchBackends(b *testing.B) []string {
 	var addrs []string
 	for range 3 {
 		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
 			w.Header().Set("Content-Type", "text/plain")
 			_, _ = io.WriteString(w, "hello from a backend\n")
 		}))
@@ -44,9 +46,12 @@ func benchContext(b *testing.B) caddy.Context {
 }
 
 // serveLikeCaddy runs one request through h with the request context Caddy's
-// server sets up, and checks the answer.
-func serveLikeCaddy(b *testing.B, h caddyhttp.MiddlewareHandler) {
+// server sets up, and checks the answer: a GET, or a POST when body is set.
+func serveLikeCaddy(b *testing.B, h caddyhttp.MiddlewareHandler, body []byte) {
 	req := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
+	if body != nil {
+		req = httptest.NewRequest(http.MethodPost, "http://example.com/", bytes.NewReader(body))
+	}
 	req.RemoteAddr = "127.0.0.1:40000"
 	rec := httptest.NewRecorder()
 	repl := caddy.NewReplacer()
@@ -59,11 +64,12 @@ func serveLikeCaddy(b *testing.B, h caddyhttp.MiddlewareHandler) {
 	}
 }
 
-func BenchmarkProxy(b *testing.B) {
+// benchHandlers provisions lbpool and reverse_proxy over the same backends.
+func benchHandlers(b *testing.B) (lb *Handler, rp *reverseproxy.Handler) {
 	addrs := benchBackends(b)
 	ctx := benchContext(b)
 
-	lb := &Handler{Name: "bench", HealthInterval: caddy.Duration(3600e9)}
+	lb = &Handler{Name: "bench", HealthInterval: caddy.Duration(3600e9)}
 	for _, a := range addrs {
 		lb.Backends = append(lb.Backends, BackendConfig{URL: a})
 	}
@@ -72,7 +78,7 @@ func BenchmarkProxy(b *testing.B) {
 	}
 	b.Cleanup(func() { _ = lb.Cleanup() })
 
-	rp := &reverseproxy.Handler{
+	rp = &reverseproxy.Handler{
 		LoadBalancing: &reverseproxy.LoadBalancing{
 			SelectionPolicyRaw: caddyconfig.JSONModuleObject(reverseproxy.LeastConnSelection{}, "policy", "least_conn", nil),
 		},
@@ -87,7 +93,11 @@ func BenchmarkProxy(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = rp.Cleanup() })
+	return lb, rp
+}
 
+func BenchmarkProxy(b *testing.B) {
+	lb, rp := benchHandlers(b)
 	for _, tc := range []struct {
 		name string
 		h    caddyhttp.MiddlewareHandler
@@ -95,16 +105,40 @@ func BenchmarkProxy(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				serveLikeCaddy(b, tc.h)
+				serveLikeCaddy(b, tc.h, nil)
 			}
 		})
 		b.Run(tc.name+"/parallel", func(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					serveLikeCaddy(b, tc.h)
+					serveLikeCaddy(b, tc.h, nil)
 				}
 			})
+		})
+	}
+}
+
+// BenchmarkProxyPOST sends a 1 KiB body: lbpool on its direct path, lbpool
+// through net/http's Transport (as every body went before the direct path
+// took them), and reverse_proxy.
+//
+//	go test -run '^$' -bench ProxyPOST -benchmem ./leastconn
+func BenchmarkProxyPOST(b *testing.B) {
+	lb, rp := benchHandlers(b)
+	body := bytes.Repeat([]byte("x"), 1<<10)
+	for _, tc := range []struct {
+		name   string
+		h      caddyhttp.MiddlewareHandler
+		direct bool
+	}{{"lbpool", lb, true}, {"lbpool/transport", lb, false}, {"reverse_proxy", rp, true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			directBodies = tc.direct
+			defer func() { directBodies = true }()
+			b.ReportAllocs()
+			for b.Loop() {
+				serveLikeCaddy(b, tc.h, body)
+			}
 		})
 	}
 }
