@@ -122,20 +122,22 @@ func openWebsocket(addr, path string) (net.Conn, error) {
 
 // inUse is the memory the process holds in heap spans and goroutine
 // stacks, after full collections (which also empty the sync.Pools).
-func inUse() uint64 {
+func inUse() (heap, stacks uint64) {
 	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return m.HeapInuse + m.StackInuse
+	return m.HeapInuse, m.StackInuse
 }
 
 // idleCost is what one idle websocket costs the process, through one way
 // of connecting.
 type idleCost struct {
-	bytes      float64
-	goroutines float64
+	heap, stacks float64 // bytes
+	goroutines   float64
 }
+
+func (c idleCost) bytes() float64 { return c.heap + c.stacks }
 
 // measureIdleWebsockets opens idleWebsockets websockets to addr at path,
 // measures them idle, closes them and waits until the goroutines are back
@@ -143,7 +145,7 @@ type idleCost struct {
 func measureIdleWebsockets(t *testing.T, c *lbtest.Caddy, b *wsBackend, addr, path string) idleCost {
 	t.Helper()
 	g0 := settledGoroutines(c)
-	m0 := inUse()
+	h0, s0 := inUse()
 	conns := make([]net.Conn, 0, idleWebsockets)
 	defer func() {
 		for _, conn := range conns {
@@ -161,7 +163,7 @@ func measureIdleWebsockets(t *testing.T, c *lbtest.Caddy, b *wsBackend, addr, pa
 		return b.open() == idleWebsockets
 	}, func() { t.Logf("%d of %d reached it", b.open(), idleWebsockets) })
 	g1 := settledGoroutines(c)
-	m1 := inUse()
+	h1, s1 := inUse()
 	for _, conn := range conns {
 		conn.Close()
 	}
@@ -171,7 +173,8 @@ func measureIdleWebsockets(t *testing.T, c *lbtest.Caddy, b *wsBackend, addr, pa
 		return runtime.NumGoroutine() <= g0+5
 	}, func() { t.Logf("baseline %d, now %d", g0, runtime.NumGoroutine()); dumpGoroutines(t) })
 	return idleCost{
-		bytes:      (float64(m1) - float64(m0)) / idleWebsockets,
+		heap:       (float64(h1) - float64(h0)) / idleWebsockets,
+		stacks:     (float64(s1) - float64(s0)) / idleWebsockets,
 		goroutines: float64(g1-g0) / idleWebsockets,
 	}
 }
@@ -212,12 +215,14 @@ func TestIdleWebsocketMemoryThroughLbpoolAndReverseProxy(t *testing.T) {
 	rp := measureIdleWebsockets(t, c, b, caddyAddr, "/reverse_proxy/ws")
 	var report strings.Builder
 	fmt.Fprintf(&report, "per idle websocket, the proxy's share (heap in use + stacks; the test's own ends, %.1f KiB and %.2f goroutines, taken off):",
-		direct.bytes/1024, direct.goroutines)
+		direct.bytes()/1024, direct.goroutines)
 	for _, m := range []struct {
 		name string
 		cost idleCost
 	}{{"lbpool", lb}, {"reverse_proxy", rp}} {
-		fmt.Fprintf(&report, "\n  %-13s %5.1f KiB  %.2f goroutines", m.name, (m.cost.bytes-direct.bytes)/1024, m.cost.goroutines-direct.goroutines)
+		fmt.Fprintf(&report, "\n  %-13s %5.1f KiB (heap %5.1f, stacks %5.1f)  %.2f goroutines", m.name,
+			(m.cost.bytes()-direct.bytes())/1024, (m.cost.heap-direct.heap)/1024, (m.cost.stacks-direct.stacks)/1024,
+			m.cost.goroutines-direct.goroutines)
 	}
 	t.Log(report.String())
 }
