@@ -34,8 +34,8 @@ var errHeadersTooLarge = errors.New("backend response headers over 10 MiB")
 // h1Conn is one kept-alive connection to a backend.
 type h1Conn struct {
 	net.Conn
-	br       *bufio.Reader // reads through Read, so that limit applies
-	bw       *bufio.Writer
+	br       *bufio.Reader // reads through Read, so that limit applies; nil while idle
+	bw       *bufio.Writer // nil while idle
 	lastUsed time.Time
 	limit    int64 // bytes Read may still return; bounds headers
 	peek     idlePeeker
@@ -62,6 +62,9 @@ type h1Pool struct {
 	closed bool // the backend left its pool: late returns are closed
 }
 
+// bufPool holds the readers and writers of connections in use: an idle
+// connection gives its own back (32 KiB), and takes a pair again when it
+// carries the next request.
 var bufPool = struct{ r, w sync.Pool }{}
 
 // get returns the most recently used idle connection that can carry a
@@ -81,6 +84,7 @@ func (p *h1Pool) get(now time.Time, idempotent bool) *h1Conn {
 		}
 		idle := now.Sub(c.lastUsed)
 		if idle < h1IdleTimeout && (idempotent && idle < peekAfter || c.peek.quiet()) {
+			c.takeBuffers()
 			return c
 		}
 		c.close()
@@ -107,6 +111,7 @@ func (p *h1Pool) pop() *h1Conn {
 // put keeps c for reuse, or closes it when the pool is full.
 func (p *h1Pool) put(c *h1Conn, now time.Time) {
 	c.lastUsed = now
+	c.releaseBuffers()
 	p.mu.Lock()
 	if !p.closed && len(p.idle) < h1MaxIdle {
 		p.idle = append(p.idle, c)
@@ -144,14 +149,18 @@ func (p *h1Pool) prune(now time.Time, maxIdle time.Duration) {
 
 func (c *h1Conn) close() {
 	_ = c.Conn.Close()
-	c.br.Reset(nil)
-	c.bw.Reset(nil)
-	bufPool.r.Put(c.br)
-	bufPool.w.Put(c.bw)
+	c.releaseBuffers()
 }
 
 func newH1Conn(nc net.Conn) *h1Conn {
 	c := &h1Conn{Conn: nc}
+	c.takeBuffers()
+	c.peek.init(nc)
+	return c
+}
+
+// takeBuffers gives c a reader and writer from bufPool.
+func (c *h1Conn) takeBuffers() {
 	br, _ := bufPool.r.Get().(*bufio.Reader)
 	if br == nil {
 		br = bufio.NewReaderSize(c, h1BufferSize)
@@ -160,13 +169,24 @@ func newH1Conn(nc net.Conn) *h1Conn {
 	}
 	bw, _ := bufPool.w.Get().(*bufio.Writer)
 	if bw == nil {
-		bw = bufio.NewWriterSize(nc, h1BufferSize)
+		bw = bufio.NewWriterSize(c.Conn, h1BufferSize)
 	} else {
-		bw.Reset(nc)
+		bw.Reset(c.Conn)
 	}
 	c.br, c.bw = br, bw
-	c.peek.init(nc)
-	return c
+}
+
+// releaseBuffers gives c's reader and writer back to bufPool; the reader
+// holds nothing unread (see roundTripDirect).
+func (c *h1Conn) releaseBuffers() {
+	if c.br == nil {
+		return
+	}
+	c.br.Reset(nil)
+	c.bw.Reset(nil)
+	bufPool.r.Put(c.br)
+	bufPool.w.Put(c.bw)
+	c.br, c.bw = nil, nil
 }
 
 // directOK tells whether a try may take the direct path.
