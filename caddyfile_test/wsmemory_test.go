@@ -225,4 +225,17 @@ func TestIdleWebsocketMemoryThroughLbpoolAndReverseProxy(t *testing.T) {
 			m.cost.goroutines-direct.goroutines)
 	}
 	t.Log(report.String())
+	// a tunnel that kept a 32 KiB copy buffer while idle would not pass
+	// these; stacks are left out, as the race detector doubles them
+	if got := (lb.heap - direct.heap) / 1024; got > maxIdleTunnelHeapKiB {
+		t.Errorf("an idle websocket through lbpool holds %.1f KiB of heap, over %d KiB", got, maxIdleTunnelHeapKiB)
+	}
+	if got := lb.goroutines - direct.goroutines; got > 2.5 {
+		t.Errorf("an idle websocket through lbpool takes %.2f goroutines, want 2 (its handler's and one more)", got)
+	}
 }
+
+// maxIdleTunnelHeapKiB bounds the heap an idle websocket through lbpool
+// holds: about 13 KiB are measured; a 32 KiB copy buffer kept by each
+// idle tunnel would exceed it alone.
+const maxIdleTunnelHeapKiB = 24
