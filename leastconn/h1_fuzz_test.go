@@ -162,7 +162,7 @@ func FuzzDirectPathResponse(f *testing.F) {
 		b.h1.mu.Lock()
 		buffered := 0
 		for _, c := range b.h1.idle {
-			if c.br != nil { // an idle connection gives its reader back
+			if c.br != nil { // a long idle connection gives its reader back
 				buffered += c.br.Buffered()
 			}
 		}
