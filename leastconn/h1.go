@@ -23,6 +23,7 @@ const (
 	h1MaxIdle     = 1024            // idle connections kept per backend
 	h1IdleTimeout = 2 * time.Minute // idle connections older than this are closed
 	h1BufferSize  = 16 << 10
+	h1BufferIdle  = time.Second // idle connections older than this give their buffers back
 )
 
 // maxResponseHeaderBytes bounds a backend's response headers, as
@@ -34,8 +35,8 @@ var errHeadersTooLarge = errors.New("backend response headers over 10 MiB")
 // h1Conn is one kept-alive connection to a backend.
 type h1Conn struct {
 	net.Conn
-	br       *bufio.Reader // reads through Read, so that limit applies
-	bw       *bufio.Writer
+	br       *bufio.Reader // reads through Read, so that limit applies; nil once long idle
+	bw       *bufio.Writer // nil once long idle
 	lastUsed time.Time
 	limit    int64 // bytes Read may still return; bounds headers
 	peek     idlePeeker
@@ -62,6 +63,10 @@ type h1Pool struct {
 	closed bool // the backend left its pool: late returns are closed
 }
 
+// bufPool holds the readers and writers of connections in use: one idle
+// for h1BufferIdle gives its own back (32 KiB) when its pool is pruned, and
+// takes a pair again when it carries the next request. A busy connection
+// keeps its pair, so the hot path takes none.
 var bufPool = struct{ r, w sync.Pool }{}
 
 // get returns the most recently used idle connection that can carry a
@@ -81,6 +86,9 @@ func (p *h1Pool) get(now time.Time, idempotent bool) *h1Conn {
 		}
 		idle := now.Sub(c.lastUsed)
 		if idle < h1IdleTimeout && (idempotent && idle < peekAfter || c.peek.quiet()) {
+			if c.br == nil {
+				c.takeBuffers()
+			}
 			return c
 		}
 		c.close()
@@ -118,8 +126,9 @@ func (p *h1Pool) put(c *h1Conn, now time.Time) {
 	}
 }
 
-// prune closes connections idle for longer than maxIdle. With 0 it closes
-// them all, and the pool for good.
+// prune closes connections idle for longer than maxIdle, and takes the
+// buffers of those idle for h1BufferIdle. With 0 it closes them all, and
+// the pool for good.
 func (p *h1Pool) prune(now time.Time, maxIdle time.Duration) {
 	p.mu.Lock()
 	if maxIdle == 0 {
@@ -129,6 +138,9 @@ func (p *h1Pool) prune(now time.Time, maxIdle time.Duration) {
 	keep := p.idle[:0]
 	for _, c := range p.idle {
 		if maxIdle > 0 && now.Sub(c.lastUsed) < maxIdle {
+			if now.Sub(c.lastUsed) >= h1BufferIdle {
+				c.releaseBuffers()
+			}
 			keep = append(keep, c)
 		} else {
 			stale = append(stale, c)
@@ -144,14 +156,18 @@ func (p *h1Pool) prune(now time.Time, maxIdle time.Duration) {
 
 func (c *h1Conn) close() {
 	_ = c.Conn.Close()
-	c.br.Reset(nil)
-	c.bw.Reset(nil)
-	bufPool.r.Put(c.br)
-	bufPool.w.Put(c.bw)
+	c.releaseBuffers()
 }
 
 func newH1Conn(nc net.Conn) *h1Conn {
 	c := &h1Conn{Conn: nc}
+	c.takeBuffers()
+	c.peek.init(nc)
+	return c
+}
+
+// takeBuffers gives c a reader and writer from bufPool.
+func (c *h1Conn) takeBuffers() {
 	br, _ := bufPool.r.Get().(*bufio.Reader)
 	if br == nil {
 		br = bufio.NewReaderSize(c, h1BufferSize)
@@ -160,13 +176,24 @@ func newH1Conn(nc net.Conn) *h1Conn {
 	}
 	bw, _ := bufPool.w.Get().(*bufio.Writer)
 	if bw == nil {
-		bw = bufio.NewWriterSize(nc, h1BufferSize)
+		bw = bufio.NewWriterSize(c.Conn, h1BufferSize)
 	} else {
-		bw.Reset(nc)
+		bw.Reset(c.Conn)
 	}
 	c.br, c.bw = br, bw
-	c.peek.init(nc)
-	return c
+}
+
+// releaseBuffers gives c's reader and writer back to bufPool; the reader
+// holds nothing unread (see roundTripDirect).
+func (c *h1Conn) releaseBuffers() {
+	if c.br == nil {
+		return
+	}
+	c.br.Reset(nil)
+	c.bw.Reset(nil)
+	bufPool.r.Put(c.br)
+	bufPool.w.Put(c.bw)
+	c.br, c.bw = nil, nil
 }
 
 // directOK tells whether a try may take the direct path.

@@ -42,6 +42,25 @@ func TestH1PoolPrunesAndClosesForGood(t *testing.T) {
 	}
 }
 
+func TestH1PoolTakesTheBuffersOfLongIdleConnectionsAndGivesThemBackOnReuse(t *testing.T) {
+	var p h1Pool
+	now := time.Now()
+	idle, busy := pipeConn(t), pipeConn(t)
+	p.put(idle, now.Add(-h1BufferIdle))
+	p.put(busy, now)
+	p.prune(now, h1IdleTimeout)
+	if idle.br != nil || idle.bw != nil {
+		t.Fatal("a connection idle for a second kept its buffers")
+	}
+	if busy.br == nil || busy.bw == nil {
+		t.Fatal("a connection just used lost its buffers")
+	}
+	_ = p.get(now, true)
+	if got := p.get(now, true); got != idle || got.br == nil || got.bw == nil {
+		t.Fatal("a long idle connection was reused without buffers")
+	}
+}
+
 func TestH1ConnBoundsWhatItReads(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()

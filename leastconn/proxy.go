@@ -551,52 +551,6 @@ func copyBody(w http.ResponseWriter, resp *http.Response, flush bool) error {
 	}
 }
 
-// tunnel hands a 101 Switching Protocols response (a websocket, say) to the
-// client and copies bytes both ways until either side closes. The backend
-// stays counted as active for the tunnel's lifetime.
-func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, resp *http.Response, b *Backend) error {
-	backConn, ok := resp.Body.(io.ReadWriteCloser)
-	if !ok {
-		writeError(w, http.StatusBadGateway, "lbpool: bad gateway", 0)
-		return nil
-	}
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		backConn.Close()
-		writeError(w, http.StatusBadGateway, "lbpool: cannot switch protocols here", 0)
-		return nil
-	}
-	defer conn.Close()
-	defer backConn.Close()
-
-	hdr := w.Header()
-	removeHopHeaders(resp.Header)
-	copyHeader(hdr, resp.Header)
-	hdr.Set("Connection", "Upgrade")
-	hdr.Set("Upgrade", resp.Header.Get("Upgrade"))
-	if hdr.Get("Upgrade") == "" {
-		hdr.Set("Upgrade", r.Header.Get("Upgrade"))
-	}
-	head := *resp // the head alone; proxyTo still closes resp.Body
-	head.Header = hdr
-	head.Body = nil
-	if err := head.Write(brw); err != nil {
-		return nil
-	}
-	if err := brw.Flush(); err != nil {
-		return nil
-	}
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(backConn, brw); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(conn, backConn); done <- struct{}{} }()
-	<-done
-	// one side closed: closing both (deferred) ends the other copy
-	conn.Close()
-	backConn.Close()
-	<-done
-	return nil
-}
-
 // failReason names a proxy failure for the status-change log.
 func failReason(err error) string {
 	return "proxy error: " + errReason(err)

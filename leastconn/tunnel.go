@@ -1,0 +1,206 @@
+package leastconn
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"sync"
+	"time"
+)
+
+// A 101 Switching Protocols response (a websocket, say) turns the client's
+// connection and the backend's into one byte stream each way, and most such
+// tunnels sit idle most of their lives. An idle tunnel holds no copy
+// buffer: on a plain socket each direction waits for the socket to be
+// readable and only then takes a pooled buffer, for one read and one write
+// (see pipeSocket); other connections (TLS) read into a small buffer of
+// their own and take a large one while data keeps coming.
+
+// tunnelSmallBuffer is what a direction holds while it waits on a
+// connection that is not a plain socket.
+const tunnelSmallBuffer = 1 << 10
+
+// tunnel hands a 101 Switching Protocols response to the client and copies
+// bytes both ways until either side closes. The backend stays counted as
+// active for the tunnel's lifetime.
+func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, resp *http.Response, b *Backend) error {
+	backConn, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		writeError(w, http.StatusBadGateway, "lbpool: bad gateway", 0)
+		return nil
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		backConn.Close()
+		writeError(w, http.StatusBadGateway, "lbpool: cannot switch protocols here", 0)
+		return nil
+	}
+	defer conn.Close()
+	defer backConn.Close()
+
+	hdr := w.Header()
+	removeHopHeaders(resp.Header)
+	copyHeader(hdr, resp.Header)
+	hdr.Set("Connection", "Upgrade")
+	hdr.Set("Upgrade", resp.Header.Get("Upgrade"))
+	if hdr.Get("Upgrade") == "" {
+		hdr.Set("Upgrade", r.Header.Get("Upgrade"))
+	}
+	head := *resp // the head alone; proxyTo still closes resp.Body
+	head.Header = hdr
+	head.Body = nil
+	if err := head.Write(brw); err != nil {
+		return nil
+	}
+	if err := brw.Flush(); err != nil {
+		return nil
+	}
+	// what the client sent after its request is all the tunnel keeps of
+	// the hijacked reader and writer. The server's connection, which lives
+	// as long as this handler, points at both; the server uses neither
+	// after a hijack, so emptying them lets their buffers go.
+	pending, _ := brw.Reader.Peek(brw.Reader.Buffered())
+	*brw.Reader = bufio.Reader{}
+	*brw.Writer = bufio.Writer{}
+	brw = nil
+
+	// either direction ending closes both connections, which ends the other
+	closeBoth := func() {
+		conn.Close()
+		backConn.Close()
+	}
+	up := make(chan struct{})
+	go func(pending []byte) {
+		defer close(up)
+		pipe(backConn, conn, pending)
+		closeBoth()
+	}(pending)
+	pipeFromBackend(conn, backConn)
+	closeBoth()
+	<-up
+	return nil
+}
+
+// pipeFromBackend copies the backend's side of a tunnel to dst: first what
+// the Transport read past the response head, then from the socket itself
+// when the Transport said which one it is.
+func pipeFromBackend(dst io.Writer, body io.ReadWriteCloser) {
+	ub, ok := body.(*upgradedBody)
+	if !ok || !isSocket(ub.conn) {
+		pipe(dst, body, nil)
+		return
+	}
+	if err := ub.drain(dst); err != nil {
+		return
+	}
+	pipe(dst, ub.conn, nil)
+}
+
+// pipe writes pending to dst and then copies src to dst until either
+// fails; the error is not needed, as the tunnel ends either way.
+func pipe(dst io.Writer, src io.Reader, pending []byte) {
+	if len(pending) > 0 {
+		if _, err := dst.Write(pending); err != nil {
+			return
+		}
+	}
+	if c, ok := src.(net.Conn); ok && isSocket(c) {
+		pipeSocket(dst, c)
+		return
+	}
+	pipeBuffered(dst, src)
+}
+
+// pipeBuffered copies src to dst reading into a small buffer of its own;
+// a read that fills it takes a pooled large one for the next reads, until a
+// read leaves that one part empty too.
+func pipeBuffered(dst io.Writer, src io.Reader) {
+	small := make([]byte, tunnelSmallBuffer)
+	buf := small
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			copyBufs.Put(large)
+		}
+	}()
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if rerr != nil {
+			return
+		}
+		switch {
+		case large == nil && n == len(buf):
+			large = copyBufs.Get().(*[]byte)
+			buf = *large
+		case large != nil && n < len(buf):
+			copyBufs.Put(large)
+			large, buf = nil, small
+		}
+	}
+}
+
+// upgradedBody is a 101 response's body together with the connection the
+// Transport read it from, so the tunnel can wait on that socket itself.
+type upgradedBody struct {
+	io.ReadWriteCloser // the Transport's body: what it read past the head, then the connection
+	conn               net.Conn
+}
+
+// drain writes to dst what the Transport read past the response head: its
+// body returns that before it reads the connection, which, with a read
+// deadline in the past, then fails at once.
+func (u *upgradedBody) drain(dst io.Writer) error {
+	if err := u.conn.SetReadDeadline(aLongTimeAgo); err != nil {
+		return err
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	for {
+		n, rerr := u.ReadWriteCloser.Read(*bp)
+		if n > 0 {
+			if _, err := dst.Write((*bp)[:n]); err != nil {
+				return err
+			}
+		}
+		if rerr != nil {
+			if !isTimeout(rerr) {
+				return rerr
+			}
+			return u.conn.SetReadDeadline(time.Time{})
+		}
+	}
+}
+
+// RoundTrip sends req through the shared Transport. For an upgrade it
+// notes the connection the request went on and, when the backend switches
+// protocols, hands it to the tunnel with the body.
+func (t *sharedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Header["Upgrade"] == nil {
+		return t.Transport.RoundTrip(req)
+	}
+	var mu sync.Mutex
+	var conn net.Conn
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		mu.Lock()
+		conn = info.Conn
+		mu.Unlock()
+	}}
+	resp, err := t.Transport.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		return resp, err
+	}
+	resp.Request = req // not the copy carrying the trace: the tunnel holds resp for its lifetime
+	mu.Lock()
+	defer mu.Unlock()
+	if body, ok := resp.Body.(io.ReadWriteCloser); ok && conn != nil {
+		resp.Body = &upgradedBody{ReadWriteCloser: body, conn: conn}
+	}
+	return resp, nil
+}
