@@ -163,8 +163,12 @@ func respondHandler(siteSpec) string {
 func caddyfile(c lbConfig, adminPort, sitePort int, s siteSpec) string {
 	log := ""
 	if s.accessLog != "" {
+		// no rolling: a roll compresses the old file inside Caddy, in the
+		// middle of a measured window
 		log = fmt.Sprintf(`log {
-		output file %s
+		output file %s {
+			roll_disabled
+		}
 		format json
 	}
 	`, s.accessLog)

@@ -790,7 +790,15 @@ func (h *harness) startCaddy(ctx context.Context, sc scenario, cfg lbConfig, bac
 		return nil, "", "", err
 	}
 	file := filepath.Join(h.tmp, "Caddyfile")
-	text := caddyfile(cfg, adminPort, sitePort, h.siteSpec(sc, cfg, backends))
+	spec := h.siteSpec(sc, cfg, backends)
+	if spec.accessLog != "" {
+		// every run starts with an empty log: a file that grew over the
+		// repeats would cost more to write to in later runs
+		if err := os.Remove(spec.accessLog); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, "", "", err
+		}
+	}
+	text := caddyfile(cfg, adminPort, sitePort, spec)
 	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
 		return nil, "", "", err
 	}
