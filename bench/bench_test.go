@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -424,4 +425,30 @@ func configMarks(sc scenario, config string) []string {
 		marks = append(marks, `"sticky"`, `"least_time"`, `X-Test`)
 	}
 	return marks
+}
+
+// Profiles run under the load of any request scenario, that scenario's
+// settings and all; anything else is refused when the flags are read.
+func TestProfileLoads(t *testing.T) {
+	opts, err := parseOptions([]string{"-profile", "lbpool", "-profile-loads", "post,options,https_h2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range opts.profileLoads {
+		sc := profileLoad(opts, name)
+		if sc.Name != name {
+			t.Errorf("the %s load is scenario %s", name, sc.Name)
+		}
+	}
+	if sc := profileLoad(opts, scPost); sc.Method != "POST" || sc.BodyBytes != postBodyBytes {
+		t.Errorf("the post load sends %s with %d bytes", sc.Method, sc.BodyBytes)
+	}
+	if sc := profileLoad(opts, scOptions); !sc.Sticky || !slices.Contains(sc.LogAppend, optionsConfig) {
+		t.Errorf("the options load is not the options scenario's: %+v", sc)
+	}
+	for _, bad := range []string{"websockets", "quality", "nope"} {
+		if _, err := parseOptions([]string{"-profile-loads", bad}); err == nil {
+			t.Errorf("-profile-loads %s accepted", bad)
+		}
+	}
 }

@@ -53,7 +53,9 @@
 // its open-file limit to the hard limit before it starts anything, so every
 // process inherits it, and says so if that is too low for 2000 clients or
 // the websockets. Results go to stdout and bench/out/ (report.txt,
-// results.json, chart.svg, the Caddyfiles used).
+// results.json, chart.svg, the Caddyfiles used). -profile adds an
+// unmeasured run of each named configuration with a CPU profile of Caddy,
+// under the throughput load or those -profile-loads names.
 //
 // The same binary plays the backends (bench -backend ...) and the load
 // generator (bench -load ...); the harness itself holds the websockets.
@@ -132,6 +134,7 @@ type options struct {
 	lbCPUs         string
 	loadCPUs       string
 	profile        []string
+	profileLoads   []string // the scenarios whose load the profiles run under
 	profileSeconds int
 	quietWait      time.Duration
 	redoNoisy      int
@@ -143,7 +146,7 @@ type options struct {
 func parseOptions(args []string) (options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	var o options
-	var configs, scenarios, profile string
+	var configs, scenarios, profile, profileLoads string
 	fs.IntVar(&o.Repeats, "repeats", 3, "repeats of every configuration, alternating")
 	fs.DurationVar(&o.Warmup, "warmup", 2*time.Second, "load before each measured window")
 	fs.DurationVar(&o.Duration, "duration", 8*time.Second, "measured window of each run")
@@ -163,7 +166,8 @@ func parseOptions(args []string) (options, error) {
 	fs.BoolVar(&o.pin, "pin", true, "pin the load balancer and the rest to separate cores with taskset")
 	fs.StringVar(&o.lbCPUs, "lb-cpus", "", "taskset CPU list for Caddy (default: the first usable core)")
 	fs.StringVar(&o.loadCPUs, "load-cpus", "", "taskset CPU list for backends and load generator (default: the second usable core)")
-	fs.StringVar(&profile, "profile", "", "configurations to profile in one extra, unmeasured throughput run each (CPU profile from Caddy's admin /debug/pprof)")
+	fs.StringVar(&profile, "profile", "", "configurations to profile in one extra, unmeasured run each under every -profile-loads load (CPU profile from Caddy's admin /debug/pprof)")
+	fs.StringVar(&profileLoads, "profile-loads", scThroughput, "the scenarios whose load -profile runs under, comma-separated (throughput, post, clients2000, https_h1, https_h2, options)")
 	fs.IntVar(&o.profileSeconds, "profile-seconds", 5, "length of each CPU profile")
 	fs.DurationVar(&o.quietWait, "quiet-wait", 10*time.Second, "before each repeat, wait up to this long for idle cores")
 	fs.IntVar(&o.redoNoisy, "redo-noisy", 2, "times in all a repeat may run again because other work took over 20% of the load balancer's core")
@@ -203,6 +207,12 @@ func parseOptions(args []string) (options, error) {
 	o.Configs, o.Scenarios, o.profile = splitList(configs), splitList(scenarios), splitList(profile)
 	if i := slices.Index(o.Scenarios, "https"); i >= 0 {
 		o.Scenarios = slices.Replace(o.Scenarios, i, i+1, scHTTPS1, scHTTPS2)
+	}
+	o.profileLoads = splitList(profileLoads)
+	for _, l := range o.profileLoads {
+		if !slices.Contains([]string{scThroughput, scPost, scClients, scHTTPS1, scHTTPS2, scOptions}, l) {
+			return o, fmt.Errorf("-profile-loads: %q is not a load to profile under (throughput, post, clients2000, https_h1, https_h2, options)", l)
+		}
 	}
 	for _, c := range append(slices.Clone(o.Configs), o.profile...) {
 		if _, ok := configByName(c); !ok {
@@ -459,7 +469,13 @@ func run(ctx context.Context, o options) error {
 	if err := raiseFileLimit(); err != nil {
 		return err
 	}
-	for _, sc := range scs {
+	loads := slices.Clone(scs)
+	if len(o.profile) > 0 {
+		for _, l := range o.profileLoads {
+			loads = append(loads, profileLoad(o, l))
+		}
+	}
+	for _, sc := range loads {
 		if need := filesNeeded(sc); need > 0 && fileLimit() < uint64(need) {
 			w := fmt.Sprintf("the open-file limit is %d (the hard limit), under the %d the %s scenario needs: raise it (ulimit -Hn, or LimitNOFILE) or expect it to fail",
 				fileLimit(), need, sc.Name)
@@ -496,12 +512,14 @@ func run(ctx context.Context, o options) error {
 		}
 		res.Runs = append(res.Runs, runs...)
 	}
-	for _, name := range o.profile {
-		top, err := h.profileRun(ctx, name)
-		if err != nil {
-			return err
+	for _, load := range o.profileLoads {
+		for _, name := range o.profile {
+			top, err := h.profileRun(ctx, profileLoad(o, load), name)
+			if err != nil {
+				return err
+			}
+			res.Profiles = append(res.Profiles, profileTop{Scenario: load, Config: name, Top: top})
 		}
-		res.Profiles = append(res.Profiles, profileTop{Config: name, Top: top})
 	}
 	res.Warnings, res.Discarded = h.warnings, h.discarded
 	res.Elapsed = time.Since(began).Round(time.Second).String()
@@ -526,7 +544,7 @@ func estimateDuration(o options, scs []scenario) time.Duration {
 		}
 		total += time.Duration(len(sc.Configs)*o.Repeats) * each
 	}
-	return total + time.Duration(len(o.profile))*(o.Warmup+o.Duration+700*time.Millisecond)
+	return total + time.Duration(len(o.profile)*len(o.profileLoads))*(o.Warmup+time.Duration(o.profileSeconds+1)*time.Second+700*time.Millisecond)
 }
 
 // runScenario starts the scenario's backends and runs every configuration
@@ -922,20 +940,32 @@ func waitHTTP(ctx context.Context, p *proc, url string, bound time.Duration) err
 	}
 }
 
-// profileRun runs one extra, unmeasured throughput run of a configuration and
-// takes a CPU profile of Caddy from its admin endpoint in the middle of it.
-func (h *harness) profileRun(ctx context.Context, name string) (string, error) {
+// profileLoad is the scenario whose load a profile runs under: the
+// scenario of that name, with every configuration.
+func profileLoad(o options, name string) scenario {
+	all := o
+	all.Scenarios = []string{name}
+	all.Configs = nil
+	for _, c := range allConfigs {
+		all.Configs = append(all.Configs, c.Name)
+	}
+	return scenarios(all)[0]
+}
+
+// profileRun runs one extra, unmeasured run of a configuration under a
+// scenario's load and takes a CPU profile of Caddy from its admin endpoint
+// in the middle of it.
+func (h *harness) profileRun(ctx context.Context, sc scenario, name string) (string, error) {
 	cfg, _ := configByName(name)
-	sc := scenario{Name: "profile", Conns: h.opts.Conns, Slow: -1}
 	backends, stop, err := h.startBackends(ctx, sc)
 	if err != nil {
 		return "", err
 	}
 	defer stop()
 	secs := h.opts.profileSeconds
-	file := filepath.Join(h.out, "profile-"+name+".pprof")
-	fmt.Fprintf(h.opts.stdout, "  profile: %s, %ds CPU profile ...\n", name, secs)
-	_, err = h.runOne(ctx, sc, cfg, backends, h.opts.Warmup, time.Duration(secs+1)*time.Second, func(admin string) error {
+	file := filepath.Join(h.out, "profile-"+sc.Name+"-"+name+".pprof")
+	fmt.Fprintf(h.opts.stdout, "  profile: %s under the %s load, %ds CPU profile ...\n", name, sc.Name, secs)
+	_, err = h.runOne(ctx, sc, cfg, backends, h.opts.warmup(sc), time.Duration(secs+1)*time.Second, func(admin string) error {
 		client := &http.Client{Timeout: time.Duration(secs+15) * time.Second}
 		resp, err := client.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs))
 		if err != nil {

@@ -278,8 +278,9 @@ func finite(v float64) *float64 {
 
 // profileTop is the top of one configuration's CPU profile.
 type profileTop struct {
-	Config string `json:"config"`
-	Top    string `json:"top"`
+	Scenario string `json:"scenario"` // whose load
+	Config   string `json:"config"`
+	Top      string `json:"top"`
 }
 
 // results is everything one harness run found; it is written as JSON.
@@ -587,7 +588,7 @@ func (res *results) report(w io.Writer) {
 	res.targetTables(w)
 	for _, p := range res.Profiles {
 		fmt.Fprintln(w)
-		fmt.Fprintf(w, "== CPU profile of Caddy, %s, throughput load (go tool pprof -top -nodecount=15)\n", p.Config)
+		fmt.Fprintf(w, "== CPU profile of Caddy, %s, %s load (go tool pprof -top -nodecount=15)\n", p.Config, p.Scenario)
 		fmt.Fprint(w, p.Top)
 	}
 }

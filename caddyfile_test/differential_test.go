@@ -59,6 +59,12 @@ type responseShape struct {
 	// lbpoolOnly: reverse_proxy panics on the shape (net/http logs the
 	// panic, which fails every test here), so only lbpool gets it.
 	lbpoolOnly bool
+	// strayInSameWrite: the response leaves bytes on the connection in the
+	// same write. net/http's Transport finds them with its idle reader,
+	// which races with the next request taking the connection: when the
+	// request wins, reverse_proxy's next answer is a 502. lbpool must get
+	// its next request right either way.
+	strayInSameWrite bool
 }
 
 // writeRaw is a serve func that writes s and says keepAlive.
@@ -70,15 +76,15 @@ func writeRaw(s string, keepAlive bool) func(net.Conn, *http.Request) bool {
 }
 
 var responseShapes = []responseShape{
-	{name: "bytes past Content-Length in the same write",
+	{name: "bytes past Content-Length in the same write", strayInSameWrite: true,
 		serve: writeRaw("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nABCDEFGHIJK", true)},
 	{name: "bytes past Content-Length written later", lateBytes: true,
 		serve: writeRaw("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nABC", true)},
-	{name: "body on a HEAD response", method: http.MethodHead,
+	{name: "body on a HEAD response", method: http.MethodHead, strayInSameWrite: true,
 		serve: writeRaw("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", true)},
-	{name: "body on a 204",
+	{name: "body on a 204", strayInSameWrite: true,
 		serve: writeRaw("HTTP/1.1 204 No Content\r\n\r\nhello", true)},
-	{name: "body on a 304",
+	{name: "body on a 304", strayInSameWrite: true,
 		serve: writeRaw("HTTP/1.1 304 Not Modified\r\nEtag: \"v1\"\r\n\r\nhello", true)},
 	{name: "two equal Content-Lengths",
 		serve: writeRaw("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", true)},
@@ -356,7 +362,11 @@ func compareWithReverseProxy(t *testing.T, s responseShape, gotLB, gotRP outcome
 		t.Logf("deliberate difference: %s", s.differs)
 		return
 	}
-	if gotRP.Next != "(held down)" && gotRP.Next != "200 ok" {
+	switch {
+	case gotRP.Next == "(held down)" || gotRP.Next == "200 ok":
+	case s.strayInSameWrite && strings.HasPrefix(gotRP.Next, "502"):
+		t.Logf("reverse_proxy's next request took the connection before the Transport's idle reader found the stray bytes: %q", gotRP.Next)
+	default:
 		t.Errorf("reverse_proxy's next request got %q: the shape is not what this test expects", gotRP.Next)
 	}
 	gotRP.Next = gotLB.Next // compared above: lbpool's is 200 also where reverse_proxy's upstream is held down
