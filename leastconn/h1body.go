@@ -1,6 +1,7 @@
 package leastconn
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net/http"
@@ -139,7 +140,11 @@ func startSend(c *h1Conn, out *http.Request, body *requestBody, timeout time.Dur
 }
 
 func (s *bodySend) write() {
-	err := s.out.Write(s.c.bw)
+	var w io.Writer = s.c.bw
+	if s.proceed == nil && s.out.ContentLength > 0 && s.out.ContentLength <= h1BufferSize {
+		w = headWithBody{s.c.bw}
+	}
+	err := s.out.Write(w)
 	if err == nil {
 		err = s.c.bw.Flush()
 	}
@@ -154,6 +159,14 @@ func (s *bodySend) write() {
 	s.done <- err
 	s.release()
 }
+
+// headWithBody writes through a connection's buffered writer without
+// being one. Request.Write flushes the head of a request on its own before
+// a body that is not in memory, so that the backend sees it at once; for a
+// small body of known length without Expect: 100-continue that is a second
+// write to the backend for nothing, the body being a few reads away, and
+// the head waits for the body instead: one write for both.
+type headWithBody struct{ *bufio.Writer }
 
 // goAhead answers an Expect: 100-continue gate; the first answer counts.
 func (s *bodySend) goAhead(send bool) {
