@@ -142,13 +142,7 @@ func TestNewBackendStartsAtThePoolsMedianOneRequestAtATime(t *testing.T) {
 	// idle, the new backend counts as the median (the 200 µs one): the two
 	// tie below the fastest with 3 in flight, and share the picks
 	bs[0].active.Store(3)
-	counts := make([]int, 4)
-	for range 100 {
-		var tried triedSet
-		i := h.pickNow(&tried)
-		counts[i]++
-		bs[i].active.Add(-1)
-	}
+	counts := pickOneByOne(h, 100)
 	// ties are broken at random while the pool is busy: 25 or fewer of 100
 	// to one side has a chance of about 1 in 10^6
 	if counts[1] < 25 || counts[3] < 25 || counts[1]+counts[3] != 100 {
@@ -235,13 +229,7 @@ func TestLeastTimeMinimisesLoadTimesLatencyOverWeight(t *testing.T) {
 func TestLeastTimeRotatesWhenIdleAndSkipsTheTried(t *testing.T) {
 	h := newLeastTimeTestHandler(300, 310, 290) // the same within the compared digits
 	h.viewed()[1].flags.Store(flagDown)
-	counts := make([]int, 3)
-	for range 30 {
-		var tried triedSet
-		i := h.pickNow(&tried)
-		counts[i]++
-		h.viewed()[i].active.Add(-1)
-	}
+	counts := pickOneByOne(h, 30)
 	if counts[0] != 15 || counts[2] != 15 {
 		t.Fatalf("idle picks over two equal backends went %v, want 15/0/15", counts)
 	}
@@ -283,11 +271,8 @@ func TestLeastTimeSampledPickPrefersTheFast(t *testing.T) {
 	}
 	h := newLeastTimeTestHandler(lat...)
 	slow := 0
-	for range 10000 {
-		var tried triedSet
-		i := h.pickNow(&tried)
-		slow += i % 2
-		h.viewed()[i].active.Add(-1)
+	for i, n := range pickOneByOne(h, 10000) {
+		slow += i % 2 * n
 	}
 	// a slow backend wins only when all four sampled are slow: 1 in 16
 	if slow > 1000 {

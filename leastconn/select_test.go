@@ -43,15 +43,22 @@ func (h *Handler) viewed() []*Backend { return h.lease.view.Load().backends }
 // pickNow picks from the handler's current view.
 func (h *Handler) pickNow(tried *triedSet) int { return h.pick(h.lease.view.Load(), tried) }
 
-func TestPickRotatesAmongTiesWhenIdle(t *testing.T) {
-	h := newTestHandler(1, 1, 1)
-	counts := make([]int, 3)
-	for range 30 {
+// pickOneByOne makes n picks, each request done before the next is picked,
+// and counts them per backend.
+func pickOneByOne(h *Handler, n int) []int {
+	counts := make([]int, len(h.viewed()))
+	for range n {
 		var tried triedSet
 		i := h.pickNow(&tried)
 		counts[i]++
 		h.viewed()[i].active.Add(-1) // done at once: the pool is idle again
 	}
+	return counts
+}
+
+func TestPickRotatesAmongTiesWhenIdle(t *testing.T) {
+	h := newTestHandler(1, 1, 1)
+	counts := pickOneByOne(h, 30)
 	for i, n := range counts {
 		if n != 10 {
 			t.Fatalf("backend %d picked %d times, want 10 (%v)", i, n, counts)
@@ -62,13 +69,7 @@ func TestPickRotatesAmongTiesWhenIdle(t *testing.T) {
 func TestTiesRotateEvenlyAroundAnUnavailableBackend(t *testing.T) {
 	h := newTestHandler(1, 1, 1)
 	h.viewed()[1].flags.Store(flagDown)
-	counts := make([]int, 3)
-	for range 30 {
-		var tried triedSet
-		i := h.pickNow(&tried)
-		counts[i]++
-		h.viewed()[i].active.Add(-1)
-	}
+	counts := pickOneByOne(h, 30)
 	if counts[0] != 15 || counts[2] != 15 {
 		t.Fatalf("with the middle backend down, the others got %v, want 15/15", counts)
 	}
