@@ -946,3 +946,96 @@ func TestSlowClientsDoNotStarveOthers(t *testing.T) {
 		t.Fatal("backend handlers still run 10s after the slow clients left")
 	}
 }
+
+// trickleTimeout is the response_header_timeout the trickle tests set;
+// trickleHead's backend gets a few bytes of its head out in it.
+const (
+	trickleTimeout = time.Second
+	trickleGap     = 150 * time.Millisecond
+)
+
+// trickleHead is a serve func that writes prefix at once and then rest one
+// byte every trickleGap, until it is out or the peer closes.
+func trickleHead(prefix, rest string) func(net.Conn, *http.Request) bool {
+	return func(conn net.Conn, _ *http.Request) bool {
+		if _, err := io.WriteString(conn, prefix); err != nil {
+			return false
+		}
+		for i := range len(rest) {
+			time.Sleep(trickleGap)
+			if _, err := conn.Write([]byte{rest[i]}); err != nil {
+				return false
+			}
+		}
+		return false
+	}
+}
+
+func TestTrickledResponseHeadIs504InTheTimeoutNotRetriedAndLeavesTheBackendUp(t *testing.T) {
+	heads := []struct {
+		name  string
+		serve func(net.Conn, *http.Request) bool
+	}{
+		{"status line", trickleHead("", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")},
+		{"headers", trickleHead("HTTP/1.1 200 OK\r\n", "X-Trickle: slow\r\nContent-Length: 2\r\n\r\nok")},
+	}
+	requests := []struct {
+		name   string
+		method string
+		body   string // sent on the direct path by the body's own writer
+		reused bool   // the request goes on a kept-alive connection
+	}{
+		{"GET on a new connection", http.MethodGet, "", false},
+		{"GET on a reused connection", http.MethodGet, "", true},
+		{"POST with a body on a reused connection", http.MethodPost, "payload", true},
+	}
+	c := lbtest.Start(t)
+	for _, head := range heads {
+		for _, rq := range requests {
+			t.Run(head.name+", "+rq.name, func(t *testing.T) {
+				shape := responseShape{method: rq.method, body: rq.body, serve: head.serve}
+				a, b, rp := newDiffBackend(t, shape), newDiffBackend(t, shape), newDiffBackend(t, shape)
+				c.Load(t, diffSite(c, trickleTimeout, a.addr()+" "+b.addr(), rp.addr()))
+				lbtest.Eventually(t, 5*time.Second, "both backends checked", func() bool {
+					return c.Backend(t, "diff", a.url()).LastCheck != nil && c.Backend(t, "diff", b.url()).LastCheck != nil
+				})
+				timed := func(prefix string) (clientView, time.Duration) {
+					if rq.reused {
+						// ties rotate: each backend keeps one connection
+						for range 2 {
+							if v := send(t, http.MethodGet, c.URL(prefix+"/ok"), ""); v.Status != 200 {
+								t.Fatalf("%s warm-up: %+v", prefix, v)
+							}
+						}
+					}
+					start := time.Now()
+					v := sendShape(t, c.URL(prefix+"/shape"), shape)
+					return v, time.Since(start)
+				}
+				got, took := timed("/lb")
+				gotRP, tookRP := timed("/rp")
+				t.Logf("lbpool: %d after %v; reverse_proxy: %d after %v", got.Status, took.Round(time.Millisecond), gotRP.Status, tookRP.Round(time.Millisecond))
+				if gotRP.Status != http.StatusGatewayTimeout {
+					t.Errorf("reverse_proxy answered %d: the shape is not what this test expects", gotRP.Status)
+				}
+				if got.Status != http.StatusGatewayTimeout || took < trickleTimeout || took >= 2*trickleTimeout {
+					t.Errorf("lbpool answered %d after %v, want 504 after response_header_timeout (%v), well under twice it", got.Status, took, trickleTimeout)
+				}
+				if hits := a.hits.Load() + b.hits.Load(); hits != 1 {
+					t.Errorf("the pool's backends saw the request %d times (%d and %d), want once: a timeout is neither resent nor retried", hits, a.hits.Load(), b.hits.Load())
+				}
+				if n := a.onReused.Load() + b.onReused.Load(); rq.reused && n != 1 {
+					t.Errorf("the request went on a reused connection %d times, want once", n)
+				}
+				for _, db := range []*diffBackend{a, b} {
+					if s := c.Backend(t, "diff", db.url()); !s.Alive || s.StatusChanges != 0 {
+						t.Errorf("%s: alive %v after %d status changes: a timeout took the backend down", db.url(), s.Alive, s.StatusChanges)
+					}
+				}
+				if v := send(t, http.MethodGet, c.URL("/lb/ok"), ""); v.Status != 200 || v.Body != "ok" {
+					t.Errorf("the next request got %d %q", v.Status, v.Body)
+				}
+			})
+		}
+	}
+}
