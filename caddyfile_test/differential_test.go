@@ -36,6 +36,7 @@ type responseShape struct {
 	method  string // GET unless set
 	body    string // a request body, sent with Content-Length
 	chunked bool   // the body is sent chunked instead
+	upgrade string // the protocol the request asks to switch to; "" for none
 	// headerTimeout is both proxies' response_header_timeout; 5s unless set
 	headerTimeout time.Duration
 	// serve answers the request on the raw connection and says whether the
@@ -130,6 +131,14 @@ var responseShapes = []responseShape{
 		serve:      trickleHead("HTTP/1.1 200 OK\r\n", "X-Trickle: slow\r\nContent-Length: 2\r\n\r\nok"),
 		differs:    "both answer 504 after response_header_timeout and send the request once; reverse_proxy counts the timeout against its upstream, lbpool leaves a slow backend's health to its checks",
 		wantStatus: http.StatusGatewayTimeout, wantHeldDown: false, wantHits: 1},
+	{name: "101 to another protocol than the one asked for", upgrade: "websocket",
+		serve:      writeRaw("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: evil\r\n\r\n", false),
+		differs:    "neither tunnels; reverse_proxy answers an empty 200 and counts nothing, lbpool answers 502 and counts a failure, as net/http's ReverseProxy refuses the switch",
+		wantStatus: http.StatusBadGateway, wantHeldDown: true, wantHits: 1},
+	{name: "101 to a request that asked for no upgrade",
+		serve:      writeRaw("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", false),
+		differs:    "neither tunnels; reverse_proxy answers an empty 200 and counts nothing, lbpool answers 502 and counts a failure, as net/http's ReverseProxy refuses the switch (on a reused connection, once more on a new one first)",
+		wantStatus: http.StatusBadGateway, wantHeldDown: true, wantHits: 2},
 	{name: "status code 600",
 		serve:      writeRaw("HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok", true),
 		differs:    "lbpool answers 502 and counts a failure: HTTP defines 100-599 (RFC 9110 §15); reverse_proxy passes 600 on",
@@ -251,7 +260,8 @@ func send(t *testing.T, method, url, body string) clientView {
 	return sendShape(t, url, responseShape{method: method, body: body})
 }
 
-// sendShape sends the request of shape s (its method and body) to url.
+// sendShape sends the request of shape s (its method, body and upgrade) to
+// url.
 func sendShape(t *testing.T, url string, s responseShape) clientView {
 	t.Helper()
 	method, body := s.method, s.body
@@ -273,6 +283,10 @@ func sendShape(t *testing.T, url string, s responseShape) clientView {
 	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s.upgrade != "" {
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", s.upgrade)
 	}
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
 	resp, err := diffClient.Do(req)

@@ -9,6 +9,7 @@ package caddyfile_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -34,8 +35,9 @@ import (
 // carry another; it may answer before reading the request's body (what it
 // leaves unread is read after it returns).
 type rawBackend struct {
-	ln    net.Listener
-	serve func(conn net.Conn, req *http.Request) (keepAlive bool)
+	ln     net.Listener
+	scheme string
+	serve  func(conn net.Conn, req *http.Request) (keepAlive bool)
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
@@ -48,7 +50,22 @@ func newRawBackend(t *testing.T, serve func(conn net.Conn, req *http.Request) bo
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb := &rawBackend{ln: ln, serve: serve, conns: map[net.Conn]struct{}{}}
+	return serveRaw(t, ln, "http", serve)
+}
+
+// newRawTLSBackend is newRawBackend over TLS with cert, HTTP/1.1 only.
+func newRawTLSBackend(t *testing.T, cert tls.Certificate, serve func(conn net.Conn, req *http.Request) bool) *rawBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
+	return serveRaw(t, tls.NewListener(ln, cfg), "https", serve)
+}
+
+func serveRaw(t *testing.T, ln net.Listener, scheme string, serve func(conn net.Conn, req *http.Request) bool) *rawBackend {
+	rb := &rawBackend{ln: ln, scheme: scheme, serve: serve, conns: map[net.Conn]struct{}{}}
 	rb.wg.Go(func() {
 		for {
 			conn, err := ln.Accept()
@@ -88,7 +105,7 @@ func (rb *rawBackend) handle(conn net.Conn) {
 }
 
 func (rb *rawBackend) addr() string { return rb.ln.Addr().String() }
-func (rb *rawBackend) url() string  { return "http://" + rb.addr() }
+func (rb *rawBackend) url() string  { return rb.scheme + "://" + rb.addr() }
 
 func (rb *rawBackend) close() {
 	rb.ln.Close()
@@ -1034,6 +1051,89 @@ func TestTrickledResponseHeadIs504InTheTimeoutNotRetriedAndLeavesTheBackendUp(t 
 				}
 				if v := send(t, http.MethodGet, c.URL("/lb/ok"), ""); v.Status != 200 || v.Body != "ok" {
 					t.Errorf("the next request got %d %q", v.Status, v.Body)
+				}
+			})
+		}
+	}
+}
+
+func TestBackendSwitchingProtocolsIsTunnelledOnlyToTheProtocolAskedFor(t *testing.T) {
+	ca := newTestCA(t)
+	_, _, cert := ca.issue(t, "backend", []string{"127.0.0.1"}, false)
+	cases := []struct {
+		name, asked, answered string
+		tunnel                bool // the switch is the one asked for
+	}{
+		{"websocket asked, evil answered", "websocket", "evil", false},
+		{"no upgrade asked, websocket answered", "", "websocket", false},
+		{"websocket asked, WebSocket answered", "websocket", "WebSocket", true}, // tokens compare case-insensitively
+	}
+	c := lbtest.Start(t)
+	// http backends: an upgrade goes through net/http's Transport, any other
+	// request on the direct path; https backends: both through the Transport
+	for _, scheme := range []string{"http", "https"} {
+		for _, tc := range cases {
+			t.Run(scheme+", "+tc.name, func(t *testing.T) {
+				var hits atomic.Int64
+				tunnelled := make(chan int, 4) // bytes the backend got after its 101
+				serve := func(conn net.Conn, req *http.Request) bool {
+					if req.URL.Path == "/health" {
+						_, err := io.WriteString(conn, healthyAnswer)
+						return err == nil
+					}
+					hits.Add(1)
+					fmt.Fprintf(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", tc.answered)
+					_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+					n, _ := conn.Read(make([]byte, 64)) // returns with the first bytes, or at the close
+					tunnelled <- n
+					return false
+				}
+				extra := "health_interval 1h"
+				rb := newRawBackend(t, serve)
+				if scheme == "https" {
+					rb = newRawTLSBackend(t, cert, serve)
+					extra += "\n\t\ttls_trusted_ca_certs " + ca.PEMFile
+				}
+				c.Load(t, c.SiteAt(extra, rb.url()))
+				lbtest.Eventually(t, 5*time.Second, "the backend checked and up", func() bool {
+					s := c.Backend(t, "web", rb.url())
+					return s.LastCheck != nil && s.Alive
+				})
+
+				conn := dialCaddy(t, c)
+				head := "GET /switch HTTP/1.1\r\nHost: x\r\n"
+				if tc.asked != "" {
+					head += "Connection: Upgrade\r\nUpgrade: " + tc.asked + "\r\n"
+				}
+				if _, err := io.WriteString(conn, head+"\r\n"); err != nil {
+					t.Fatal(err)
+				}
+				resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+				if err != nil {
+					t.Fatalf("no answer: %v", err)
+				}
+				// through a tunnel, these would reach the backend
+				_, _ = io.WriteString(conn, "after the answer\n")
+				var n int
+				select {
+				case n = <-tunnelled:
+				case <-time.After(15 * time.Second):
+					t.Fatal("the backend's connection stayed open and silent after its 101")
+				}
+				s := c.Backend(t, "web", rb.url())
+				t.Logf("client got %d (Upgrade %q); the backend saw %d requests and %d bytes after its 101; failures_total %d",
+					resp.StatusCode, resp.Header.Get("Upgrade"), hits.Load(), n, s.FailuresTotal)
+				if tc.tunnel {
+					if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Upgrade") != tc.answered || n == 0 || s.FailuresTotal != 0 {
+						t.Errorf("want the switch asked for relayed and tunnelled, no failure counted")
+					}
+					return
+				}
+				if resp.StatusCode != http.StatusBadGateway || n != 0 {
+					t.Errorf("want 502 and nothing tunnelled: the backend switched to %q when %q was asked for", tc.answered, tc.asked)
+				}
+				if hits.Load() != 1 || s.FailuresTotal != 1 {
+					t.Errorf("want the request sent once and counted a failure")
 				}
 			})
 		}

@@ -323,12 +323,6 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// errBadStatus: a status line whose code is not one HTTP defines
-// (RFC 9110 §15: 100-599). net/http's server would panic writing it.
-var errBadStatus = errors.New("backend answered with a status code outside 100-599")
-
-func validStatusCode(code int) bool { return code >= 100 && code <= 599 }
-
 func writeAndRead(c *h1Conn, out *http.Request, w http.ResponseWriter) (*http.Response, error) {
 	if err := out.Write(c.bw); err != nil {
 		return nil, err
@@ -355,8 +349,8 @@ func readResponse(c *h1Conn, out *http.Request, w http.ResponseWriter, send *bod
 			}
 			return nil, err
 		}
-		if !validStatusCode(resp.StatusCode) {
-			return nil, errBadStatus
+		if err := checkResponse(out, resp); err != nil {
+			return nil, err
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			if send != nil {

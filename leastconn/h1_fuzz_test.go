@@ -128,6 +128,7 @@ func FuzzDirectPathResponse(f *testing.F) {
 		"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok",
 		"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nraw",
 		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw",
 	} {
 		f.Add([]byte(seed), false, false)
 		f.Add([]byte(seed), true, false)
