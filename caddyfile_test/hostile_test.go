@@ -1,10 +1,11 @@
 package caddyfile_test
 
 // Backends and clients that misbehave: a backend that never answers, sends
-// endless headers or bodies, breaks off mid-body, or sends 1xx, trailers and
-// huge headers; clients that leave mid-request or mid-response, or read and
-// write at a crawl. Each test bounds its waits and checks the counts the
-// stats show afterwards.
+// endless headers or bodies, trickles its response head in, breaks off
+// mid-body, switches to a protocol it was not asked for, or sends 1xx,
+// trailers and huge headers; clients that leave mid-request or
+// mid-response, or read and write at a crawl. Each test bounds its waits
+// and checks the counts the stats show afterwards.
 
 import (
 	"bufio"
