@@ -22,6 +22,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,6 +36,9 @@ type responseShape struct {
 	method  string // GET unless set
 	body    string // a request body, sent with Content-Length
 	chunked bool   // the body is sent chunked instead
+	upgrade string // the protocol the request asks to switch to; "" for none
+	// headerTimeout is both proxies' response_header_timeout; 5s unless set
+	headerTimeout time.Duration
 	// serve answers the request on the raw connection and says whether the
 	// connection stays open for another request.
 	serve func(conn net.Conn, req *http.Request) bool
@@ -119,6 +123,22 @@ var responseShapes = []responseShape{
 	{name: "1xx before the final response",
 		serve: writeRaw("HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"+
 			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true)},
+	{name: "status line trickled in past response_header_timeout", headerTimeout: trickleTimeout,
+		serve:      trickleHead("", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+		differs:    "both answer 504 after response_header_timeout and send the request once; reverse_proxy counts the timeout against its upstream, lbpool leaves a slow backend's health to its checks",
+		wantStatus: http.StatusGatewayTimeout, wantHeldDown: false, wantHits: 1},
+	{name: "headers trickled in past response_header_timeout", headerTimeout: trickleTimeout,
+		serve:      trickleHead("HTTP/1.1 200 OK\r\n", "X-Trickle: slow\r\nContent-Length: 2\r\n\r\nok"),
+		differs:    "both answer 504 after response_header_timeout and send the request once; reverse_proxy counts the timeout against its upstream, lbpool leaves a slow backend's health to its checks",
+		wantStatus: http.StatusGatewayTimeout, wantHeldDown: false, wantHits: 1},
+	{name: "101 to another protocol than the one asked for", upgrade: "websocket",
+		serve:      writeRaw("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: evil\r\n\r\n", false),
+		differs:    "neither tunnels; reverse_proxy answers an empty 200 and counts nothing, lbpool answers 502 and counts a failure, as net/http's ReverseProxy refuses the switch",
+		wantStatus: http.StatusBadGateway, wantHeldDown: true, wantHits: 1},
+	{name: "101 to a request that asked for no upgrade",
+		serve:      writeRaw("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", false),
+		differs:    "neither tunnels; reverse_proxy answers an empty 200 and counts nothing, lbpool answers 502 and counts a failure, as net/http's ReverseProxy refuses the switch (on a reused connection, once more on a new one first)",
+		wantStatus: http.StatusBadGateway, wantHeldDown: true, wantHits: 2},
 	{name: "status code 600",
 		serve:      writeRaw("HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok", true),
 		differs:    "lbpool answers 502 and counts a failure: HTTP defines 100-599 (RFC 9110 §15); reverse_proxy passes 600 on",
@@ -170,16 +190,24 @@ type clientView struct {
 type diffBackend struct {
 	*rawBackend
 	hits, late atomic.Int64
+	// onReused counts the shape's requests that came on a connection that
+	// had carried an earlier request
+	onReused atomic.Int64
+	warm     sync.Map // net.Conn → true once it carried a request
 }
 
 func newDiffBackend(t *testing.T, s responseShape) *diffBackend {
 	db := &diffBackend{}
 	db.rawBackend = newRawBackend(t, func(conn net.Conn, req *http.Request) bool {
 		if req.URL.Path == "/health" || strings.HasSuffix(req.URL.Path, "/ok") {
+			db.warm.Store(conn, true)
 			_, _ = io.WriteString(conn, healthyAnswer)
 			return true
 		}
 		db.hits.Add(1)
+		if _, ok := db.warm.Load(conn); ok {
+			db.onReused.Add(1)
+		}
 		keep := s.serve(conn, req)
 		if s.lateBytes {
 			time.Sleep(200 * time.Millisecond)
@@ -192,28 +220,32 @@ func newDiffBackend(t *testing.T, s responseShape) *diffBackend {
 }
 
 // diffSite routes /lb/* to lbpool in front of lb and /rp/* to reverse_proxy
-// in front of rp; reverse_proxy counts a failure against its upstream as
-// lbpool does (passive health, one failure is enough).
-func diffSite(c *lbtest.Caddy, lb, rp string) string {
+// in front of rp, both with response_header_timeout headerTimeout (5s when
+// 0); reverse_proxy counts a failure against its upstream as lbpool does
+// (passive health, one failure is enough).
+func diffSite(c *lbtest.Caddy, headerTimeout time.Duration, lb, rp string) string {
+	if headerTimeout == 0 {
+		headerTimeout = 5 * time.Second
+	}
 	return fmt.Sprintf(`:%d {
 	handle /lb/* {
 		lbpool %s {
 			name diff
 			health_uri /health
 			health_interval 1h
-			response_header_timeout 5s
+			response_header_timeout %[4]v
 		}
 	}
 	handle /rp/* {
-		reverse_proxy %s {
+		reverse_proxy %[3]s {
 			fail_duration 1m
 			max_fails 1
 			transport http {
-				response_header_timeout 5s
+				response_header_timeout %[4]v
 			}
 		}
 	}
-}`, c.HTTPPort, lb, rp)
+}`, c.HTTPPort, lb, rp, headerTimeout)
 }
 
 // diffClient sends each request on a connection of its own, so a response
@@ -225,12 +257,17 @@ var diffClient = &http.Client{
 
 func send(t *testing.T, method, url, body string) clientView {
 	t.Helper()
-	return sendBody(t, method, url, body, false)
+	return sendShape(t, url, responseShape{method: method, body: body})
 }
 
-// sendBody is send with the body sent chunked when chunked is set.
-func sendBody(t *testing.T, method, url, body string, chunked bool) clientView {
+// sendShape sends the request of shape s (its method, body and upgrade) to
+// url.
+func sendShape(t *testing.T, url string, s responseShape) clientView {
 	t.Helper()
+	method, body := s.method, s.body
+	if method == "" {
+		method = http.MethodGet
+	}
 	var v clientView
 	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, _ textproto.MIMEHeader) error {
 		v.Informational = append(v.Informational, code)
@@ -239,13 +276,17 @@ func sendBody(t *testing.T, method, url, body string, chunked bool) clientView {
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
-		if chunked {
+		if s.chunked {
 			rd = io.MultiReader(rd) // a length net/http's client cannot see
 		}
 	}
 	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s.upgrade != "" {
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", s.upgrade)
 	}
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
 	resp, err := diffClient.Do(req)
@@ -293,14 +334,10 @@ func TestDifferentialResponseShapes(t *testing.T) {
 	for _, s := range responseShapes {
 		t.Run(s.name, func(t *testing.T) {
 			lb, rp := newDiffBackend(t, s), newDiffBackend(t, s)
-			c.Load(t, diffSite(c, lb.addr(), rp.addr()))
+			c.Load(t, diffSite(c, s.headerTimeout, lb.addr(), rp.addr()))
 			lbtest.Eventually(t, 5*time.Second, "lbpool's first check", func() bool {
 				return c.Backend(t, "diff", lb.url()).LastCheck != nil
 			})
-			method := s.method
-			if method == "" {
-				method = http.MethodGet
-			}
 			run := func(prefix string, db *diffBackend, heldDown func() bool, backUp func()) outcome {
 				// a kept-alive connection first, so the shape's request
 				// goes on a reused one, as most requests do
@@ -308,7 +345,7 @@ func TestDifferentialResponseShapes(t *testing.T) {
 					t.Fatalf("%s warm-up: %+v", prefix, v)
 				}
 				var o outcome
-				o.Client = sendBody(t, method, c.URL(prefix+"/shape"), s.body, s.chunked)
+				o.Client = sendShape(t, c.URL(prefix+"/shape"), s)
 				if s.lateBytes {
 					lbtest.Eventually(t, 5*time.Second, "the late bytes sent", func() bool { return db.late.Load() == 1 })
 				}
@@ -373,16 +410,15 @@ func compareWithReverseProxy(t *testing.T, s responseShape, gotLB, gotRP outcome
 	if s.resent {
 		gotRP.Hits++
 	}
-	if !strings.Contains(rawOf(s), "Content-Type") {
-		// the backend sent none: a guess from the first bytes, which
-		// reverse_proxy makes or not depending on when it flushes
-		gotLB.Client.Header.Del("Content-Type")
-		gotRP.Client.Header.Del("Content-Type")
-	}
 	if proxyError(gotLB.Client.Status) && gotLB.Client.Status == gotRP.Client.Status {
 		// each proxy writes its own error page
 		gotLB.Client.Header, gotLB.Client.Body = nil, ""
 		gotRP.Client.Header, gotRP.Client.Body = nil, ""
+	} else if !strings.Contains(rawOf(s), "Content-Type") {
+		// the backend sent none: a guess from the first bytes, which
+		// reverse_proxy makes or not depending on when it flushes
+		gotLB.Client.Header.Del("Content-Type")
+		gotRP.Client.Header.Del("Content-Type")
 	}
 	compareOutcomes(t, gotLB, gotRP)
 }
@@ -588,7 +624,7 @@ func methodsOf(raw string) []string {
 func TestDifferentialRequestShapes(t *testing.T) {
 	c := lbtest.Start(t)
 	b := lbtest.NewBackend(t, "echo", echoHandler)
-	c.Load(t, diffSite(c, b.Addr(), b.Addr()))
+	c.Load(t, diffSite(c, 0, b.Addr(), b.Addr()))
 	lbtest.Eventually(t, 5*time.Second, "lbpool's first check", func() bool {
 		return c.Backend(t, "diff", b.URL()).LastCheck != nil
 	})

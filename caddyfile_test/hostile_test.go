@@ -1,14 +1,16 @@
 package caddyfile_test
 
 // Backends and clients that misbehave: a backend that never answers, sends
-// endless headers or bodies, breaks off mid-body, or sends 1xx, trailers and
-// huge headers; clients that leave mid-request or mid-response, or read and
-// write at a crawl. Each test bounds its waits and checks the counts the
-// stats show afterwards.
+// endless headers or bodies, trickles its response head in, breaks off
+// mid-body, switches to a protocol it was not asked for, or sends 1xx,
+// trailers and huge headers; clients that leave mid-request or
+// mid-response, or read and write at a crawl. Each test bounds its waits
+// and checks the counts the stats show afterwards.
 
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -34,8 +36,9 @@ import (
 // carry another; it may answer before reading the request's body (what it
 // leaves unread is read after it returns).
 type rawBackend struct {
-	ln    net.Listener
-	serve func(conn net.Conn, req *http.Request) (keepAlive bool)
+	ln     net.Listener
+	scheme string
+	serve  func(conn net.Conn, req *http.Request) (keepAlive bool)
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
@@ -48,7 +51,22 @@ func newRawBackend(t *testing.T, serve func(conn net.Conn, req *http.Request) bo
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb := &rawBackend{ln: ln, serve: serve, conns: map[net.Conn]struct{}{}}
+	return serveRaw(t, ln, "http", serve)
+}
+
+// newRawTLSBackend is newRawBackend over TLS with cert, HTTP/1.1 only.
+func newRawTLSBackend(t *testing.T, cert tls.Certificate, serve func(conn net.Conn, req *http.Request) bool) *rawBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
+	return serveRaw(t, tls.NewListener(ln, cfg), "https", serve)
+}
+
+func serveRaw(t *testing.T, ln net.Listener, scheme string, serve func(conn net.Conn, req *http.Request) bool) *rawBackend {
+	rb := &rawBackend{ln: ln, scheme: scheme, serve: serve, conns: map[net.Conn]struct{}{}}
 	rb.wg.Go(func() {
 		for {
 			conn, err := ln.Accept()
@@ -88,7 +106,7 @@ func (rb *rawBackend) handle(conn net.Conn) {
 }
 
 func (rb *rawBackend) addr() string { return rb.ln.Addr().String() }
-func (rb *rawBackend) url() string  { return "http://" + rb.addr() }
+func (rb *rawBackend) url() string  { return rb.scheme + "://" + rb.addr() }
 
 func (rb *rawBackend) close() {
 	rb.ln.Close()
@@ -944,5 +962,181 @@ func TestSlowClientsDoNotStarveOthers(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("backend handlers still run 10s after the slow clients left")
+	}
+}
+
+// trickleTimeout is the response_header_timeout the trickle tests set;
+// trickleHead's backend gets a few bytes of its head out in it.
+const (
+	trickleTimeout = time.Second
+	trickleGap     = 150 * time.Millisecond
+)
+
+// trickleHead is a serve func that writes prefix at once and then rest one
+// byte every trickleGap, until it is out or the peer closes.
+func trickleHead(prefix, rest string) func(net.Conn, *http.Request) bool {
+	return func(conn net.Conn, _ *http.Request) bool {
+		if _, err := io.WriteString(conn, prefix); err != nil {
+			return false
+		}
+		for i := range len(rest) {
+			time.Sleep(trickleGap)
+			if _, err := conn.Write([]byte{rest[i]}); err != nil {
+				return false
+			}
+		}
+		return false
+	}
+}
+
+func TestTrickledResponseHeadIs504InTheTimeoutNotRetriedAndLeavesTheBackendUp(t *testing.T) {
+	heads := []struct {
+		name  string
+		serve func(net.Conn, *http.Request) bool
+	}{
+		{"status line", trickleHead("", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")},
+		{"headers", trickleHead("HTTP/1.1 200 OK\r\n", "X-Trickle: slow\r\nContent-Length: 2\r\n\r\nok")},
+	}
+	requests := []struct {
+		name   string
+		method string
+		body   string // sent on the direct path by the body's own writer
+		reused bool   // the request goes on a kept-alive connection
+	}{
+		{"GET on a new connection", http.MethodGet, "", false},
+		{"GET on a reused connection", http.MethodGet, "", true},
+		{"POST with a body on a reused connection", http.MethodPost, "payload", true},
+	}
+	c := lbtest.Start(t)
+	for _, head := range heads {
+		for _, rq := range requests {
+			t.Run(head.name+", "+rq.name, func(t *testing.T) {
+				shape := responseShape{method: rq.method, body: rq.body, serve: head.serve}
+				a, b, rp := newDiffBackend(t, shape), newDiffBackend(t, shape), newDiffBackend(t, shape)
+				c.Load(t, diffSite(c, trickleTimeout, a.addr()+" "+b.addr(), rp.addr()))
+				lbtest.Eventually(t, 5*time.Second, "both backends checked", func() bool {
+					return c.Backend(t, "diff", a.url()).LastCheck != nil && c.Backend(t, "diff", b.url()).LastCheck != nil
+				})
+				timed := func(prefix string) (clientView, time.Duration) {
+					if rq.reused {
+						// ties rotate: each backend keeps one connection
+						for range 2 {
+							if v := send(t, http.MethodGet, c.URL(prefix+"/ok"), ""); v.Status != 200 {
+								t.Fatalf("%s warm-up: %+v", prefix, v)
+							}
+						}
+					}
+					start := time.Now()
+					v := sendShape(t, c.URL(prefix+"/shape"), shape)
+					return v, time.Since(start)
+				}
+				got, took := timed("/lb")
+				gotRP, tookRP := timed("/rp")
+				t.Logf("lbpool: %d after %v; reverse_proxy: %d after %v", got.Status, took.Round(time.Millisecond), gotRP.Status, tookRP.Round(time.Millisecond))
+				if gotRP.Status != http.StatusGatewayTimeout {
+					t.Errorf("reverse_proxy answered %d: the shape is not what this test expects", gotRP.Status)
+				}
+				if got.Status != http.StatusGatewayTimeout || took < trickleTimeout || took >= 2*trickleTimeout {
+					t.Errorf("lbpool answered %d after %v, want 504 after response_header_timeout (%v), well under twice it", got.Status, took, trickleTimeout)
+				}
+				if hits := a.hits.Load() + b.hits.Load(); hits != 1 {
+					t.Errorf("the pool's backends saw the request %d times (%d and %d), want once: a timeout is neither resent nor retried", hits, a.hits.Load(), b.hits.Load())
+				}
+				if n := a.onReused.Load() + b.onReused.Load(); rq.reused && n != 1 {
+					t.Errorf("the request went on a reused connection %d times, want once", n)
+				}
+				for _, db := range []*diffBackend{a, b} {
+					if s := c.Backend(t, "diff", db.url()); !s.Alive || s.StatusChanges != 0 {
+						t.Errorf("%s: alive %v after %d status changes: a timeout took the backend down", db.url(), s.Alive, s.StatusChanges)
+					}
+				}
+				if v := send(t, http.MethodGet, c.URL("/lb/ok"), ""); v.Status != 200 || v.Body != "ok" {
+					t.Errorf("the next request got %d %q", v.Status, v.Body)
+				}
+			})
+		}
+	}
+}
+
+func TestBackendSwitchingProtocolsIsTunnelledOnlyToTheProtocolAskedFor(t *testing.T) {
+	ca := newTestCA(t)
+	_, _, cert := ca.issue(t, "backend", []string{"127.0.0.1"}, false)
+	cases := []struct {
+		name, asked, answered string
+		tunnel                bool // the switch is the one asked for
+	}{
+		{"websocket asked, evil answered", "websocket", "evil", false},
+		{"no upgrade asked, websocket answered", "", "websocket", false},
+		{"websocket asked, WebSocket answered", "websocket", "WebSocket", true}, // tokens compare case-insensitively
+	}
+	c := lbtest.Start(t)
+	// http backends: an upgrade goes through net/http's Transport, any other
+	// request on the direct path; https backends: both through the Transport
+	for _, scheme := range []string{"http", "https"} {
+		for _, tc := range cases {
+			t.Run(scheme+", "+tc.name, func(t *testing.T) {
+				var hits atomic.Int64
+				tunnelled := make(chan int, 4) // bytes the backend got after its 101
+				serve := func(conn net.Conn, req *http.Request) bool {
+					if req.URL.Path == "/health" {
+						_, err := io.WriteString(conn, healthyAnswer)
+						return err == nil
+					}
+					hits.Add(1)
+					fmt.Fprintf(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", tc.answered)
+					_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+					n, _ := conn.Read(make([]byte, 64)) // returns with the first bytes, or at the close
+					tunnelled <- n
+					return false
+				}
+				extra := "health_interval 1h"
+				rb := newRawBackend(t, serve)
+				if scheme == "https" {
+					rb = newRawTLSBackend(t, cert, serve)
+					extra += "\n\t\ttls_trusted_ca_certs " + ca.PEMFile
+				}
+				c.Load(t, c.SiteAt(extra, rb.url()))
+				lbtest.Eventually(t, 5*time.Second, "the backend checked and up", func() bool {
+					s := c.Backend(t, "web", rb.url())
+					return s.LastCheck != nil && s.Alive
+				})
+
+				conn := dialCaddy(t, c)
+				head := "GET /switch HTTP/1.1\r\nHost: x\r\n"
+				if tc.asked != "" {
+					head += "Connection: Upgrade\r\nUpgrade: " + tc.asked + "\r\n"
+				}
+				if _, err := io.WriteString(conn, head+"\r\n"); err != nil {
+					t.Fatal(err)
+				}
+				resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+				if err != nil {
+					t.Fatalf("no answer: %v", err)
+				}
+				// through a tunnel, these would reach the backend
+				_, _ = io.WriteString(conn, "after the answer\n")
+				var n int
+				select {
+				case n = <-tunnelled:
+				case <-time.After(15 * time.Second):
+					t.Fatal("the backend's connection stayed open and silent after its 101")
+				}
+				s := c.Backend(t, "web", rb.url())
+				t.Logf("client got %d (Upgrade %q); the backend saw %d requests and %d bytes after its 101; failures_total %d",
+					resp.StatusCode, resp.Header.Get("Upgrade"), hits.Load(), n, s.FailuresTotal)
+				if tc.tunnel {
+					if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Upgrade") != tc.answered || n == 0 || s.FailuresTotal != 0 {
+						t.Errorf("want the switch asked for relayed and tunnelled, no failure counted")
+					}
+					return
+				}
+				if resp.StatusCode != http.StatusBadGateway || n != 0 {
+					t.Errorf("want 502 and nothing tunnelled: the backend switched to %q when %q was asked for", tc.answered, tc.asked)
+				}
+				if hits.Load() != 1 || s.FailuresTotal != 1 {
+					t.Errorf("want the request sent once and counted a failure")
+				}
+			})
+		}
 	}
 }

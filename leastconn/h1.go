@@ -43,6 +43,10 @@ type h1Conn struct {
 	bw       *bufio.Writer // nil once long idle
 	lastUsed time.Time
 	limit    int64 // bytes Read may still return; bounds headers
+	// timedOut is the first read since readResponse began that hit the
+	// deadline: bufio hands the parser what arrived before it as a whole
+	// line, so the parser's error would tell of a malformed line instead
+	timedOut error
 	peek     idlePeeker
 }
 
@@ -56,6 +60,9 @@ func (c *h1Conn) Read(p []byte) (int, error) {
 	}
 	n, err := c.Conn.Read(p)
 	c.limit -= int64(n)
+	if err != nil && c.timedOut == nil && isTimeout(err) {
+		c.timedOut = err
+	}
 	return n, err
 }
 
@@ -316,12 +323,6 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// errBadStatus: a status line whose code is not one HTTP defines
-// (RFC 9110 §15: 100-599). net/http's server would panic writing it.
-var errBadStatus = errors.New("backend answered with a status code outside 100-599")
-
-func validStatusCode(code int) bool { return code >= 100 && code <= 599 }
-
 func writeAndRead(c *h1Conn, out *http.Request, w http.ResponseWriter) (*http.Response, error) {
 	if err := out.Write(c.bw); err != nil {
 		return nil, err
@@ -333,17 +334,23 @@ func writeAndRead(c *h1Conn, out *http.Request, w http.ResponseWriter) (*http.Re
 }
 
 // readResponse reads the final response's headers, passing informational
-// ones on; send, when the request has a body, learns of them.
+// ones on; send, when the request has a body, learns of them. A read that
+// hit the deadline makes the error a timeout, whatever the parser made of
+// the bytes before it.
 func readResponse(c *h1Conn, out *http.Request, w http.ResponseWriter, send *bodySend) (*http.Response, error) {
 	c.limit = maxResponseHeaderBytes
+	c.timedOut = nil
 	defer func() { c.limit = math.MaxInt64 }() // the body is bounded by the caller
 	for range 5 {
 		resp, err := http.ReadResponse(c.br, out)
 		if err != nil {
+			if c.timedOut != nil {
+				return nil, c.timedOut
+			}
 			return nil, err
 		}
-		if !validStatusCode(resp.StatusCode) {
-			return nil, errBadStatus
+		if err := checkResponse(out, resp); err != nil {
+			return nil, err
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			if send != nil {

@@ -2,6 +2,7 @@ package leastconn
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -22,6 +23,9 @@ import (
 type shapeServer struct {
 	ln    net.Listener
 	shape atomic.Pointer[[]byte]
+	// stall: after the shape the connection stays open for stallFor,
+	// quiet unless asked again, where it is otherwise closed soon
+	stall atomic.Bool
 	// asked counts requests for the shape, written the writes of it that
 	// ended (done or failed)
 	asked, written atomic.Int64
@@ -71,11 +75,18 @@ func (s *shapeServer) serve(conn net.Conn) {
 		_, err = conn.Write(*s.shape.Load())
 		s.written.Add(1)
 		wait = 50 * time.Millisecond
+		if s.stall.Load() {
+			wait = stallFor
+		}
 		if err != nil {
 			return
 		}
 	}
 }
+
+// stallFor bounds how long a stalled shape keeps its connection: past the
+// fuzzed handler's response-header timeout.
+const stallFor = 3 * time.Second
 
 // serveOnce runs one request through h as Caddy's server would; a handler
 // that aborts the response (http.ErrAbortHandler) is allowed to.
@@ -117,16 +128,22 @@ func FuzzDirectPathResponse(f *testing.F) {
 		"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok",
 		"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nraw",
 		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw",
 	} {
-		f.Add([]byte(seed), false)
-		f.Add([]byte(seed), true)
+		f.Add([]byte(seed), false, false)
+		f.Add([]byte(seed), true, false)
+	}
+	// heads that stop coming part way through a line, as a backend's that
+	// trickles in past the response-header timeout
+	for _, seed := range []string{"HTTP/1.", "HTTP/1.1 200 OK\r\nX-Tri"} {
+		f.Add([]byte(seed), false, true)
 	}
 	srv := newShapeServer(f)
 	h := &Handler{
 		Name:                  "fuzz-direct",
 		Backends:              []BackendConfig{{URL: srv.ln.Addr().String()}},
 		HealthInterval:        caddy.Duration(time.Hour),
-		ResponseHeaderTimeout: caddy.Duration(2 * time.Second),
+		ResponseHeaderTimeout: caddy.Duration(time.Second),
 	}
 	ctx, err := caddy.ProvisionContext(&caddy.Config{})
 	if err != nil {
@@ -140,7 +157,7 @@ func FuzzDirectPathResponse(f *testing.F) {
 	serveOnce(f, h, http.MethodGet, "/ok") // the checker's first check and a kept-alive connection
 	baseline := 0                          // taken at the first input: a fuzzing worker starts goroutines of its own
 
-	f.Fuzz(func(t *testing.T, shape []byte, head bool) {
+	f.Fuzz(func(t *testing.T, shape []byte, head, stall bool) {
 		if len(shape) > 64<<10 {
 			return
 		}
@@ -148,17 +165,22 @@ func FuzzDirectPathResponse(f *testing.F) {
 			baseline = runtime.NumGoroutine()
 		}
 		srv.shape.Store(&shape)
+		srv.stall.Store(stall)
 		b.flags.And(^flagDown) // a shape that broke the backend: up again for this one
 		method := http.MethodGet
 		if head {
 			method = http.MethodHead
 		}
 		asked := srv.asked.Load()
-		serveOnce(t, h, method, "/shape")
+		rec := serveOnce(t, h, method, "/shape")
 		waitFor(t, "the shape asked for and written", func() bool {
 			n := srv.asked.Load()
 			return n > asked && srv.written.Load() == n
 		})
+		if stall && !bytes.Contains(shape, []byte("\n")) && rec.Code != http.StatusGatewayTimeout {
+			// not a line came whole: the parser saw only what the deadline cut
+			t.Fatalf("a head that stopped part way through its first line got %d, want 504", rec.Code)
+		}
 		b.h1.mu.Lock()
 		buffered := 0
 		for _, c := range b.h1.idle {

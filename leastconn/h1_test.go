@@ -1,7 +1,10 @@
 package leastconn
 
 import (
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 )
@@ -75,6 +78,26 @@ func TestH1ConnBoundsWhatItReads(t *testing.T) {
 	}
 	if _, err := c.Read(buf); err != errHeadersTooLarge {
 		t.Fatalf("read past the limit: %v, want errHeadersTooLarge", err)
+	}
+}
+
+func TestReadResponseReportsTheDeadlineNotTheLineItCut(t *testing.T) {
+	for _, head := range []string{
+		"HTTP/1.",                                    // in the status line
+		"HTTP/1.1 200 OK\r\nX-Tri",                   // in a header line
+		"HTTP/1.1 200 OK\r\nX-Trickle: slow\r",       // between a line's CR and LF
+		"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 2", // in the final head, after an interim one
+	} {
+		a, b := net.Pipe()
+		c := newH1Conn(a)
+		go func() { _, _ = io.WriteString(b, head) }() // and then nothing
+		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		_, err := readResponse(c, httptest.NewRequest(http.MethodGet, "/", nil), httptest.NewRecorder(), nil)
+		if !isTimeout(err) {
+			t.Errorf("%q, then silence past the deadline: %v, want the deadline's timeout", head, err)
+		}
+		a.Close()
+		b.Close()
 	}
 }
 

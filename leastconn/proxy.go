@@ -246,10 +246,7 @@ func (h *Handler) outgoing(r *http.Request, st *proxyState) *http.Request {
 			out.ContentLength = -1 // HTTP/1.1 carries trailers only chunked
 		}
 	}
-	upgrade := ""
-	if httpguts.HeaderValuesContainsToken(r.Header["Connection"], "Upgrade") {
-		upgrade = r.Header.Get("Upgrade")
-	}
+	upgrade := upgradeType(r.Header)
 	trailers := httpguts.HeaderValuesContainsToken(r.Header["Te"], "trailers")
 	removeHopHeaders(out.Header)
 	if trailers {
@@ -364,7 +361,7 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		h.applyHeaderDown(r, resp)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
-		return h.tunnel(w, r, resp, b)
+		return h.tunnel(w, resp, b)
 	}
 	hdr := w.Header()
 	removeHopHeaders(resp.Header)
@@ -484,12 +481,30 @@ func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (
 		}
 		return nil, err
 	}
-	if !validStatusCode(resp.StatusCode) {
-		resp.Body.Close()
+	if err := checkResponse(out, resp); err != nil {
+		resp.Body.Close() // a 101's closes the connection
 		h.spec.transport.used()
-		return nil, errBadStatus
+		return nil, err
 	}
 	return resp, nil
+}
+
+// errBadStatus: a status line whose code is not one HTTP defines
+// (RFC 9110 §15: 100-599). net/http's server would panic writing it.
+var errBadStatus = errors.New("backend answered with a status code outside 100-599")
+
+// checkResponse refuses a response no client may be given: a status code
+// HTTP does not define, or a 101 Switching Protocols to a protocol the
+// request did not ask for (see checkSwitch). Nothing of it reaches the
+// client.
+func checkResponse(out *http.Request, resp *http.Response) error {
+	if resp.StatusCode < 100 || resp.StatusCode > 599 {
+		return errBadStatus
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return checkSwitch(out.Header, resp.Header)
+	}
+	return nil
 }
 
 // forward1xx passes an informational response (other than 100 Continue,

@@ -2,12 +2,15 @@ package leastconn
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // A 101 Switching Protocols response (a websocket, say) turns the client's
@@ -22,10 +25,52 @@ import (
 // connection that is not a plain socket.
 const tunnelSmallBuffer = 1 << 10
 
+// checkSwitch refuses a 101 to a protocol other than the one the request
+// asked for, or to a request that asked for none, as net/http's
+// ReverseProxy does: a backend must not turn the client's connection into
+// something the client did not ask for.
+func checkSwitch(asked, answered http.Header) error {
+	want, got := upgradeType(asked), upgradeType(answered)
+	if want == "" || !equalFoldASCII(want, got) {
+		return fmt.Errorf("backend tried to switch protocol %q when %q was requested", got, want)
+	}
+	return nil
+}
+
+// upgradeType is the protocol a request asks to switch to, or a 101
+// response switches to; "" for none.
+func upgradeType(h http.Header) string {
+	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
+}
+
+// equalFoldASCII compares protocol tokens as HTTP does: ASCII letters
+// regardless of case, every other byte as it is.
+func equalFoldASCII(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range len(a) {
+		if lowerASCII(a[i]) != lowerASCII(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
 // tunnel hands a 101 Switching Protocols response to the client and copies
 // bytes both ways until either side closes. The backend stays counted as
 // active for the tunnel's lifetime.
-func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, resp *http.Response, b *Backend) error {
+func (h *Handler) tunnel(w http.ResponseWriter, resp *http.Response, b *Backend) error {
 	backConn, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
 		writeError(w, http.StatusBadGateway, "lbpool: bad gateway", 0)
@@ -41,13 +86,11 @@ func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, resp *http.Resp
 	defer backConn.Close()
 
 	hdr := w.Header()
+	proto := upgradeType(resp.Header) // the one asked for (see checkSwitch)
 	removeHopHeaders(resp.Header)
 	copyHeader(hdr, resp.Header)
 	hdr.Set("Connection", "Upgrade")
-	hdr.Set("Upgrade", resp.Header.Get("Upgrade"))
-	if hdr.Get("Upgrade") == "" {
-		hdr.Set("Upgrade", r.Header.Get("Upgrade"))
-	}
+	hdr.Set("Upgrade", proto)
 	head := *resp // the head alone; proxyTo still closes resp.Body
 	head.Header = hdr
 	head.Body = nil
