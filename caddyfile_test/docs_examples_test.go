@@ -47,7 +47,11 @@ type examples struct {
 }
 
 func newExamples(t *testing.T) *examples {
-	e := &examples{t: t, c: lbtest.Start(t), dns: lbtest.NewDNS(t)}
+	e := &examples{t: t, c: lbtest.Start(t)}
+	// registered first, so it runs last: no pool is left asking a stopped
+	// DNS server or checking closed backends
+	t.Cleanup(func() { e.c.Load(t, "") })
+	e.dns = lbtest.NewDNS(t)
 	for i := range 3 {
 		e.web = append(e.web, lbtest.NewBackend(t, fmt.Sprintf("app%d", i+1), reportsMemory(fmt.Sprintf("app%d", i+1))))
 	}
