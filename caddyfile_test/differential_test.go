@@ -6,7 +6,7 @@ package caddyfile_test
 // through both. What the client gets, what the next request on that
 // backend gets, how often the backend saw the request and whether the
 // backend was held to have failed must be the same, except where a shape
-// lists a deliberate difference (README, "Where lbpool differs from
+// lists a deliberate difference (docs/differences.md, "Where lbpool differs from
 // reverse_proxy").
 
 import (

@@ -418,7 +418,7 @@ func TestFleetStorageDownKeepsChangesHereAndRecovers(t *testing.T) {
 }
 
 // storedKey is where an instance keeps a field of a backend of pool web
-// (the layout README describes).
+// (the layout docs/fleet.md describes).
 func storedKey(storage, backendURL, field string) string {
 	hash := func(s string) string { sum := sha256.Sum256([]byte(s)); return hex.EncodeToString(sum[:8]) }
 	return filepath.Join(storage, "lbpool", "state", hash("web"), hash(backendURL), field)

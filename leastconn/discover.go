@@ -35,7 +35,7 @@ import (
 // it is released (checker stopped, gone from stats and metrics). A failed
 // lookup changes nothing.
 
-// Discovery defaults and bounds, also documented in README.md.
+// Discovery defaults and bounds, also documented in docs/configuration.md.
 const (
 	DefaultRefresh = 30 * time.Second
 	// MaxMembers bounds the members one answer adds to a pool.

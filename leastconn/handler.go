@@ -26,7 +26,7 @@ func init() {
 	caddy.RegisterModule(Handler{})
 }
 
-// Defaults, also documented in README.md.
+// Defaults, also documented in docs/configuration.md.
 const (
 	DefaultHealthURI             = "/"
 	DefaultHealthInterval        = 20 * time.Second

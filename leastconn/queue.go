@@ -17,7 +17,7 @@ import (
 // so no waiter polls and no herd wakes. The queue's lock is taken only
 // while somebody waits: a release reads one atomic count first.
 
-// Defaults of the queue, also documented in README.md.
+// Defaults of the queue, also documented in docs/configuration.md.
 const (
 	DefaultQueueSize    = 1024
 	DefaultQueueTimeout = 10 * time.Second

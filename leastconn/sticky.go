@@ -33,7 +33,7 @@ import (
 // in constant time), so discovered members are covered and the lookup takes
 // no lock and allocates nothing.
 
-// Sticky cookie defaults, also documented in README.md.
+// Sticky cookie defaults, also documented in docs/configuration.md.
 const (
 	DefaultStickyCookieName = "lb"
 	DefaultStickyCookiePath = "/"

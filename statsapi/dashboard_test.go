@@ -89,7 +89,7 @@ func TestDashboardServesThePageAndItsAssetsWithAStrictPolicy(t *testing.T) {
 	}
 }
 
-// browserAdmin is the admin block the README gives for opening the
+// browserAdmin is the admin block docs/dashboard.md gives for opening the
 // dashboard in a browser: Caddy rejects a browser request that carries
 // Sec-Fetch-* headers but neither Origin nor Referer (a typed or bookmarked
 // URL) unless the empty origin is allowed.
@@ -122,7 +122,7 @@ func TestDashboardOpensInABrowserOnlyWithTheEmptyOriginAllowed(t *testing.T) {
 	c.Load(t, pool(c, "", a))
 	if resp, body := adminGet(t, c, "/lbpool/", typedURL); resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("with the default admin config a typed URL got %d %s; Caddy now lets browsers in: "+
-			"drop the origins advice from the README", resp.StatusCode, body)
+			"drop the origins advice from docs/dashboard.md", resp.StatusCode, body)
 	}
 	if resp, body := adminDo(t, c, "POST", "/lbpool/state", state, post); resp.StatusCode != 200 {
 		t.Fatalf("the page's own POST with the default admin config: %d %s", resp.StatusCode, body)
@@ -294,7 +294,7 @@ func TestDashboardInABrowserShowsBackendsAndDrainsOne(t *testing.T) {
 		return true
 	})
 	// requests per second come from successive samples: a few polls draw
-	// every backend's sparkline (a screenshot for the README waits longer)
+	// every backend's sparkline (a screenshot for the docs waits longer)
 	screenshot := os.Getenv("LBPOOL_SCREENSHOT")
 	if screenshot != "" {
 		time.Sleep(25 * time.Second)
@@ -329,7 +329,7 @@ func TestDashboardInABrowserShowsBackendsAndDrainsOne(t *testing.T) {
 		return len(rows) == 3 && rows[2].Word == "down" && rows[2].Changed &&
 			rows[0].Word == "up" && rows[1].Word == "drain"
 	})
-	// the README's picture, when asked for; else a throwaway one
+	// the picture of README.md and docs/dashboard.md, when asked for; else a throwaway one
 	shot := filepath.Join(t.TempDir(), "dashboard.png")
 	if screenshot != "" {
 		shot = repoPath(t, screenshot)

@@ -59,7 +59,7 @@ func FuzzStateRequestBody(f *testing.F) {
 			t.Fatalf("%q: an error without a message", body)
 		}
 
-		// the whole route: a status the README names, and the error as JSON
+		// the whole route: a status docs/admin-api.md names, and the error as JSON
 		r := httptest.NewRequest(http.MethodPost, "/lbpool/state", bytes.NewReader(body))
 		w := httptest.NewRecorder()
 		herr := Admin{}.handleState(w, r)

@@ -142,7 +142,35 @@ func (c *Caddy) LoadCaddyfile(caddyfile string) error {
 	if err != nil {
 		return err
 	}
-	if cfg, err = c.onHeldSocket(cfg); err != nil {
+	return c.loadJSON(cfg)
+}
+
+// LoadHandler loads a config whose site on the HTTP port sends every
+// request to one handler, given as its JSON (a "handler" field and the
+// module's own fields), so that a handler written in JSON is provisioned
+// as Caddy provisions it.
+func (c *Caddy) LoadHandler(handler json.RawMessage) error {
+	cfg, err := Adapt(c.Globals() + fmt.Sprintf(":%d {\n\trespond 200\n}\n", c.HTTPPort))
+	if err != nil {
+		return err
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(cfg, &doc); err != nil {
+		return err
+	}
+	for _, srv := range httpServers(doc) {
+		srv.(map[string]any)["routes"] = []any{map[string]any{"handle": []any{handler}}}
+	}
+	if cfg, err = json.Marshal(doc); err != nil {
+		return err
+	}
+	return c.loadJSON(cfg)
+}
+
+// loadJSON loads a config as LoadCaddyfile does.
+func (c *Caddy) loadJSON(cfg []byte) error {
+	cfg, err := c.onHeldSocket(cfg)
+	if err != nil {
 		return err
 	}
 	previous := heldListeners()
@@ -163,11 +191,8 @@ func (c *Caddy) onHeldSocket(cfg []byte) ([]byte, error) {
 	if err := json.Unmarshal(cfg, &doc); err != nil {
 		return nil, err
 	}
-	apps, _ := doc["apps"].(map[string]any)
-	httpApp, _ := apps["http"].(map[string]any)
-	servers, _ := httpApp["servers"].(map[string]any)
 	port := fmt.Sprintf(":%d", c.HTTPPort)
-	for _, srv := range servers {
+	for _, srv := range httpServers(doc) {
 		listen, _ := srv.(map[string]any)["listen"].([]any)
 		for i, addr := range listen {
 			if addr == port {
@@ -176,6 +201,14 @@ func (c *Caddy) onHeldSocket(cfg []byte) ([]byte, error) {
 		}
 	}
 	return json.Marshal(doc)
+}
+
+// httpServers returns the HTTP servers of a config decoded into maps.
+func httpServers(doc map[string]any) map[string]any {
+	apps, _ := doc["apps"].(map[string]any)
+	httpApp, _ := apps["http"].(map[string]any)
+	servers, _ := httpApp["servers"].(map[string]any)
+	return servers
 }
 
 // URL is the address of a path on the site listening on the HTTP port.
