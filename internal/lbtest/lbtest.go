@@ -142,7 +142,13 @@ func (c *Caddy) LoadCaddyfile(caddyfile string) error {
 	if err != nil {
 		return err
 	}
-	if cfg, err = c.onHeldSocket(cfg); err != nil {
+	return c.LoadJSON(cfg)
+}
+
+// LoadJSON loads a JSON config as LoadCaddyfile does.
+func (c *Caddy) LoadJSON(cfg []byte) error {
+	cfg, err := c.onHeldSocket(cfg)
+	if err != nil {
 		return err
 	}
 	previous := heldListeners()
