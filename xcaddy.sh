@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build a Caddy with lbpool, or build it and run the local demo.
 #
-#   ./xcaddy.sh [build]   build ./caddy with xcaddy (LBPOOL_BUILD_OFFLINE=1: plain go build)
+#   ./xcaddy.sh [build]   build ./caddy with xcaddy, as the Dockerfile and CI do; if that
+#                         fails, so does the script (LBPOOL_BUILD_OFFLINE=1: plain go build)
 #   ./xcaddy.sh run       build, start three demo backends, run Caddy on Caddyfile.example
 #   ./xcaddy.sh help      this text
 set -euo pipefail
@@ -16,7 +17,7 @@ STARTED_PIDS=()
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 usage() {
-	sed -n '2,6s/^# \{0,1\}//p' "$0"
+	sed -n '2,7s/^# \{0,1\}//p' "$0"
 }
 
 die() {
@@ -44,28 +45,35 @@ require_go() {
 # local proxy as the last fallback (each source falling through to the next
 # on any error) turns a refusal (some proxies answer 403
 # for modules they do not serve) into "not found", and then Go uses the
-# checkout as xcaddy's replace directive says.
+# checkout as xcaddy's replace directive says. Plain bash and mktemp only:
+# the Docker builder is Alpine.
 xcaddy_build() {
-	local empty proxies
+	local empty sources source proxies="" rc=0
 	empty=$(mktemp -d)
-	proxies=$(go env GOPROXY | tr ',|' '\n\n' | grep -v -x -e direct -e off | paste -sd '|' -)
-	GOPROXY="${proxies:-https://proxy.golang.org}|file://${empty}" \
+	IFS=',|' read -ra sources <<<"$(go env GOPROXY)"
+	for source in "${sources[@]}"; do
+		case ${source} in
+		direct | off | "") ;;
+		*) proxies+="${source}|" ;;
+		esac
+	done
+	GOPROXY="${proxies:-https://proxy.golang.org|}file://${empty}" \
 		go run "github.com/caddyserver/xcaddy/cmd/xcaddy@${XCADDY_VERSION}" \
-		build "${CADDY_VERSION}" --with github.com/lbpool/lbpool=. --output ./caddy
-	local rc=$?
+		build "${CADDY_VERSION}" --with github.com/lbpool/lbpool=. --output ./caddy || rc=$?
 	rmdir "${empty}"
 	return "${rc}"
 }
 
-# build writes ./caddy: Caddy ${CADDY_VERSION} with the lbpool modules.
+# build writes ./caddy: Caddy ${CADDY_VERSION} with the lbpool modules. A
+# failed xcaddy build stops here: the Docker image and CI build this way,
+# and a quiet fallback would hide that their build broke.
 build() {
 	require_go
 	if [[ ${LBPOOL_BUILD_OFFLINE:-0} == 1 ]]; then
 		echo "Building ./caddy with go build (LBPOOL_BUILD_OFFLINE=1)"
 		go build -o caddy ./cmd/caddy
 	elif ! xcaddy_build; then
-		echo "xcaddy failed; building ./caddy with go build instead" >&2
-		go build -o caddy ./cmd/caddy
+		die "the xcaddy build failed (see above); LBPOOL_BUILD_OFFLINE=1 ./xcaddy.sh builds ./caddy with plain go build instead"
 	fi
 	echo "Built ./caddy with:"
 	./caddy list-modules | grep lbpool || die "./caddy was built without the lbpool modules"

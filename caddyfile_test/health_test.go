@@ -263,6 +263,53 @@ func TestStatusChangeIsLoggedOncePerChange(t *testing.T) {
 	}
 }
 
+// TestNewReasonOfADownBackendIsLoggedOnceAtWarn: a backend down with
+// "connection refused" whose port then answers 302 stays down, and the
+// log says why at warn, once: not at every check while the reason stays.
+func TestNewReasonOfADownBackendIsLoggedOnceAtWarn(t *testing.T) {
+	c := lbtest.Start(t)
+	b := lbtest.NewBackend(t, "b", nil)
+	b.SetHealth(func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/elsewhere", http.StatusFound) })
+	b.Close()
+	c.Load(t, site(c, "health_interval 10ms", b))
+	lbtest.Eventually(t, 5*time.Second, "ten refused checks", func() bool {
+		s := c.Backend(t, "web", b.URL())
+		return !s.Alive && s.ConsecutiveFails >= 10 && s.LastCheck.Error == "connection refused"
+	})
+	if lines := c.Logs(`"reason change"`, b.URL()); len(lines) != 0 {
+		t.Fatalf("the same reason at every check logged a reason change:\n%s", strings.Join(lines, "\n"))
+	}
+	b.Restart(t)
+	lbtest.Eventually(t, 5*time.Second, "a check answered 302", func() bool {
+		return c.Backend(t, "web", b.URL()).LastCheck.Status == http.StatusFound
+	})
+	hits := b.HealthHits.Load()
+	lbtest.Eventually(t, 5*time.Second, "ten more checks", func() bool { return b.HealthHits.Load() >= hits+10 })
+
+	type entry struct {
+		Level, Msg, Pool, Backend, Status, Reason string
+		PreviousReason                            string `json:"previous_reason"`
+	}
+	var changes []entry
+	for _, line := range c.Logs(`"level":"warn"`, b.URL()) {
+		var e entry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatal(err)
+		}
+		changes = append(changes, e)
+	}
+	want := []entry{
+		{"warn", "status change", "web", b.URL(), "down", "connection refused", ""},
+		{"warn", "reason change", "web", b.URL(), "down", "status 302", "connection refused"},
+	}
+	if fmt.Sprint(changes) != fmt.Sprint(want) {
+		t.Fatalf("warnings logged:\n%+v\nwant:\n%+v", changes, want)
+	}
+	if c.Backend(t, "web", b.URL()).Alive {
+		t.Fatal("a backend answering 302 to checks that want 2xx came up")
+	}
+}
+
 func TestSlowStartGivesARecoveredBackendASmallShareFirst(t *testing.T) {
 	c := lbtest.Start(t)
 	work := func(w http.ResponseWriter, r *http.Request) { time.Sleep(2 * time.Millisecond) }

@@ -212,31 +212,6 @@ func testReferencedFilesExist(t *testing.T, file string) {
 	}
 }
 
-func TestDockerfilePinsCaddyAndBuildsLbpool(t *testing.T) {
-	var froms []string
-	var built bool
-	for _, fields := range instructions(t, "Dockerfile") {
-		line := strings.Join(fields, " ")
-		switch strings.ToUpper(fields[0]) {
-		case "FROM":
-			froms = append(froms, fields[1])
-		case "RUN":
-			if strings.Contains(line, "xcaddy build v"+caddyVersion) &&
-				strings.Contains(line, "--with github.com/lbpool/lbpool") {
-				built = true
-			}
-		}
-	}
-	for _, want := range []string{"caddy:" + caddyVersion + "-builder", "caddy:" + caddyVersion + "-alpine"} {
-		if !slices.Contains(froms, want) {
-			t.Errorf("Dockerfile FROM images %q do not include %q", froms, want)
-		}
-	}
-	if !built {
-		t.Errorf("Dockerfile has no RUN xcaddy build v%s --with github.com/lbpool/lbpool", caddyVersion)
-	}
-}
-
 // TestComposeDNSScalesOneServiceFoundThroughDockerDNS checks the discovery
 // demo: one app service without a fixed container name (so it can be
 // scaled), and the lb service running demo/Caddyfile.dns, whose pool finds

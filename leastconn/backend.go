@@ -195,6 +195,9 @@ type Backend struct {
 	downtime   time.Duration // closed down periods; the open one is added at read time
 	lastChange time.Time
 	lastCheck  checkResult
+	// downReason is why the backend is down, as last logged at warn; ""
+	// while up (and for a new member whose first check failed, unlogged)
+	downReason string
 	// passiveEpoch counts passive failures, so a check that passed while a
 	// request failed does not bring the backend back
 	passiveEpoch uint64

@@ -140,8 +140,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			n, err := atoi(args[len(args)-1])
-			if err != nil || n > 1<<30 {
-				return d.Errf("max_conns: %q is not a whole number, 0 or more", args[len(args)-1])
+			if err != nil || n > countLimits[opt] {
+				return d.Errf("max_conns: %q is not a whole number, 0 or more (at most %d)", args[len(args)-1], countLimits[opt])
 			}
 			if len(args) == 1 {
 				h.MaxConns = n
@@ -167,9 +167,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "max_fails":
 				h.MaxFails = n
 			case "max_ejected_percent":
-				if n > 100 {
-					return d.Errf("max_ejected_percent: %d is more than 100", n)
-				}
 				h.MaxEjectedPercent = n
 			}
 
@@ -210,7 +207,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 		case "health_interval", "health_timeout", "slow_start", "dial_timeout", "response_header_timeout",
 			"queue_timeout", "fail_duration", "unhealthy_latency":
-			dur, err := parsePositiveDuration(d)
+			// slow_start and fail_duration are off by default: 0 says so
+			dur, err := parseDuration(d, opt == "slow_start" || opt == "fail_duration")
 			if err != nil {
 				return err
 			}
@@ -486,6 +484,11 @@ func parseSticky(d *caddyfile.Dispenser) (*StickyCookie, error) {
 }
 
 func parsePositiveDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	return parseDuration(d, false)
+}
+
+// parseDuration reads one duration: positive, or also zero (off) when zeroOK.
+func parseDuration(d *caddyfile.Dispenser, zeroOK bool) (caddy.Duration, error) {
 	opt := d.Val()
 	var v string
 	if !d.AllArgs(&v) {
@@ -495,7 +498,12 @@ func parsePositiveDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
 	if err != nil {
 		return 0, d.Errf("%s: bad duration %q: %v", opt, v, err)
 	}
-	if dur <= 0 {
+	switch {
+	case dur == 0 && zeroOK:
+		return 0, nil
+	case dur < 0 && zeroOK:
+		return 0, d.Errf("%s: duration must be 0 (off) or positive, got %q", opt, v)
+	case dur <= 0:
 		return 0, d.Errf("%s: duration must be positive, got %q", opt, v)
 	}
 	if dur < time.Millisecond && opt != "slow_start" {
@@ -522,7 +530,8 @@ func backendIndex(d *caddyfile.Dispenser, keys map[string]int, opt, raw string) 
 	return i, nil
 }
 
-// parseCount reads one whole number: positive, or also zero when zeroOK.
+// parseCount reads one whole number: positive, or also zero when zeroOK,
+// and at most the option's limit in countLimits.
 func parseCount(d *caddyfile.Dispenser, zeroOK bool) (int, error) {
 	opt := d.Val()
 	var v string
@@ -530,12 +539,12 @@ func parseCount(d *caddyfile.Dispenser, zeroOK bool) (int, error) {
 		return 0, d.ArgErr()
 	}
 	n, err := atoi(v)
-	if err != nil || n < 0 || (n == 0 && !zeroOK) || n > 1000 {
+	if err != nil || n < 0 || (n == 0 && !zeroOK) || n > countLimits[opt] {
 		what := "a positive whole number"
 		if zeroOK {
 			what = "a whole number, 0 or more"
 		}
-		return 0, d.Errf("%s: %q is not %s (at most 1000)", opt, v, what)
+		return 0, d.Errf("%s: %q is not %s (at most %d)", opt, v, what, countLimits[opt])
 	}
 	return n, nil
 }

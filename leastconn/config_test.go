@@ -2,9 +2,12 @@ package leastconn
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
 func TestDefaults(t *testing.T) {
@@ -163,5 +166,52 @@ func TestHeaderOpsAreNotPartOfThePoolsSettings(t *testing.T) {
 	}
 	if tls == a {
 		t.Error("TLS settings are shared by the pool and must be part of its settings")
+	}
+}
+
+// TestCountLimitsAreOneForTheCaddyfileAndJSON: every whole-number option
+// takes its limit and refuses one more, in the Caddyfile (at parse time)
+// and in JSON (at provision) alike, each error naming the option.
+func TestCountLimitsAreOneForTheCaddyfileAndJSON(t *testing.T) {
+	for name, limit := range countLimits {
+		for _, n := range []int{limit, limit + 1} {
+			var fromCaddyfile, fromJSON Handler
+			cerr := fromCaddyfile.UnmarshalCaddyfile(caddyfile.NewTestDispenser(fmt.Sprintf("lbpool a:80 {\n%s %d\n}", name, n)))
+			if err := json.Unmarshal(fmt.Appendf(nil, `{"backends":[{"url":"a:80"}],%q:%d}`, name, n), &fromJSON); err != nil {
+				t.Fatal(err)
+			}
+			_, jerr := fromJSON.poolSpec()
+			if n == limit {
+				if cerr != nil || jerr != nil {
+					t.Errorf("%s %d, the limit: Caddyfile %v, JSON %v", name, n, cerr, jerr)
+				}
+				continue
+			}
+			if cerr == nil || !strings.Contains(cerr.Error(), name) || jerr == nil || !strings.Contains(jerr.Error(), name) {
+				t.Errorf("%s %d, over the limit: Caddyfile %v, JSON %v; want both refused, naming %s", name, n, cerr, jerr, name)
+			}
+		}
+	}
+}
+
+// TestEjectionDefaultsNeedNoFailDuration: with ejection off, max_fails and
+// max_ejected_percent written out at their defaults change nothing and
+// load; any other ejection option would be ignored and is refused.
+func TestEjectionDefaultsNeedNoFailDuration(t *testing.T) {
+	for fields, ok := range map[string]bool{
+		`"max_fails":1,"max_ejected_percent":50`: true,
+		`"max_fails":3`:                          false,
+		`"max_ejected_percent":34`:               false,
+		`"unhealthy_status":[5]`:                 false,
+		`"unhealthy_latency":1000000`:            false,
+	} {
+		var h Handler
+		if err := json.Unmarshal([]byte(`{"backends":[{"url":"a:80"}],`+fields+`}`), &h); err != nil {
+			t.Fatal(err)
+		}
+		o, err := h.outlierSpec()
+		if (err == nil) != ok || o != nil {
+			t.Errorf("%s without fail_duration: ejection %v, error %v; want it to load: %v", fields, o, err, ok)
+		}
 	}
 }

@@ -36,6 +36,59 @@ const (
 	DefaultResponseHeaderTimeout = 60 * time.Second
 )
 
+// MaxQueueSize is the largest queue_size, about a hundred times the
+// default: each waiting request holds a client connection and a goroutine.
+const MaxQueueSize = 100000
+
+// countLimits are the largest values of the whole-number options, by
+// their name in JSON and in the Caddyfile alike: the Caddyfile adapter and
+// Provision check this one table, so a value one takes the other takes too.
+// Each limit is at least the option's default.
+var countLimits = map[string]int{
+	"health_passes":       1000,
+	"health_fails":        1000,
+	"stats_workers":       1000,
+	"retries":             1000,
+	"max_fails":           1000,
+	"max_ejected_percent": 100,
+	"max_conns":           1 << 30,
+	"queue_size":          MaxQueueSize,
+}
+
+// checkCount refuses a whole-number option below 0 or over its limit.
+func checkCount(name string, n int) error {
+	if n < 0 {
+		return fmt.Errorf("%s must not be negative, got %d", name, n)
+	}
+	if limit := countLimits[name]; n > limit {
+		return fmt.Errorf("%s %d is more than %d", name, n, limit)
+	}
+	return nil
+}
+
+// checkCounts checks the handler's whole-number options (a backend's own
+// max_conns is checked with the backend).
+func (h *Handler) checkCounts() error {
+	retries := 0
+	if h.Retries != nil {
+		retries = *h.Retries
+	}
+	for _, c := range []struct {
+		name string
+		n    int
+	}{
+		{"health_passes", h.HealthPasses}, {"health_fails", h.HealthFails},
+		{"stats_workers", h.StatsWorkers}, {"retries", retries},
+		{"max_fails", h.MaxFails}, {"max_ejected_percent", h.MaxEjectedPercent},
+		{"max_conns", h.MaxConns}, {"queue_size", h.QueueSize},
+	} {
+		if err := checkCount(c.name, c.n); err != nil {
+			return fmt.Errorf("lbpool: %w", err)
+		}
+	}
+	return nil
+}
+
 // BackendConfig is one backend of a pool.
 type BackendConfig struct {
 	// The backend's address: `http://host:port`, `https://host:port`, or
@@ -88,10 +141,12 @@ type Handler struct {
 	// Extra headers sent with each health check; `Host` sets the Host header.
 	HealthHeaders http.Header `json:"health_headers,omitempty"`
 
-	// Consecutive passing checks for a down backend to come back up. Default: 1.
+	// Consecutive passing checks for a down backend to come back up.
+	// Default: 1; at most 1000.
 	HealthPasses int `json:"health_passes,omitempty"`
 
-	// Consecutive failing checks for an up backend to go down. Default: 1.
+	// Consecutive failing checks for an up backend to go down. Default: 1;
+	// at most 1000.
 	HealthFails int `json:"health_fails,omitempty"`
 
 	// Backend stats.
@@ -101,7 +156,8 @@ type Handler struct {
 	// health interval while the backend is up. Off when empty.
 	StatsURI string `json:"stats_uri,omitempty"`
 
-	// How many goroutines fetch backend stats for this pool. Default: 3.
+	// How many goroutines fetch backend stats for this pool. Default: 3; at
+	// most 1000.
 	StatsWorkers int `json:"stats_workers,omitempty"`
 
 	// Selection.
@@ -115,7 +171,8 @@ type Handler struct {
 	// Retries and slow start.
 
 	// How many other backends are tried after a backend cannot be reached.
-	// Default (unset): every other backend in the pool. 0 turns retries off.
+	// Default (unset): every other backend in the pool. 0 turns retries off;
+	// at most 1000.
 	Retries *int `json:"retries,omitempty"`
 
 	// After a backend comes back up, its weight ramps linearly from 10% to
@@ -173,7 +230,7 @@ type Handler struct {
 	MaxConns int `json:"max_conns,omitempty"`
 
 	// How many requests may wait when every usable backend is full; one
-	// more gets 503 at once. Default: 1024.
+	// more gets 503 at once. Default: 1024; at most 100000.
 	QueueSize int `json:"queue_size,omitempty"`
 
 	// How long a request waits in the queue before it gets 503 with
@@ -186,7 +243,8 @@ type Handler struct {
 	// backend out until they are older than it. Default: 0 (off).
 	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
 
-	// Failures within fail_duration that eject a backend. Default: 1.
+	// Failures within fail_duration that eject a backend. Default: 1; at
+	// most 1000.
 	MaxFails int `json:"max_fails,omitempty"`
 
 	// Response statuses that count as failures: full codes such as 503, or
@@ -298,6 +356,9 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 	if len(h.Backends) == 0 && len(h.Dynamic) == 0 {
 		return nil, fmt.Errorf("lbpool: no backends configured")
 	}
+	if err := h.checkCounts(); err != nil {
+		return nil, err
+	}
 	s := &poolSpec{
 		name:                  h.Name,
 		healthURI:             h.HealthURI,
@@ -326,10 +387,6 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 	switch {
 	case s.healthInterval < 0, s.healthTimeout < 0, s.slowStart < 0, s.dialTimeout < 0, s.responseHeaderTimeout < 0:
 		return nil, fmt.Errorf("lbpool: durations must be positive")
-	case s.healthPasses < 0 || s.healthFails < 0 || s.statsWorkers < 0:
-		return nil, fmt.Errorf("lbpool: health_passes, health_fails and stats_workers must be positive")
-	case h.Retries != nil && *h.Retries < 0:
-		return nil, fmt.Errorf("lbpool: retries must not be negative")
 	case !validStatus(s.healthStatus):
 		return nil, fmt.Errorf("lbpool: health_status %d is neither a status code nor a class (1-5)", s.healthStatus)
 	}
@@ -377,8 +434,8 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		if addr.maxConns == 0 {
 			addr.maxConns = h.MaxConns
 		}
-		if addr.maxConns < 0 {
-			return nil, fmt.Errorf("lbpool: backend %s: max_conns must not be negative", addr.display)
+		if err := checkCount("max_conns", bc.MaxConns); err != nil {
+			return nil, fmt.Errorf("lbpool: backend %s: %w", addr.display, err)
 		}
 		s.backends = append(s.backends, addr)
 		names = append(names, addr.display)

@@ -195,6 +195,7 @@ func (b *Backend) record(s *poolSpec, res checkResult, epoch uint64) {
 	b.mu.Lock()
 	b.lastCheck = res
 	changed, up := false, false
+	previous := ""     // the reason logged before, when a down backend fails for another
 	first := b.joining // a new member's first check decides at once
 	b.joining = false
 	if res.reason == "" {
@@ -213,9 +214,16 @@ func (b *Backend) record(s *poolSpec, res checkResult, epoch uint64) {
 	} else {
 		b.fails++
 		b.passes = 0
-		if b.flags.Load()&flagDown == 0 && b.fails >= s.healthFails {
-			b.setDownLocked(res.at.Add(res.duration))
-			changed = true
+		switch {
+		case b.flags.Load()&flagDown == 0:
+			if b.fails >= s.healthFails {
+				b.setDownLocked(res.at.Add(res.duration), res.reason)
+				changed = true
+			}
+		case res.reason != b.downReason:
+			// still down, for another reason: an operator reading the
+			// last warning must not be left with the old one
+			previous, b.downReason = b.downReason, res.reason
 		}
 	}
 	b.mu.Unlock()
@@ -224,6 +232,8 @@ func (b *Backend) record(s *poolSpec, res checkResult, epoch uint64) {
 	}
 	if changed {
 		b.logChange(s, up, res.reason, res.duration)
+	} else if previous != "" {
+		b.logReasonChange(s, previous, res)
 	} else if c := s.logger.Check(zapcore.DebugLevel, "health check"); c != nil {
 		c.Write(zap.String("pool", s.name), zap.String("backend", b.URL()),
 			zap.Bool("passed", res.reason == ""), zap.String("reason", res.reason),
@@ -232,25 +242,28 @@ func (b *Backend) record(s *poolSpec, res checkResult, epoch uint64) {
 }
 
 // passiveFailure takes a backend that could not be reached out at once and
-// asks for an active check; only passing checks bring it back.
-func (b *Backend) passiveFailure(reason string) {
+// asks for an active check; only passing checks bring it back. The check
+// that finds the same cause (a refused connection) is no new reason.
+func (b *Backend) passiveFailure(err error) {
 	b.mu.Lock()
 	b.passiveEpoch++
 	b.passes = 0
 	b.fails++
 	changed := false
 	if b.flags.Load()&flagDown == 0 {
-		b.setDownLocked(time.Now())
+		b.setDownLocked(time.Now(), errReason(err))
 		changed = true
 	}
 	b.mu.Unlock()
 	if changed {
-		b.logChange(b.pool.spec.Load(), false, reason, 0)
+		b.logChange(b.pool.spec.Load(), false, failReason(err), 0)
 	}
 	b.checkNow()
 }
 
-func (b *Backend) setDownLocked(now time.Time) {
+// setDownLocked marks the backend down; reason is what a check that fails
+// for the same cause reports.
+func (b *Backend) setDownLocked(now time.Time, reason string) {
 	for {
 		f := b.flags.Load()
 		if b.flags.CompareAndSwap(f, (f|flagDown)&^flagRamp) {
@@ -261,6 +274,7 @@ func (b *Backend) setDownLocked(now time.Time) {
 	b.lastChange = now
 	b.downSince = now
 	b.upSince = time.Time{}
+	b.downReason = reason
 }
 
 func (b *Backend) setUpLocked(s *poolSpec, now time.Time) {
@@ -286,6 +300,7 @@ func (b *Backend) setUpLocked(s *poolSpec, now time.Time) {
 	b.lastChange = now
 	b.downSince = time.Time{}
 	b.upSince = now
+	b.downReason = ""
 }
 
 // logChange writes the one log entry of a status change: warn for down,
@@ -302,6 +317,16 @@ func (b *Backend) logChange(s *poolSpec, up bool, reason string, took time.Durat
 		c.Write(zap.String("pool", s.name), zap.String("backend", b.URL()),
 			zap.String("status", status), zap.String("reason", reason),
 			zap.Duration("check_duration", took))
+	}
+}
+
+// logReasonChange writes the one log entry of a down backend that fails
+// for another reason than the one logged before, at warn as its going down.
+func (b *Backend) logReasonChange(s *poolSpec, previous string, res checkResult) {
+	if c := s.logger.Check(zapcore.WarnLevel, "reason change"); c != nil {
+		c.Write(zap.String("pool", s.name), zap.String("backend", b.URL()),
+			zap.String("status", "down"), zap.String("reason", res.reason),
+			zap.String("previous_reason", previous), zap.Duration("check_duration", res.duration))
 	}
 }
 

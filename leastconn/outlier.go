@@ -18,8 +18,13 @@ import (
 // fail_duration. Health checks go on and the health state is not touched.
 // Never more than max_ejected_percent of the pool is out at once.
 
-// DefaultMaxEjectedPercent is the share of a pool that may be ejected at once.
-const DefaultMaxEjectedPercent = 50
+// Defaults of ejection, also documented in README.md.
+const (
+	// DefaultMaxFails is how many failures within fail_duration eject.
+	DefaultMaxFails = 1
+	// DefaultMaxEjectedPercent is the share of a pool that may be ejected at once.
+	DefaultMaxEjectedPercent = 50
+)
 
 // outlierSettings are a pool's ejection options, resolved; nil when
 // ejection is off.
@@ -156,8 +161,12 @@ func (b *Backend) ejection() (since time.Time, reason string) {
 // outlierSpec resolves the ejection options; nil when fail_duration is 0.
 func (h *Handler) outlierSpec() (*outlierSettings, error) {
 	if h.FailDuration == 0 {
-		if h.MaxFails != 0 || len(h.UnhealthyStatus) > 0 || h.UnhealthyLatency != 0 || h.MaxEjectedPercent != 0 {
-			return nil, fmt.Errorf("lbpool: max_fails, unhealthy_status, unhealthy_latency and max_ejected_percent need fail_duration")
+		// ejection is off: a default written out changes nothing, anything
+		// else would be ignored without a word
+		if (h.MaxFails != 0 && h.MaxFails != DefaultMaxFails) || len(h.UnhealthyStatus) > 0 || h.UnhealthyLatency != 0 ||
+			(h.MaxEjectedPercent != 0 && h.MaxEjectedPercent != DefaultMaxEjectedPercent) {
+			return nil, fmt.Errorf("lbpool: max_fails, unhealthy_status, unhealthy_latency and max_ejected_percent " +
+				"other than their defaults need fail_duration")
 		}
 		return nil, nil
 	}
@@ -168,15 +177,10 @@ func (h *Handler) outlierSpec() (*outlierSettings, error) {
 		latency:           time.Duration(h.UnhealthyLatency),
 		maxEjectedPercent: h.MaxEjectedPercent,
 	}
-	setDefault(&o.maxFails, 1)
+	setDefault(&o.maxFails, DefaultMaxFails)
 	setDefault(&o.maxEjectedPercent, DefaultMaxEjectedPercent)
-	switch {
-	case o.failDuration < 0 || o.latency < 0:
+	if o.failDuration < 0 || o.latency < 0 {
 		return nil, fmt.Errorf("lbpool: fail_duration and unhealthy_latency must be positive")
-	case o.maxFails < 0 || o.maxFails > 1000:
-		return nil, fmt.Errorf("lbpool: max_fails %d out of range 1-1000", o.maxFails)
-	case o.maxEjectedPercent < 0 || o.maxEjectedPercent > 100:
-		return nil, fmt.Errorf("lbpool: max_ejected_percent %d out of range 1-100", o.maxEjectedPercent)
 	}
 	for _, s := range o.statuses {
 		if !validStatus(s) {

@@ -134,7 +134,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return h.fail(w, r, http.StatusGatewayTimeout, fmt.Errorf("lbpool: backend did not answer in time: %w", fail.err))
 		}
 		if !fail.connFault {
-			b.passiveFailure(failReason(fail.err))
+			b.passiveFailure(fail.err)
 		}
 		if fail.reached && !retryableAfterConnect(r, out) {
 			break

@@ -261,12 +261,7 @@ func (h *Handler) provisionOverload(spec *poolSpec) error {
 	spec.queue = queueSettings{size: h.QueueSize, timeout: time.Duration(h.QueueTimeout)}
 	setDefault(&spec.queue.size, DefaultQueueSize)
 	setDefault(&spec.queue.timeout, DefaultQueueTimeout)
-	switch {
-	case h.MaxConns < 0:
-		return fmt.Errorf("lbpool: max_conns must not be negative")
-	case spec.queue.size < 0:
-		return fmt.Errorf("lbpool: queue_size must not be negative")
-	case spec.queue.timeout < 0:
+	if spec.queue.timeout < 0 {
 		return fmt.Errorf("lbpool: queue_timeout must be positive")
 	}
 	o, err := h.outlierSpec()

@@ -9,6 +9,7 @@
 package statsapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -153,12 +154,12 @@ func (Admin) handleState(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodPost {
 		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use POST", r.Method))
 	}
-	req, err := decodeStateRequest(http.MaxBytesReader(w, r.Body, maxStateBody))
+	data, err := readBody(w, r, maxStateBody)
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return apiError(http.StatusRequestEntityTooLarge, fmt.Errorf("body over %d bytes", maxStateBody))
-		}
+		return err
+	}
+	req, err := decodeStateRequest(data)
+	if err != nil {
 		return apiError(http.StatusBadRequest, err)
 	}
 	stats, err := leastconn.Change(req.Pool, req.Backend, leastconn.RuntimeChange{
@@ -172,21 +173,33 @@ func (Admin) handleState(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, stats)
 }
 
-// decodeStateRequest reads one JSON object with pool, backend, and a state,
-// a weight or both.
-func decodeStateRequest(body io.Reader) (StateRequest, error) {
+// readBody reads a whole request body of at most limit bytes. Nothing is
+// decoded before the end of the body is known, so a body over the limit is a
+// 413 whatever its first bytes hold.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return nil, apiError(http.StatusRequestEntityTooLarge, fmt.Errorf("body over %d bytes", limit))
+	case err != nil:
+		return nil, apiError(http.StatusBadRequest, fmt.Errorf("reading the body: %w", err))
+	}
+	return data, nil
+}
+
+// decodeStateRequest reads a body that is one JSON object with pool,
+// backend, and a state, a weight or both; only JSON whitespace may follow
+// the object.
+func decodeStateRequest(body []byte) (StateRequest, error) {
 	var req StateRequest
-	dec := json.NewDecoder(body)
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return req, err
-		}
 		return req, fmt.Errorf("bad JSON: %v", err)
 	}
-	if dec.More() {
-		return req, errors.New("bad JSON: more than one value")
+	if rest := bytes.TrimLeft(body[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
+		return req, errors.New("bad JSON: more than whitespace after the object")
 	}
 	if req.Pool == "" || req.Backend == "" || (req.State == "" && !req.Weight.Set) {
 		return req, errors.New("pool, backend, and a state or a weight are required")

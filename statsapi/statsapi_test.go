@@ -362,6 +362,51 @@ func TestStateAPIErrors(t *testing.T) {
 	}
 }
 
+// TestStateBodyIsOneJSONValueWithinTheLimit: the body is read to its end
+// (up to the limit and one byte more) before anything is decoded, so a
+// body over 64 KiB is a 413 whatever JSON it starts with, and within the
+// limit only whitespace may follow the object. Nothing of a refused body
+// reaches the pool.
+func TestStateBodyIsOneJSONValueWithinTheLimit(t *testing.T) {
+	c := lbtest.Start(t)
+	a := lbtest.NewBackend(t, "a", nil)
+	c.Load(t, pool(c, "", a))
+	const limit = 64 << 10
+	drain := fmt.Sprintf(`{"pool":"web","backend":%q,"state":"drain"}`, a.Addr())
+	ready := strings.Replace(drain, "drain", "ready", 1)
+	for _, tc := range []struct {
+		name, body string
+		want       int
+	}{
+		{"10 MiB of whitespace after the object", drain + strings.Repeat(" ", 10<<20), 413},
+		{"whitespace to one byte over the limit", drain + strings.Repeat("\n", limit+1-len(drain)), 413},
+		{"a second object", drain + ` {}`, 400},
+		{"the object twice", drain + drain, 400},
+		{"a word after the object", drain + ` x`, 400},
+		{"a closing bracket after the object", drain + `]`, 400},
+		{"a closing brace after the object", drain + "\n}", 400},
+		{"a NUL byte after the object", drain + "\x00", 400},
+		{"a non-breaking space after the object", drain + "\u00a0", 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := c.Admin(t, http.MethodPost, "/lbpool/state", tc.body)
+			if st := c.Backend(t, "web", a.URL()); st.State != "ready" {
+				c.Admin(t, http.MethodPost, "/lbpool/state", ready)
+				t.Errorf("the body changed the state to %q", st.State)
+			}
+			assertJSONError(t, status, body, tc.want)
+		})
+	}
+	// JSON's own whitespace after the object, to exactly the limit, is fine
+	body := drain + strings.Repeat(" \t\r\n", limit)[:limit-len(drain)]
+	if status, answer := c.Admin(t, http.MethodPost, "/lbpool/state", body); status != 200 {
+		t.Fatalf("a body of exactly %d bytes, whitespace after the object: %d %s", limit, status, answer)
+	}
+	if st := c.Backend(t, "web", a.URL()); st.State != "drain" {
+		t.Fatalf("state %q after an accepted drain", st.State)
+	}
+}
+
 func TestMetricsOnTheAdminEndpoint(t *testing.T) {
 	c := lbtest.Start(t)
 	a := lbtest.NewBackend(t, "a", nil)

@@ -142,7 +142,7 @@ func (c *Caddy) LoadCaddyfile(caddyfile string) error {
 	if err != nil {
 		return err
 	}
-	return c.loadJSON(cfg)
+	return c.LoadJSON(cfg)
 }
 
 // LoadHandler loads a config whose site on the HTTP port sends every
@@ -164,11 +164,11 @@ func (c *Caddy) LoadHandler(handler json.RawMessage) error {
 	if cfg, err = json.Marshal(doc); err != nil {
 		return err
 	}
-	return c.loadJSON(cfg)
+	return c.LoadJSON(cfg)
 }
 
-// loadJSON loads a config as LoadCaddyfile does.
-func (c *Caddy) loadJSON(cfg []byte) error {
+// LoadJSON loads a JSON config as LoadCaddyfile does.
+func (c *Caddy) LoadJSON(cfg []byte) error {
 	cfg, err := c.onHeldSocket(cfg)
 	if err != nil {
 		return err
