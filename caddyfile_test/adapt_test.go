@@ -115,6 +115,7 @@ lbpool a:80 b:80 { \n
 	tls_client_auth c.pem k.pem \n
 	tls_server_name c.internal \n
 	tls_timeout 5s \n
+	flap_hold 10s max 1m \n
 	sticky cookie srv { \n
 		secret k \n
 		max_age 1h \n
@@ -133,6 +134,7 @@ var fuzzOptions = []string{
 	"header_up", "header_down", "tls_trust_pool", "tls_trusted_ca_certs", "tls_client_auth",
 	"tls_server_name", "tls_timeout", "unix//run/a.sock", "+X-A", "-X-A",
 	"sticky", "cookie", "secret", "max_age", "path", "domain", "secure", "samesite", "lax", "none",
+	"flap_hold", "max", "off",
 }
 
 var fuzzValues = []string{

@@ -206,6 +206,7 @@ type Backend struct {
 	memoryBytes atomic.Int64 // as the backend reports it; -1 while unknown
 
 	outlier outlierState // response-based ejection (outlier.go)
+	flap    flapState    // holds after failures soon after coming back (flap.go)
 
 	kick   chan struct{} // wakes the checker for an immediate check
 	respec chan struct{} // tells the checker its check changed

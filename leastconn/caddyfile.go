@@ -56,6 +56,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    unhealthy_status <code|Nxx>...
 //	    unhealthy_latency <duration>
 //	    max_ejected_percent <n>
+//	    flap_hold <base> [max <duration>] | off
 //	    state_sync <duration>|off
 //	    header_up   [+|-]<field> [<value|regexp> [<replacement>]]
 //	    header_down [+|-]<field> [<value|regexp> [<replacement>]]
@@ -316,6 +317,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Dynamic = append(h.Dynamic, dc)
 
+		case "flap_hold":
+			if h.FlapHold != nil {
+				return d.Err("flap_hold is set twice")
+			}
+			fh, err := parseFlapHold(d)
+			if err != nil {
+				return err
+			}
+			h.FlapHold = fh
+
 		case "sticky":
 			if h.Sticky != nil {
 				return d.Err("sticky is set twice")
@@ -483,6 +494,33 @@ func parseSticky(d *caddyfile.Dispenser) (*StickyCookie, error) {
 	return sc, nil
 }
 
+// parseFlapHold reads flap_hold <base> [max <duration>] or flap_hold off.
+func parseFlapHold(d *caddyfile.Dispenser) (*FlapHold, error) {
+	args := d.RemainingArgs()
+	switch {
+	case len(args) == 1 && args[0] == "off":
+		return &FlapHold{Off: true}, nil
+	case len(args) == 3 && args[1] != "max":
+		return nil, d.Errf("flap_hold: unexpected %q (want max <duration>)", args[1])
+	case len(args) != 1 && len(args) != 3:
+		return nil, d.Err("flap_hold: want <base> [max <duration>], or off")
+	}
+	base, err := positiveDuration(d, "flap_hold", args[0])
+	if err != nil {
+		return nil, err
+	}
+	fh := &FlapHold{Base: base}
+	if len(args) == 3 {
+		if fh.Max, err = positiveDuration(d, "flap_hold max", args[2]); err != nil {
+			return nil, err
+		}
+		if fh.Max < fh.Base {
+			return nil, d.Errf("flap_hold: max %s is shorter than the base %s", args[2], args[0])
+		}
+	}
+	return fh, nil
+}
+
 func parsePositiveDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
 	return parseDuration(d, false)
 }
@@ -494,6 +532,18 @@ func parseDuration(d *caddyfile.Dispenser, zeroOK bool) (caddy.Duration, error) 
 	if !d.AllArgs(&v) {
 		return 0, d.ArgErr()
 	}
+	return durationArg(d, opt, v, zeroOK)
+}
+
+// positiveDuration reads v, the argument of opt, as a duration of at least
+// 1ms (slow_start: any positive one).
+func positiveDuration(d *caddyfile.Dispenser, opt, v string) (caddy.Duration, error) {
+	return durationArg(d, opt, v, false)
+}
+
+// durationArg reads v, the argument of opt: at least 1ms (slow_start: any
+// positive one), or also zero (off) when zeroOK.
+func durationArg(d *caddyfile.Dispenser, opt, v string, zeroOK bool) (caddy.Duration, error) {
 	dur, err := caddy.ParseDuration(v)
 	if err != nil {
 		return 0, d.Errf("%s: bad duration %q: %v", opt, v, err)

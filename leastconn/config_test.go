@@ -194,14 +194,15 @@ func TestCountLimitsAreOneForTheCaddyfileAndJSON(t *testing.T) {
 	}
 }
 
-// TestEjectionDefaultsNeedNoFailDuration: with ejection off, max_fails and
-// max_ejected_percent written out at their defaults change nothing and
-// load; any other ejection option would be ignored and is refused.
+// TestEjectionDefaultsNeedNoFailDuration: with ejection off, max_fails
+// written out at its default changes nothing and loads, as does any
+// max_ejected_percent (it bounds flap holds too); any other ejection option
+// would be ignored and is refused.
 func TestEjectionDefaultsNeedNoFailDuration(t *testing.T) {
 	for fields, ok := range map[string]bool{
 		`"max_fails":1,"max_ejected_percent":50`: true,
 		`"max_fails":3`:                          false,
-		`"max_ejected_percent":34`:               false,
+		`"max_ejected_percent":34`:               true,
 		`"unhealthy_status":[5]`:                 false,
 		`"unhealthy_latency":1000000`:            false,
 	} {

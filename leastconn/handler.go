@@ -254,9 +254,20 @@ type Handler struct {
 	// A response whose headers take this long or longer counts as a failure.
 	UnhealthyLatency caddy.Duration `json:"unhealthy_latency,omitempty"`
 
-	// The largest share of the pool, in percent, ejected at once; a backend
-	// that fails beyond it stays in (and the log says so). Default: 50.
+	// The largest share of the pool, in percent, out at once for ejections
+	// and flap holds together; a backend that fails beyond it stays in (and
+	// the log says so). Default: 50.
 	MaxEjectedPercent int `json:"max_ejected_percent,omitempty"`
+
+	// Flap holds (flap.go).
+
+	// Holds out a backend that fails a request soon after its health
+	// checks brought it back (within the base, or before it answered any
+	// request since) while its checks go on passing: for the base, doubled
+	// with each hold in a row up to the max, starting over once the backend
+	// has gone twice its last hold without another. It returns at its first
+	// passing check after the hold. Default (unset): on, base 10s, max 5m.
+	FlapHold *FlapHold `json:"flap_hold,omitempty"`
 
 	// Fleet state: run-time changes kept in Caddy's storage (fleetstate.go).
 
@@ -310,6 +321,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := h.provisionOverload(spec); err != nil {
+		return err
+	}
+	if spec.flap, err = h.flapSpec(); err != nil {
 		return err
 	}
 	if err := h.provisionFleet(ctx, spec); err != nil {

@@ -115,7 +115,7 @@ func (b *Backend) runChecks(ctx context.Context) {
 			}
 		}
 		b.h1.prune(time.Now(), h1IdleTimeout)
-		timer.Reset(nextCheckIn(spec.healthInterval))
+		timer.Reset(b.untilHoldEnds(nextCheckIn(spec.healthInterval)))
 	}
 }
 
@@ -198,6 +198,8 @@ func (b *Backend) record(s *poolSpec, res checkResult, epoch uint64) {
 	previous := ""     // the reason logged before, when a down backend fails for another
 	first := b.joining // a new member's first check decides at once
 	b.joining = false
+	var hold holdEvent
+	end := res.at.Add(res.duration)
 	if res.reason == "" {
 		if b.passiveEpoch != epoch {
 			// the backend failed a request while this check ran: the pass
@@ -207,11 +209,18 @@ func (b *Backend) record(s *poolSpec, res checkResult, epoch uint64) {
 		}
 		b.passes++
 		b.fails = 0
-		if b.flags.Load()&flagDown != 0 && (b.passes >= s.healthPasses || first) {
-			b.setUpLocked(s, res.at.Add(res.duration))
+		if b.flap.suspect != "" && s.flap != nil && b.flags.Load()&flagDown != 0 {
+			hold = b.holdLocked(s.flap, end) // requests fail, checks pass: a flap
+		}
+		if b.flags.Load()&flagDown != 0 && (b.passes >= s.healthPasses || first) && !b.heldAt(s, res.at) {
+			b.setUpLocked(s, end)
+			if !first { // a new member's first check lets it in; it does not bring it back
+				b.cameBack(end)
+			}
 			changed, up = true, true
 		}
 	} else {
+		b.flap.suspect, b.flap.suspectView = "", nil // the checks agree: down, not flapping
 		b.fails++
 		b.passes = 0
 		switch {
@@ -230,6 +239,7 @@ func (b *Backend) record(s *poolSpec, res checkResult, epoch uint64) {
 	if up {
 		b.pool.queue.wakeAll() // room for the queued, if any
 	}
+	b.logHold(s, hold)
 	if changed {
 		b.logChange(s, up, res.reason, res.duration)
 	} else if previous != "" {
@@ -243,20 +253,28 @@ func (b *Backend) record(s *poolSpec, res checkResult, epoch uint64) {
 
 // passiveFailure takes a backend that could not be reached out at once and
 // asks for an active check; only passing checks bring it back. The check
-// that finds the same cause (a refused connection) is no new reason.
-func (b *Backend) passiveFailure(err error) {
+// that finds the same cause (a refused connection) is no new reason. A
+// failure soon after the checks brought it back holds it out if that check
+// passes (flap.go); v is the view the request picked it from.
+func (b *Backend) passiveFailure(err error, v *view) {
+	s := b.pool.spec.Load()
+	now := time.Now()
+	reason := failReason(err)
 	b.mu.Lock()
 	b.passiveEpoch++
 	b.passes = 0
 	b.fails++
 	changed := false
 	if b.flags.Load()&flagDown == 0 {
-		b.setDownLocked(time.Now(), errReason(err))
+		b.setDownLocked(now, errReason(err))
 		changed = true
+		if s.flap != nil {
+			b.suspectLocked(s.flap, v, now, reason)
+		}
 	}
 	b.mu.Unlock()
 	if changed {
-		b.logChange(b.pool.spec.Load(), false, failReason(err), 0)
+		b.logChange(s, false, reason, 0)
 	}
 	b.checkNow()
 }

@@ -24,7 +24,7 @@ func TestReasonChangeOfADownBackend(t *testing.T) {
 	p.spec.Store(spec)
 	b := newBackend(p, backendAddr{key: "http://app:80", display: "http://app:80", weight: 1})
 
-	b.passiveFailure(&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED})
+	b.passiveFailure(&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, nil)
 	for _, reason := range []string{"connection refused", "connection refused", "status 302", "status 302", "timeout"} {
 		b.record(spec, checkResult{at: time.Now(), reason: reason}, b.passiveEpoch)
 	}

@@ -32,6 +32,10 @@ var (
 		"Whether the backend is ejected for failed responses (1) or not (0).", []string{"pool", "backend"}, nil)
 	descEjections = prometheus.NewDesc("caddy_lbpool_backend_ejections_total",
 		"Times the backend was ejected for failed responses.", []string{"pool", "backend"}, nil)
+	descHeld = prometheus.NewDesc("caddy_lbpool_backend_held",
+		"Whether the backend is held out for failing requests soon after its checks brought it back (1) or not (0).", []string{"pool", "backend"}, nil)
+	descHolds = prometheus.NewDesc("caddy_lbpool_backend_holds_total",
+		"Times the backend was held out for failing requests soon after its checks brought it back.", []string{"pool", "backend"}, nil)
 	descQueueDepth = prometheus.NewDesc("caddy_lbpool_queue_depth",
 		"Requests waiting for a slot (every usable backend full).", []string{"pool"}, nil)
 	descQueued = prometheus.NewDesc("caddy_lbpool_queued_total",
@@ -61,6 +65,8 @@ func (backendCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descMaxConns
 	ch <- descEjected
 	ch <- descEjections
+	ch <- descHeld
+	ch <- descHolds
 	ch <- descQueueDepth
 	ch <- descQueued
 	ch <- descQueueTimeouts
@@ -89,6 +95,12 @@ func (backendCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descMaxConns, prometheus.GaugeValue, capped, p.name, b.URL())
 			ch <- prometheus.MustNewConstMetric(descEjected, prometheus.GaugeValue, ejected, p.name, b.URL())
 			ch <- prometheus.MustNewConstMetric(descEjections, prometheus.CounterValue, float64(b.outlier.ejections.Load()), p.name, b.URL())
+			held := 0.0
+			if b.heldNow(time.Now()) {
+				held = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, held, p.name, b.URL())
+			ch <- prometheus.MustNewConstMetric(descHolds, prometheus.CounterValue, float64(b.flap.total.Load()), p.name, b.URL())
 		}
 	}
 	for _, s := range Pools() {

@@ -16,7 +16,8 @@ import (
 // backend; max_fails of them within fail_duration take the backend out
 // (flagEjected, which the pick skips) until they are older than
 // fail_duration. Health checks go on and the health state is not touched.
-// Never more than max_ejected_percent of the pool is out at once.
+// Never more than max_ejected_percent of the pool is out at once, ejected
+// or held (flap.go).
 
 // Defaults of ejection, also documented in README.md.
 const (
@@ -82,8 +83,7 @@ func (o *outlierSettings) fail(h *Handler, b *Backend, reason string) {
 		st.mu.Unlock()
 		return // out already (its timer re-reads the ring), or not enough failures yet
 	}
-	size := len(h.lease.view.Load().backends)
-	if !b.pool.reserveEjection(size, o.maxEjectedPercent) {
+	if !b.pool.reserveEjection(h.lease.view.Load(), o.maxEjectedPercent) {
 		logged := st.keptIn
 		st.keptIn = true
 		st.mu.Unlock()
@@ -123,18 +123,17 @@ func (b *Backend) endEjection(o *outlierSettings) {
 	b.pool.queue.wakeAll()
 }
 
-// reserveEjection counts one more ejected backend unless the pool of size
-// backends already has max percent of them out.
-func (p *Pool) reserveEjection(size, max int) bool {
-	for {
-		n := p.ejected.Load()
-		if (n+1)*100 > int64(max)*int64(size) {
-			return false
-		}
-		if p.ejected.CompareAndSwap(n, n+1) {
-			return true
-		}
+// reserveEjection counts one more ejected backend unless the pool, as v
+// shows it, already has max percent of its backends out (ejected or held).
+func (p *Pool) reserveEjection(v *view, max int) bool {
+	p.outMu.Lock()
+	defer p.outMu.Unlock()
+	n := p.ejected.Load() + int64(v.held(time.Now()))
+	if (n+1)*100 > int64(max)*int64(len(v.backends)) {
+		return false
 	}
+	p.ejected.Add(1)
+	return true
 }
 
 // logEjection writes the one log entry of an ejection, a return, or a
@@ -162,10 +161,10 @@ func (b *Backend) ejection() (since time.Time, reason string) {
 func (h *Handler) outlierSpec() (*outlierSettings, error) {
 	if h.FailDuration == 0 {
 		// ejection is off: a default written out changes nothing, anything
-		// else would be ignored without a word
-		if (h.MaxFails != 0 && h.MaxFails != DefaultMaxFails) || len(h.UnhealthyStatus) > 0 || h.UnhealthyLatency != 0 ||
-			(h.MaxEjectedPercent != 0 && h.MaxEjectedPercent != DefaultMaxEjectedPercent) {
-			return nil, fmt.Errorf("lbpool: max_fails, unhealthy_status, unhealthy_latency and max_ejected_percent " +
+		// else would be ignored without a word; max_ejected_percent also
+		// bounds flap holds (flap.go)
+		if (h.MaxFails != 0 && h.MaxFails != DefaultMaxFails) || len(h.UnhealthyStatus) > 0 || h.UnhealthyLatency != 0 {
+			return nil, fmt.Errorf("lbpool: max_fails, unhealthy_status and unhealthy_latency " +
 				"other than their defaults need fail_duration")
 		}
 		return nil, nil

@@ -134,7 +134,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return h.fail(w, r, http.StatusGatewayTimeout, fmt.Errorf("lbpool: backend did not answer in time: %w", fail.err))
 		}
 		if !fail.connFault {
-			b.passiveFailure(fail.err)
+			b.passiveFailure(fail.err, v)
 		}
 		if fail.reached && !retryableAfterConnect(r, out) {
 			break
@@ -144,6 +144,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	}
 	if lastErr == nil {
+		v.endHolds() // nothing else could take it: held backends may come back at once
 		return h.fail(w, r, http.StatusServiceUnavailable, errNoBackend)
 	}
 	if c := h.logger.Check(zapcore.DebugLevel, "every try failed"); c != nil {

@@ -45,6 +45,7 @@ type Pool struct {
 	fetcher  atomic.Pointer[statsFetcher] // nil without stats_uri; written under registry.mu
 	queue    queue                        // requests waiting for a slot (queue.go)
 	ejected  atomic.Int64                 // backends ejected now (outlier.go)
+	outMu    sync.Mutex                   // serialises taking backends out (ejections, flap holds)
 	fleet    atomic.Pointer[fleetSync]    // nil with state_sync off; written under registry.mu
 	clock    atomic.Int64                 // ms since epoch of the latest least_time response (leasttime.go)
 }
@@ -85,6 +86,7 @@ type poolSpec struct {
 	maxConns int              // max_conns of members found in DNS; static ones carry theirs
 	queue    queueSettings    // used only with max_conns
 	outlier  *outlierSettings // nil without fail_duration
+	flap     *flapSettings    // nil with flap_hold off
 
 	transport *sharedTransport
 }

@@ -76,6 +76,22 @@ type BackendStats struct {
 	// Times the backend was ejected.
 	EjectionsTotal uint64 `json:"ejections_total"`
 
+	// Whether the backend is held out for failing requests soon after its
+	// checks brought it back (a flap hold; it is down meanwhile), until
+	// when, why, and this hold's length in seconds.
+	Held        bool       `json:"held"`
+	HeldUntil   *time.Time `json:"held_until,omitempty"`
+	HoldReason  string     `json:"hold_reason,omitempty"`
+	HoldSeconds float64    `json:"hold_seconds,omitempty"`
+
+	// Holds in a row, the current one included: the next hold is the base
+	// doubled this many times (up to the max). 0 once the backend has gone
+	// twice its last hold without another.
+	HoldsInARow int `json:"holds_in_a_row"`
+
+	// Times the backend was held out.
+	HoldsTotal uint64 `json:"holds_total"`
+
 	// Run-time changes (fleetstate.go): where the admin state and the
 	// weight came from ("local" or "storage"), when and from which instance
 	// they were set at run time (null and "" while the configured value
@@ -245,7 +261,13 @@ func (b *Backend) snapshot(pool string, static bool, now time.Time) BackendStats
 	if lc := b.lastCheck; !lc.at.IsZero() {
 		s.LastCheck = &CheckStats{At: lc.at.UTC(), DurationMS: ms(lc.duration), Status: lc.status, Error: lc.reason}
 	}
+	if b.heldNow(now) {
+		t := time.Unix(0, b.flap.until.Load()).UTC()
+		s.Held, s.HeldUntil, s.HoldReason, s.HoldSeconds = true, &t, b.flap.reason, b.flap.hold.Seconds()
+	}
+	s.HoldsInARow = b.flap.streak(now)
 	b.mu.Unlock()
+	s.HoldsTotal = b.flap.total.Load()
 
 	s.UptimeSeconds = int64(up / time.Second)
 	s.Uptime = FormatUptime(up)

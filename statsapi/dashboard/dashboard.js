@@ -34,11 +34,11 @@ function svg(tag, attrs) {
 }
 
 // stateOf gives the state shown for a backend: admin maint first (it stops
-// checks, so health is stale), then health, then ejection for failed
-// responses, then drain, then slow start.
+// checks, so health is stale), then health (down, or held for flapping),
+// then ejection for failed responses, then drain, then slow start.
 function stateOf(s) {
   if (s.state === "maint") return { cls: "maint", word: "maint" };
-  if (!s.alive) return { cls: "down", word: "down" };
+  if (!s.alive) return { cls: "down", word: s.held ? "held" : "down" };
   if (s.ejected) return { cls: "ejected", word: "ejected" };
   if (s.state === "drain") return { cls: "drain", word: "drain" };
   if (s.slow_start_percent) return { cls: "slow", word: `slow start ${Math.floor(s.slow_start_percent)}%` };
@@ -228,6 +228,7 @@ function updateRow(r, s, t) {
   const notes = [];
   if (s.source === "dns") notes.push(s.leaving ? "dns · leaving" : "dns");
   if (s.ejected) notes.push(s.ejected_reason ? `ejected: ${s.ejected_reason}` : "ejected");
+  if (s.held) notes.push(`held ${formatAge(-secondsSince(s.held_until))} more (hold ${s.holds_in_a_row} in a row): ${s.hold_reason}`);
   if (s.max_conns) notes.push(`max ${integer.format(s.max_conns)}`);
   if (s.weight !== s.configured_weight) notes.push(`weight ${s.weight} (set; configured ${s.configured_weight})`);
   else if (s.weight !== 1) notes.push(`weight ${s.weight}`);
