@@ -55,6 +55,7 @@ type holdEntry struct {
 	Level, Logger, Pool, Backend, Reason string
 	Hold                                 float64 // seconds
 	HoldsInARow                          int     `json:"holds_in_a_row"`
+	HeldUntil                            float64 `json:"held_until"` // unix seconds
 }
 
 // holdsLogged returns the "flap hold" log entries of a backend, in order.
@@ -146,7 +147,8 @@ func TestFlapHoldDoublesUpToItsMaxAndStartsOverAfterAQuietPeriod(t *testing.T) {
 	}
 	getsUntil(4)
 	var lengths []float64
-	for _, e := range holdsLogged(t, c, flapper.URL()) {
+	logged := holdsLogged(t, c, flapper.URL())
+	for _, e := range logged {
 		lengths = append(lengths, e.Hold)
 	}
 	t.Logf("holds in a row: %v s", lengths)
@@ -164,18 +166,18 @@ func TestFlapHoldDoublesUpToItsMaxAndStartsOverAfterAQuietPeriod(t *testing.T) {
 	if s := c.Backend(t, "web", flapper.URL()); s.Held || s.HoldsInARow != 4 {
 		t.Fatalf("just back: %+v; want not held, 4 holds in a row until the quiet period passes", s)
 	}
-	back := time.Now()
 	lbtest.Eventually(t, 10*time.Second, "the streak to start over", func() bool {
 		return c.Backend(t, "web", flapper.URL()).HoldsInARow == 0
 	})
-	t.Logf("streak started over %v after the flapper came back", time.Since(back).Round(10*time.Millisecond))
-	if quiet := time.Since(back); quiet < 1500*time.Millisecond {
-		t.Fatalf("streak started over after %v, want twice the last hold (2s) from its end", quiet)
+	lastEnd := time.UnixMicro(int64(logged[3].HeldUntil * 1e6))
+	t.Logf("streak started over %v after the last hold ended", time.Since(lastEnd).Round(10*time.Millisecond))
+	if quiet := time.Since(lastEnd); quiet < 1990*time.Millisecond {
+		t.Fatalf("streak started over %v after the last hold ended, want twice that hold (2s)", quiet)
 	}
 
 	failing.Store(true)
 	getsUntil(5)
-	logged := holdsLogged(t, c, flapper.URL())
+	logged = holdsLogged(t, c, flapper.URL())
 	if len(logged) != 5 || logged[4].Hold != 0.2 || logged[4].HoldsInARow != 1 {
 		t.Fatalf("after the quiet period: %+v; want a fifth hold of the base, 0.2s, first in a row", logged)
 	}
