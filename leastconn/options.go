@@ -138,7 +138,7 @@ func init() {
 // notHere are reverse_proxy's options lbpool refuses, each with what to
 // use instead.
 var notHere = map[string]string{
-	"handle_response":   "handle_response routes on the backend's response: use reverse_proxy for that site (lbpool answers with the backend's response as it is)",
+	"handle_response":   "handle_response routes on the backend's response: use reverse_proxy for that site",
 	"replace_status":    "replace_status goes with handle_response: use reverse_proxy for that site",
 	"health_upstream":   "health_upstream checks another address: lbpool checks each backend itself (health_port changes the port)",
 	"verbose_logs":      "verbose_logs: lbpool logs status changes and failures itself; raise the log level to debug for more",
@@ -357,6 +357,11 @@ func (p *parser) addBackends(args []string) error {
 		if hasPlaceholder(raw) {
 			if !onlyEnvPlaceholders(raw) {
 				return d.Errf("backend %s: upstreams chosen per request from a placeholder are not supported: use reverse_proxy for that site, or list the backends and let lbpool pick", raw)
+			}
+			// resolved again when the config loads; what the environment
+			// holds now must already be an address
+			if _, err := parseBackendURL(raw); err != nil {
+				return d.Errf("%s (with the environment as it is now)", strings.TrimPrefix(err.Error(), "lbpool: "))
 			}
 			if _, dup := p.keys[raw]; dup {
 				return d.Errf("backend %s is listed twice", raw)

@@ -21,7 +21,7 @@ import (
 
 // privateRanges is what `trusted_proxies private_ranges` stands for.
 var privateRanges = []string{
-	"192.168.0.0/16", "172.16.0.0/12", "10.0.0.0/8", "127.0.0.1/8", "fd00::/8", "::1/128",
+	"192.168.0.0/16", "172.16.0.0/12", "10.0.0.0/8", "127.0.0.1/8", "fd00::/8", "::1",
 }
 
 // parseTrusted reads a CIDR range or a single address.
