@@ -251,3 +251,18 @@ func join(prefix, k string) string {
 	}
 	return prefix + "." + k
 }
+
+func TestFromReverseProxyPageExamplesAdapt(t *testing.T) {
+	page, err := os.ReadFile(filepath.Join("..", "docs", "from-reverse-proxy.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strings.Split(string(page), "```caddyfile\n")[1:]
+	if len(blocks) == 0 {
+		t.Fatal("no Caddyfile example on the page")
+	}
+	for _, b := range blocks {
+		example, _, _ := strings.Cut(b, "```")
+		adaptedHandler(t, example, "lbpool")
+	}
+}
