@@ -263,6 +263,9 @@ func TestFromReverseProxyPageExamplesAdapt(t *testing.T) {
 	}
 	for _, b := range blocks {
 		example, _, _ := strings.Cut(b, "```")
-		adaptedHandler(t, example, "lbpool")
+		cfg, _, err := adaptCaddyfile([]byte(example))
+		if err != nil || !strings.Contains(string(cfg), `"handler":"lbpool"`) {
+			t.Fatalf("the page's example does not adapt to an lbpool handler: %v\n%s", err, cfg)
+		}
 	}
 }
