@@ -315,3 +315,33 @@ func TestTransportReadTimeoutCutsAStalledResponse(t *testing.T) {
 	}
 	t.Logf("cut after %v", took)
 }
+
+func TestProxyStatusNamesWhyAndRewriteChangesMethodAndURI(t *testing.T) {
+	c := lbtest.Start(t)
+	var got atomic.Value
+	b := lbtest.NewBackend(t, "app", func(w http.ResponseWriter, r *http.Request) {
+		got.Store(r.Method + " " + r.URL.RequestURI())
+	})
+	c.Load(t, site(c, "method POST\n\t\trewrite /api{uri}\n\t\tproxy_status_name edge-1", b))
+	firstOK(t, c, 5*time.Second)
+	if status, _ := c.Get(t, c.URL("/items?x=1")); status != 200 || got.Load() != "POST /api/items?x=1" {
+		t.Fatalf("status %d; the backend saw %v, want POST /api/items?x=1", status, got.Load())
+	}
+
+	b.Close()
+	var statuses []string
+	lbtest.Eventually(t, 5*time.Second, "a 503 once the backend is down", func() bool {
+		resp, err := c.Client().Get(c.URL("/"))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		statuses = append(statuses, fmt.Sprint(resp.StatusCode, " ", resp.Header.Get("Proxy-Status")))
+		return resp.StatusCode == 503
+	})
+	for _, s := range statuses {
+		if s != "502 edge-1; error=connection_refused" && s != "503 edge-1; error=destination_unavailable" {
+			t.Fatalf("answers %q: want 502 with connection_refused, then 503 with destination_unavailable", statuses)
+		}
+	}
+}
