@@ -82,6 +82,8 @@ func TestHealthStatusAndBodyMatching(t *testing.T) {
 		reason  string
 	}{
 		{"2xx by default", "", 204, "", true, ""},
+		{"3xx by default", "", 302, "", true, ""},
+		{"health_status 2xx is strict", "health_status 2xx", 302, "", false, "status 302"},
 		{"500 fails", "", 500, "", false, "status 500"},
 		{"exact code", "health_status 204", 200, "", false, "status 200"},
 		{"class", "health_status 3xx", 304, "", true, ""},
@@ -123,7 +125,7 @@ func TestHealthCheckSendsHeadersAndDoesNotFollowRedirects(t *testing.T) {
 		tokenSeen.Store(r.Header.Get("X-Check-Token"))
 		http.Redirect(w, r, "/elsewhere", http.StatusFound)
 	})
-	c.Load(t, site(c, "health_headers {\n\t\t\tHost status.internal\n\t\t\tX-Check-Token s3cret\n\t\t}", b))
+	c.Load(t, site(c, "health_status 2xx\n\t\thealth_headers {\n\t\t\tHost status.internal\n\t\t\tX-Check-Token s3cret\n\t\t}", b))
 	var s leastconn.BackendStats
 	lbtest.Eventually(t, 5*time.Second, "a check", func() bool {
 		s = c.Backend(t, "web", b.URL())

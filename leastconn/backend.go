@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/caddyserver/caddy/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +65,9 @@ func parseBackendURL(raw string) (backendAddr, error) {
 	s := strings.TrimSpace(raw)
 	if s == "" {
 		return backendAddr{}, fmt.Errorf("lbpool: empty backend address")
+	}
+	if strings.Contains(s, "{env.") {
+		s = caddy.NewReplacer().ReplaceKnown(s, "") // {env.X}: resolved when the config loads
 	}
 	if strings.HasPrefix(s, unixPrefix) {
 		return parseUnixBackend(raw, s)

@@ -1,8 +1,6 @@
 package leastconn
 
 import (
-	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -66,14 +64,21 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    tls_server_name <name>
 //	    tls_timeout <duration>
 //	    tls_insecure_skip_verify
-//	    dynamic a <name> <port> {
+//	    dynamic a [<name> <port>] {
+//	        name <name>
+//	        port <port>
 //	        refresh <duration>
 //	        resolvers <ip[:port]>...
 //	        versions ipv4|ipv6...
 //	        scheme http|https
+//	        dial_timeout <duration>
+//	        dial_fallback_delay <duration>
 //	    }
-//	    dynamic srv <name> {
-//	        (the same options)
+//	    dynamic srv [<name>] {
+//	        service <service>
+//	        proto <proto>
+//	        grace_period <duration>
+//	        (and the same options, without port and versions)
 //	    }
 //	    sticky cookie [<name>] {
 //	        secret <key>
@@ -83,264 +88,22 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        secure
 //	        samesite lax|strict|none
 //	    }
+//	    (and reverse_proxy's options: see options.go for the table)
 //	}
 //
 // Every problem is reported here, at parse time, with the file and line.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()                    // directive name
-	keys := map[string]int{}    // backend key → index in h.Backends
-	labels := map[string]bool{} // dynamic sources seen
-	addBackends := func(args []string) error {
-		for _, raw := range args {
-			a, err := parseBackendURL(raw)
-			if err != nil {
-				return d.Err(strings.TrimPrefix(err.Error(), "lbpool: "))
-			}
-			if _, dup := keys[a.key]; dup {
-				return d.Errf("backend %s is listed twice", a.display)
-			}
-			keys[a.key] = len(h.Backends)
-			h.Backends = append(h.Backends, BackendConfig{URL: raw})
-		}
-		return nil
-	}
-	if err := addBackends(d.RemainingArgs()); err != nil {
+	d.Next() // directive name
+	p := &parser{h: h, d: d, keys: map[string]int{}, labels: map[string]bool{}, exceptPorts: map[string]bool{}}
+	if err := p.addBackends(d.RemainingArgs()); err != nil {
 		return err
 	}
-
 	for d.NextBlock(0) {
-		opt := d.Val()
-		switch opt {
-		case "to":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			if err := addBackends(args); err != nil {
-				return err
-			}
-
-		case "weight":
-			var raw, n string
-			if !d.AllArgs(&raw, &n) {
-				return d.ArgErr()
-			}
-			i, err := backendIndex(d, keys, opt, raw)
-			if err != nil {
-				return err
-			}
-			w, err := atoi(n)
-			if err != nil || w < 1 || w > MaxWeight {
-				return d.Errf("weight: %q is not a whole number from 1 to %d", n, MaxWeight)
-			}
-			h.Backends[i].Weight = w
-
-		case "max_conns":
-			args := d.RemainingArgs()
-			if len(args) != 1 && len(args) != 2 {
-				return d.ArgErr()
-			}
-			n, err := atoi(args[len(args)-1])
-			if err != nil || n > countLimits[opt] {
-				return d.Errf("max_conns: %q is not a whole number, 0 or more (at most %d)", args[len(args)-1], countLimits[opt])
-			}
-			if len(args) == 1 {
-				h.MaxConns = n
-				break
-			}
-			if n == 0 {
-				return d.Errf("max_conns: a backend's cap must be positive (omit it for the pool's)")
-			}
-			i, err := backendIndex(d, keys, opt, args[0])
-			if err != nil {
-				return err
-			}
-			h.Backends[i].MaxConns = n
-
-		case "queue_size", "max_fails", "max_ejected_percent":
-			n, err := parseCount(d, false)
-			if err != nil {
-				return err
-			}
-			switch opt {
-			case "queue_size":
-				h.QueueSize = n
-			case "max_fails":
-				h.MaxFails = n
-			case "max_ejected_percent":
-				h.MaxEjectedPercent = n
-			}
-
-		case "unhealthy_status":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			for _, v := range args {
-				code, err := parseStatus(v)
-				if err != nil {
-					return d.Errf("unhealthy_status: %v", err)
-				}
-				h.UnhealthyStatus = append(h.UnhealthyStatus, code)
-			}
-
-		case "name":
-			if !d.AllArgs(&h.Name) {
-				return d.ArgErr()
-			}
-			if strings.TrimSpace(h.Name) == "" {
-				return d.Err("name: the pool name must not be empty")
-			}
-
-		case "health_uri", "stats_uri":
-			var uri string
-			if !d.AllArgs(&uri) {
-				return d.ArgErr()
-			}
-			if err := checkURI(uri); err != nil {
-				return d.Errf("%s: %v", opt, err)
-			}
-			if opt == "health_uri" {
-				h.HealthURI = uri
-			} else {
-				h.StatsURI = uri
-			}
-
-		case "health_interval", "health_timeout", "slow_start", "dial_timeout", "response_header_timeout",
-			"queue_timeout", "fail_duration", "unhealthy_latency":
-			// slow_start and fail_duration are off by default: 0 says so
-			dur, err := parseDuration(d, opt == "slow_start" || opt == "fail_duration")
-			if err != nil {
-				return err
-			}
-			*map[string]*caddy.Duration{
-				"health_interval":         &h.HealthInterval,
-				"health_timeout":          &h.HealthTimeout,
-				"slow_start":              &h.SlowStart,
-				"dial_timeout":            &h.DialTimeout,
-				"response_header_timeout": &h.ResponseHeaderTimeout,
-				"queue_timeout":           &h.QueueTimeout,
-				"fail_duration":           &h.FailDuration,
-				"unhealthy_latency":       &h.UnhealthyLatency,
-			}[opt] = dur
-
-		case "health_status":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			code, err := parseStatus(v)
-			if err != nil {
-				return d.Errf("health_status: %v", err)
-			}
-			h.HealthStatus = code
-
-		case "health_body":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			if _, err := regexp.Compile(v); err != nil {
-				return d.Errf("health_body: bad regular expression: %v", err)
-			}
-			h.HealthBody = v
-
-		case "health_headers":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			if h.HealthHeaders == nil {
-				h.HealthHeaders = make(http.Header)
-			}
-			for nesting := d.Nesting(); d.NextBlock(nesting); {
-				name := d.Val()
-				values := d.RemainingArgs()
-				if err := checkHeader(name, values); err != nil {
-					return d.Errf("health_headers: %v", err)
-				}
-				h.HealthHeaders[http.CanonicalHeaderKey(name)] = append(h.HealthHeaders[http.CanonicalHeaderKey(name)], values...)
-			}
-
-		case "health_passes", "health_fails", "stats_workers", "retries":
-			n, err := parseCount(d, opt == "retries")
-			if err != nil {
-				return err
-			}
-			switch opt {
-			case "health_passes":
-				h.HealthPasses = n
-			case "health_fails":
-				h.HealthFails = n
-			case "stats_workers":
-				h.StatsWorkers = n
-			case "retries":
-				h.Retries = &n
-			}
-
-		case "state_sync":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			if _, err := stateSyncOf(v); err != nil {
-				return d.Err(err.Error())
-			}
-			h.StateSync = v
-		case "lb_policy":
-			args := d.RemainingArgs()
-			if len(args) != 1 {
-				return d.Errf("lb_policy: want one of %s, %s; got %d arguments", PolicyLeastConn, PolicyLeastTime, len(args))
-			}
-			if args[0] != PolicyLeastConn && args[0] != PolicyLeastTime {
-				return d.Errf("lb_policy: unknown policy %q (use %s or %s)", args[0], PolicyLeastConn, PolicyLeastTime)
-			}
-			if d.NextBlock(d.Nesting()) {
-				return d.Err("lb_policy: takes no block")
-			}
-			h.LBPolicy = args[0]
-
-		case "header_up", "header_down":
-			if err := h.parseHeaderOp(d); err != nil {
-				return err
-			}
-
-		case "tls_insecure_skip_verify", "tls_server_name", "tls_timeout", "tls_client_auth",
-			"tls_trusted_ca_certs", "tls_trust_pool":
-			if err := h.parseTLSOption(d); err != nil {
-				return err
-			}
-
-		case "dynamic":
-			dc, err := parseDynamic(d, labels)
-			if err != nil {
-				return err
-			}
-			h.Dynamic = append(h.Dynamic, dc)
-
-		case "flap_hold":
-			if h.FlapHold != nil {
-				return d.Err("flap_hold is set twice")
-			}
-			fh, err := parseFlapHold(d)
-			if err != nil {
-				return err
-			}
-			h.FlapHold = fh
-
-		case "sticky":
-			if h.Sticky != nil {
-				return d.Err("sticky is set twice")
-			}
-			sc, err := parseSticky(d)
-			if err != nil {
-				return err
-			}
-			h.Sticky = sc
-
-		default:
-			return d.Errf("unrecognized lbpool option '%s'", opt)
+		if err := p.readOption(false); err != nil {
+			return err
 		}
 	}
+	p.applyTransportTLS()
 
 	if len(h.Backends) == 0 && len(h.Dynamic) == 0 {
 		d.Reset()
@@ -353,8 +116,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// parseDynamic reads one dynamic block; each value is checked on its own
-// line, so an error names it.
+// parseDynamic reads one dynamic source, inline (`dynamic a <name> <port>`)
+// or in reverse_proxy's block form (`dynamic a { name ...; port ... }`);
+// each value is checked on its own line, so an error names it.
 func parseDynamic(d *caddyfile.Dispenser, seen map[string]bool) (DynamicConfig, error) {
 	var dc DynamicConfig
 	if !d.NextArg() {
@@ -362,42 +126,58 @@ func parseDynamic(d *caddyfile.Dispenser, seen map[string]bool) (DynamicConfig, 
 	}
 	dc.Kind = d.Val()
 	if dc.Kind != "a" && dc.Kind != "srv" {
-		return dc, d.Errf("dynamic: unknown kind %q (use a or srv)", dc.Kind)
-	}
-	if !d.NextArg() {
-		return dc, d.Errf("dynamic %s: missing DNS name", dc.Kind)
-	}
-	dc.Name = d.Val()
-	if err := checkDNSName(strings.TrimSuffix(dc.Name, ".")); err != nil {
-		return dc, d.Errf("dynamic %s: %v", dc.Kind, err)
-	}
-	if dc.Kind == "a" {
-		if !d.NextArg() {
-			return dc, d.Errf("dynamic a %s: missing port", dc.Name)
-		}
-		port, err := atoi(d.Val())
-		if err != nil || port < 1 || port > 65535 {
-			return dc, d.Errf("dynamic a %s: port %q is not a number from 1 to 65535", dc.Name, d.Val())
-		}
-		dc.Port = port
+		return dc, d.Errf("dynamic %s: lbpool finds backends through DNS with a or srv; use reverse_proxy for other sources", dc.Kind)
 	}
 	if d.NextArg() {
-		return dc, d.Errf("dynamic %s: unexpected argument %q", dc.Kind, d.Val())
+		dc.Name = d.Val()
+		if dc.Kind == "a" {
+			if !d.NextArg() {
+				return dc, d.Errf("dynamic a %s: missing port", dc.Name)
+			}
+			if err := setDynamicPort(d, &dc); err != nil {
+				return dc, err
+			}
+		}
+		if d.NextArg() {
+			return dc, d.Errf("dynamic %s: unexpected argument %q", dc.Kind, d.Val())
+		}
+		if err := checkDynamicSeen(d, dc, seen); err != nil {
+			return dc, err
+		}
 	}
-	label := dynamicLabel(dc.Kind, strings.TrimSuffix(dc.Name, "."), dc.Port)
-	if seen[label] {
-		return dc, d.Errf("dynamic %s is listed twice", label)
-	}
-	seen[label] = true
+	inline := dc.Name != ""
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		switch opt {
-		case "refresh":
+		case "name", "service", "proto", "scheme":
+			var v string
+			if !d.AllArgs(&v) {
+				return dc, d.ArgErr()
+			}
+			*map[string]*string{"name": &dc.Name, "service": &dc.Service, "proto": &dc.Proto, "scheme": &dc.Scheme}[opt] = v
+			if opt == "scheme" && v != "http" && v != "https" {
+				return dc, d.Errf("dynamic: scheme %q not supported (use http or https)", v)
+			}
+			if (opt == "service" || opt == "proto") && dc.Kind != "srv" {
+				return dc, d.Errf("dynamic a: %s is for srv", opt)
+			}
+		case "port":
+			if dc.Kind != "a" || !d.NextArg() {
+				return dc, d.ArgErr()
+			}
+			if err := setDynamicPort(d, &dc); err != nil {
+				return dc, err
+			}
+			if d.NextArg() {
+				return dc, d.ArgErr()
+			}
+		case "refresh", "dial_timeout", "dial_fallback_delay", "grace_period":
 			dur, err := parsePositiveDuration(d)
 			if err != nil {
 				return dc, err
 			}
-			dc.Refresh = dur
+			*map[string]*caddy.Duration{"refresh": &dc.Refresh, "dial_timeout": &dc.DialTimeout,
+				"dial_fallback_delay": &dc.DialFallbackDelay, "grace_period": &dc.GracePeriod}[opt] = dur
 		case "resolvers":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -418,18 +198,46 @@ func parseDynamic(d *caddyfile.Dispenser, seen map[string]bool) (DynamicConfig, 
 				return dc, d.Errf("dynamic: %v", err)
 			}
 			dc.Versions = append(dc.Versions, args...)
-		case "scheme":
-			if !d.AllArgs(&dc.Scheme) {
-				return dc, d.ArgErr()
-			}
-			if dc.Scheme != "http" && dc.Scheme != "https" {
-				return dc, d.Errf("dynamic: scheme %q not supported (use http or https)", dc.Scheme)
-			}
 		default:
 			return dc, d.Errf("unrecognized dynamic option '%s'", opt)
 		}
 	}
-	return dc, nil
+	if dc.Name == "" {
+		return dc, d.Errf("dynamic %s: missing DNS name", dc.Kind)
+	}
+	if dc.Kind == "a" && dc.Port == 0 {
+		return dc, d.Errf("dynamic a %s: missing port", dc.Name)
+	}
+	if inline {
+		_, err := checkDynamic(dc)
+		if err != nil {
+			return dc, d.Err(err.Error())
+		}
+		return dc, nil
+	}
+	return dc, checkDynamicSeen(d, dc, seen)
+}
+
+// checkDynamicSeen checks a source and that it was not listed before.
+func checkDynamicSeen(d *caddyfile.Dispenser, dc DynamicConfig, seen map[string]bool) error {
+	spec, err := checkDynamic(dc)
+	if err != nil {
+		return d.Err(err.Error())
+	}
+	if seen[spec.label] {
+		return d.Errf("dynamic %s is listed twice", spec.label)
+	}
+	seen[spec.label] = true
+	return nil
+}
+
+func setDynamicPort(d *caddyfile.Dispenser, dc *DynamicConfig) error {
+	port, err := atoi(d.Val())
+	if err != nil || port < 1 || port > 65535 {
+		return d.Errf("dynamic a %s: port %q is not a number from 1 to 65535", dc.Name, d.Val())
+	}
+	dc.Port = port
+	return nil
 }
 
 // parseSticky reads a sticky block; each value is checked on its own line.

@@ -23,11 +23,13 @@ func TestDefaults(t *testing.T) {
 		"health_interval": s.healthInterval, "health_timeout": s.healthTimeout, "health_uri": s.healthURI,
 		"health_status": s.healthStatus, "health_passes": s.healthPasses, "health_fails": s.healthFails,
 		"stats_workers": s.statsWorkers, "slow_start": s.slowStart, "name": s.name,
+		"health_down_interval": s.healthDownInterval, "health_method": s.healthMethod,
 	} {
 		want := map[string]any{
 			"health_interval": 20 * time.Second, "health_timeout": 2 * time.Second, "health_uri": "/",
-			"health_status": 2, "health_passes": 1, "health_fails": 1,
+			"health_status": 0, "health_passes": 1, "health_fails": 1, // health_status 0: 2xx or 3xx
 			"stats_workers": 3, "slow_start": time.Duration(0), "name": "http://app1:80",
+			"health_down_interval": time.Second, "health_method": "GET",
 		}[name]
 		if got != want {
 			t.Errorf("default %s = %v, want %v", name, got, want)
@@ -136,7 +138,8 @@ func TestStatusMatches(t *testing.T) {
 	for _, tc := range []struct {
 		got, want int
 		ok        bool
-	}{{200, 2, true}, {204, 2, true}, {301, 2, false}, {200, 200, true}, {204, 200, false}, {503, 5, true}} {
+	}{{200, 2, true}, {204, 2, true}, {301, 2, false}, {200, 200, true}, {204, 200, false}, {503, 5, true},
+		{200, 0, true}, {302, 0, true}, {399, 0, true}, {404, 0, false}, {199, 0, false}} {
 		if statusMatches(tc.got, tc.want) != tc.ok {
 			t.Errorf("statusMatches(%d, %d) != %v", tc.got, tc.want, tc.ok)
 		}

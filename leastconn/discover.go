@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"runtime/debug"
 	"slices"
@@ -76,6 +75,25 @@ type DynamicConfig struct {
 
 	// The members' scheme: `http` or `https`. Default: http.
 	Scheme string `json:"scheme,omitempty"`
+
+	// For srv: the service and protocol; with them the name looked up is
+	// `_<service>._<proto>.<name>`, as reverse_proxy writes it.
+	Service string `json:"service,omitempty"`
+	Proto   string `json:"proto,omitempty"`
+
+	// How long connecting to a DNS server given in resolvers may take.
+	// Default: 5s.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+
+	// How long to wait before trying a DNS server's other address family
+	// (RFC 6555). Default: Go's (300ms).
+	DialFallbackDelay caddy.Duration `json:"dial_fallback_delay,omitempty"`
+
+	// Accepted for reverse_proxy's sake: how long its answers are kept
+	// when a lookup fails. lbpool keeps a source's members through failed
+	// lookups for as long as they fail (the members stay health-checked),
+	// which covers any grace period.
+	GracePeriod caddy.Duration `json:"grace_period,omitempty"`
 }
 
 // dynamicSpec is a checked DynamicConfig.
@@ -87,8 +105,9 @@ type dynamicSpec struct {
 	resolvers []string // host:port
 	network   string   // ip, ip4 or ip6
 	scheme    string
-	key       string // identity of the source within its pool
-	label     string // how logs and default pool names show it
+	dial      net.Dialer // how resolvers are reached
+	key       string     // identity of the source within its pool
+	label     string     // how logs and default pool names show it
 }
 
 // discoverySpecs checks the dynamic sources; one listed twice is an error.
@@ -111,9 +130,21 @@ func (h *Handler) discoverySpecs() ([]dynamicSpec, error) {
 
 // checkDynamic checks one source's configuration and fills in defaults.
 func checkDynamic(c DynamicConfig) (dynamicSpec, error) {
-	s := dynamicSpec{kind: c.Kind, name: strings.TrimSuffix(c.Name, "."), port: c.Port,
-		refresh: time.Duration(c.Refresh), scheme: c.Scheme}
+	name := strings.TrimSuffix(c.Name, ".")
+	if c.Service != "" || c.Proto != "" {
+		if c.Kind != "srv" || c.Service == "" || c.Proto == "" {
+			return dynamicSpec{}, fmt.Errorf("dynamic %s %s: service and proto go together, with srv only", c.Kind, c.Name)
+		}
+		name = "_" + c.Service + "._" + c.Proto + "." + name
+	}
+	s := dynamicSpec{kind: c.Kind, name: name, port: c.Port,
+		refresh: time.Duration(c.Refresh), scheme: c.Scheme,
+		dial: net.Dialer{Timeout: time.Duration(c.DialTimeout), FallbackDelay: time.Duration(c.DialFallbackDelay)}}
 	setDefault(&s.refresh, DefaultRefresh)
+	setDefault(&s.dial.Timeout, lookupTimeout)
+	if c.DialTimeout < 0 || c.DialFallbackDelay < 0 || c.GracePeriod < 0 {
+		return s, fmt.Errorf("dynamic %s %s: durations must be positive", s.kind, s.name)
+	}
 	setDefault(&s.scheme, "http")
 	switch s.kind {
 	case "a":
@@ -149,7 +180,7 @@ func checkDynamic(c DynamicConfig) (dynamicSpec, error) {
 	}
 	s.label = dynamicLabel(s.kind, s.name, s.port)
 	// refresh is left out: a reload that only changes it keeps the source
-	s.key = fmt.Sprint(s.label, "|", s.scheme, "|", s.network, "|", s.resolvers)
+	s.key = fmt.Sprint(s.label, "|", s.scheme, "|", s.network, "|", s.resolvers, "|", s.dial.Timeout, "|", s.dial.FallbackDelay)
 	return s, nil
 }
 
@@ -260,15 +291,7 @@ func newSource(p *Pool, s dynamicSpec) *source {
 	src := &source{pool: p, spec: s, leaving: make(map[*Backend]time.Time), resolver: net.DefaultResolver}
 	src.refresh.Store(int64(s.refresh))
 	if len(s.resolvers) > 0 {
-		dialer := &net.Dialer{Timeout: lookupTimeout}
-		servers := s.resolvers
-		src.resolver = &net.Resolver{
-			PreferGo: true,
-			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				// network is udp, or tcp when an answer was truncated
-				return dialer.DialContext(ctx, network, servers[rand.N(len(servers))])
-			},
-		}
+		src.resolver = resolverFor(s.resolvers, s.dial)
 	}
 	return src
 }

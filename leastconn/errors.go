@@ -33,6 +33,9 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, status int, cause
 	if status == http.StatusServiceUnavailable {
 		retryAfter = h.retryAfter()
 	}
+	if h.ProxyStatusName != "" {
+		h.setProxyStatus(w, status, cause)
+	}
 	if !hasErrorRoutes(r) {
 		writeError(w, status, shortBodies[status], retryAfter)
 		return nil

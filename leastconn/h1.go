@@ -235,8 +235,7 @@ func (h *Handler) roundTripDirect(w http.ResponseWriter, out *http.Request, b *B
 		}
 		reused := c != nil
 		if c == nil {
-			d := net.Dialer{Timeout: s.dialTimeout, KeepAlive: 30 * time.Second}
-			nc, err := d.DialContext(ctx, b.addr.network, b.addr.dial)
+			nc, err := s.dialer.DialContext(ctx, b.addr.network, b.addr.dial)
 			if err != nil {
 				return nil, nil, dialError{err}
 			}

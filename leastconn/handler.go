@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 )
@@ -30,6 +32,7 @@ func init() {
 const (
 	DefaultHealthURI             = "/"
 	DefaultHealthInterval        = 20 * time.Second
+	DefaultHealthDownInterval    = time.Second
 	DefaultHealthTimeout         = 2 * time.Second
 	DefaultStatsWorkers          = 3
 	DefaultDialTimeout           = 3 * time.Second
@@ -53,6 +56,7 @@ var countLimits = map[string]int{
 	"max_ejected_percent": 100,
 	"max_conns":           1 << 30,
 	"queue_size":          MaxQueueSize,
+	"max_conns_per_host":  1 << 20,
 }
 
 // checkCount refuses a whole-number option below 0 or over its limit.
@@ -81,6 +85,7 @@ func (h *Handler) checkCounts() error {
 		{"stats_workers", h.StatsWorkers}, {"retries", retries},
 		{"max_fails", h.MaxFails}, {"max_ejected_percent", h.MaxEjectedPercent},
 		{"max_conns", h.MaxConns}, {"queue_size", h.QueueSize},
+		{"max_conns_per_host", h.MaxConnsPerHost},
 	} {
 		if err := checkCount(c.name, c.n); err != nil {
 			return fmt.Errorf("lbpool: %w", err)
@@ -132,8 +137,28 @@ type Handler struct {
 	HealthTimeout caddy.Duration `json:"health_timeout,omitempty"`
 
 	// The status a passing check answers with: a full code such as 200, or a
-	// class given by its first digit (2 means 2xx). Default: 2 (any 2xx).
+	// class given by its first digit (2 means 2xx). Default (0): any 2xx or
+	// 3xx, so an app whose `/` redirects to a login page passes.
 	HealthStatus int `json:"health_status,omitempty"`
+
+	// How soon a backend that is down is checked again. The wait doubles
+	// after each failed check that reached the backend, up to
+	// health_interval; a refused connection (nothing listening yet) does not
+	// double it. Default: 1s.
+	HealthDownInterval caddy.Duration `json:"health_down_interval,omitempty"`
+
+	// The port checks go to, instead of the backend's own.
+	HealthPort int `json:"health_port,omitempty"`
+
+	// The method of the check request. Default: GET.
+	HealthMethod string `json:"health_method,omitempty"`
+
+	// The body sent with each check request.
+	HealthRequestBody string `json:"health_request_body,omitempty"`
+
+	// Follow redirects (up to 10) and judge the final response; otherwise a
+	// 3xx is judged as it is.
+	HealthFollowRedirects bool `json:"health_follow_redirects,omitempty"`
 
 	// A regular expression the check's response body must match.
 	HealthBody string `json:"health_body,omitempty"`
@@ -194,6 +219,56 @@ type Handler struct {
 	// too. Default: the system's roots.
 	TLS *reverseproxy.TLSConfig `json:"tls,omitempty"`
 
+	// How long to wait before trying a backend's other address family
+	// (RFC 6555). Default: Go's (300ms).
+	DialFallbackDelay caddy.Duration `json:"dial_fallback_delay,omitempty"`
+
+	// How long to wait for a backend's 100 Continue before sending a body
+	// that expects one. Default: 1s.
+	ExpectContinueTimeout caddy.Duration `json:"expect_continue_timeout,omitempty"`
+
+	// The longest a read from a backend connection may block (a deadline
+	// set before each read). Default: none.
+	ReadTimeout caddy.Duration `json:"read_timeout,omitempty"`
+
+	// The longest a write to a backend connection may block. Default: none.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	// The size of the read and write buffers of each backend connection.
+	// Default: 4 KiB.
+	ReadBufferSize  int `json:"read_buffer_size,omitempty"`
+	WriteBufferSize int `json:"write_buffer_size,omitempty"`
+
+	// The most bytes of response headers a backend may send. Default: 10 MiB.
+	MaxResponseHeaderSize int64 `json:"max_response_header_size,omitempty"`
+
+	// Keep-alive connections to backends, as reverse_proxy's `keep_alive`:
+	// `enabled: false` opens a connection per request; `idle_timeout`
+	// (default 2m), `max_idle_conns_per_host` (default 1024),
+	// `max_idle_conns` (default: no cap beyond the per-host one) and
+	// `probe_interval` (TCP keep-alive probes; default 30s).
+	KeepAlive *reverseproxy.KeepAlive `json:"keep_alive,omitempty"`
+
+	// The most connections open to one backend at once (in use, being
+	// made or idle); a request beyond it waits for one. Default: no limit.
+	MaxConnsPerHost int `json:"max_conns_per_host,omitempty"`
+
+	// The local IP address connections to backends are made from.
+	LocalAddress string `json:"local_address,omitempty"`
+
+	// DNS servers that resolve backends' host names, as `ip` or `ip:port`.
+	// Default: the system's resolver.
+	Resolver *reverseproxy.UpstreamResolver `json:"resolver,omitempty"`
+
+	// Only false is accepted: lbpool passes encodings through unchanged and
+	// never asks backends for compression itself (reverse_proxy's
+	// `compression off`).
+	Compression *bool `json:"compression,omitempty"`
+
+	// The HTTP versions used with backends: `1.1` and `2` (HTTP/2 by ALPN
+	// to HTTPS backends). Default: both.
+	Versions []string `json:"versions,omitempty"`
+
 	// Skip verification of HTTPS backends' certificates; the same as
 	// `tls.insecure_skip_verify`, kept for older configs. Insecure: for
 	// tests and private networks only.
@@ -206,6 +281,49 @@ type Handler struct {
 	// (`response`, header_down), as reverse_proxy's `headers`. Placeholders
 	// are resolved for each try, {http.lbpool.*} included.
 	Headers *headers.Handler `json:"headers,omitempty"`
+
+	// The request path (requestpath.go).
+
+	// Changes the request's method and URI before it goes to a backend, as
+	// reverse_proxy's `rewrite` (the Caddyfile's method and rewrite).
+	Rewrite *rewrite.Rewrite `json:"rewrite,omitempty"`
+
+	// Reads up to this many bytes of a request body before sending the
+	// request; a body that fits goes with its Content-Length. Default: 0
+	// (streamed).
+	RequestBuffers int64 `json:"request_buffers,omitempty"`
+
+	// Reads up to this many bytes of a response body from the backend
+	// before sending the response on. Default: 0 (streamed).
+	ResponseBuffers int64 `json:"response_buffers,omitempty"`
+
+	// How long response data may wait before it is flushed to the client:
+	// -1 or any positive duration flushes after each write (never later
+	// than asked). Default: 0 (flush when the buffer fills; event streams
+	// and bodies of unknown length at once).
+	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`
+
+	// Proxies, as IP ranges (CIDR) or addresses, whose X-Forwarded-*
+	// headers are kept, beside the server's trusted_proxies.
+	TrustedProxies []string `json:"trusted_proxies,omitempty"`
+
+	// When set, lbpool's own error answers carry an RFC 9209
+	// `Proxy-Status: <name>; error=<type>` header saying why (for example
+	// connection_refused, connection_timeout, http_response_timeout,
+	// destination_unavailable).
+	ProxyStatusName string `json:"proxy_status_name,omitempty"`
+
+	// Upgraded connections (websockets) end after this long. Default: none.
+	StreamTimeout caddy.Duration `json:"stream_timeout,omitempty"`
+
+	// Upgraded connections to a backend that left the pool (a reload
+	// removed it) end this long after it left. Default: they run until
+	// they end.
+	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
+
+	// The buffer size of each direction of an upgraded connection.
+	// Default: 32 KiB.
+	StreamBufferSize int `json:"stream_buffer_size,omitempty"`
 
 	// Discovery: members found through DNS (discover.go).
 
@@ -283,12 +401,14 @@ type Handler struct {
 	lease      *lease
 	headerUp   *headers.HeaderOps     // nil without header_up
 	headerDown *headers.RespHeaderOps // nil without header_down
-	spec       *poolSpec
-	retries    int           // the retries option; -1 when unset (every other backend)
-	sticky     *stickyCookie // nil without the sticky option
-	leastTime  bool          // lb_policy least_time: pick with pickLeastTime
-	released   bool
-	logger     *zap.Logger
+	trusted    []netip.Prefix         // trusted_proxies; nil without
+
+	spec      *poolSpec
+	retries   int           // the retries option; -1 when unset (every other backend)
+	sticky    *stickyCookie // nil without the sticky option
+	leastTime bool          // lb_policy least_time: pick with pickLeastTime
+	released  bool
+	logger    *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -315,6 +435,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := h.provisionHeaders(ctx); err != nil {
+		return err
+	}
+	if err := h.provisionRequestPath(ctx); err != nil {
 		return err
 	}
 	if err := h.provisionSticky(spec); err != nil {
@@ -378,7 +501,12 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		healthURI:             h.HealthURI,
 		healthInterval:        time.Duration(h.HealthInterval),
 		healthTimeout:         time.Duration(h.HealthTimeout),
+		healthDownInterval:    time.Duration(h.HealthDownInterval),
 		healthStatus:          h.HealthStatus,
+		healthPort:            h.HealthPort,
+		healthMethod:          h.HealthMethod,
+		healthRequestBody:     h.HealthRequestBody,
+		healthFollow:          h.HealthFollowRedirects,
 		healthHeaders:         h.HealthHeaders.Clone(),
 		healthPasses:          h.HealthPasses,
 		healthFails:           h.HealthFails,
@@ -391,7 +519,8 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 	setDefault(&s.healthURI, DefaultHealthURI)
 	setDefault(&s.healthInterval, DefaultHealthInterval)
 	setDefault(&s.healthTimeout, DefaultHealthTimeout)
-	setDefault(&s.healthStatus, 2)
+	setDefault(&s.healthDownInterval, DefaultHealthDownInterval)
+	setDefault(&s.healthMethod, http.MethodGet)
 	setDefault(&s.healthPasses, 1)
 	setDefault(&s.healthFails, 1)
 	setDefault(&s.statsWorkers, DefaultStatsWorkers)
@@ -399,9 +528,13 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 	setDefault(&s.responseHeaderTimeout, DefaultResponseHeaderTimeout)
 
 	switch {
-	case s.healthInterval < 0, s.healthTimeout < 0, s.slowStart < 0, s.dialTimeout < 0, s.responseHeaderTimeout < 0:
+	case s.healthInterval < 0, s.healthTimeout < 0, s.healthDownInterval < 0, s.slowStart < 0, s.dialTimeout < 0, s.responseHeaderTimeout < 0:
 		return nil, fmt.Errorf("lbpool: durations must be positive")
-	case !validStatus(s.healthStatus):
+	case s.healthPort < 0 || s.healthPort > 65535:
+		return nil, fmt.Errorf("lbpool: health_port %d is not a port (1-65535)", s.healthPort)
+	case !httpguts.ValidHeaderFieldName(s.healthMethod):
+		return nil, fmt.Errorf("lbpool: health_method %q is not a method", s.healthMethod)
+	case s.healthStatus != 0 && !validStatus(s.healthStatus):
 		return nil, fmt.Errorf("lbpool: health_status %d is neither a status code nor a class (1-5)", s.healthStatus)
 	}
 	if err := checkURI(s.healthURI); err != nil {
@@ -454,6 +587,12 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		s.backends = append(s.backends, addr)
 		names = append(names, addr.display)
 	}
+	var err error
+	if s.wire, err = h.wireSettings(); err != nil {
+		return nil, err
+	}
+	s.direct = s.wire.direct()
+	s.dialer = s.transportSettings().newDialer()
 	dynamic, err := h.discoverySpecs()
 	if err != nil {
 		return nil, err
@@ -485,6 +624,7 @@ func (s *poolSpec) transportSettings() transportSettings {
 		responseHeaderTimeout: s.responseHeaderTimeout,
 		tls:                   s.tls.key,
 		tlsTimeout:            s.tls.timeout,
+		wireSettings:          s.wire,
 	}
 }
 

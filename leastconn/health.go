@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -84,6 +85,7 @@ func (b *Backend) runChecks(ctx context.Context) {
 	}()
 	timer := time.NewTimer(rand.N(firstCheckSpread))
 	defer timer.Stop()
+	var downWait time.Duration // see nextCheck
 	for {
 		select {
 		case <-ctx.Done():
@@ -115,8 +117,32 @@ func (b *Backend) runChecks(ctx context.Context) {
 			}
 		}
 		b.h1.prune(time.Now(), h1IdleTimeout)
-		timer.Reset(b.untilHoldEnds(nextCheckIn(spec.healthInterval)))
+		timer.Reset(b.untilHoldEnds(nextCheckIn(b.nextCheck(spec, &downWait))))
 	}
+}
+
+// nextCheck is the wait before b's next check: health_interval while it is
+// up; while it is down health_down_interval, doubled after each failed
+// check that reached it (*downWait carries the doubling), up to
+// health_interval. A refused connection does not double the wait: nothing
+// listens yet, so a backend that restarts or starts late is back as soon as
+// it answers.
+func (b *Backend) nextCheck(s *poolSpec, downWait *time.Duration) time.Duration {
+	if b.flags.Load()&(flagDown|flagMaint) != flagDown {
+		*downWait = 0
+		return s.healthInterval
+	}
+	if *downWait == 0 {
+		*downWait = s.healthDownInterval
+	}
+	wait := min(*downWait, s.healthInterval)
+	b.mu.Lock()
+	refused := b.lastCheck.reason == "connection refused"
+	b.mu.Unlock()
+	if !refused && *downWait < s.healthInterval {
+		*downWait *= 2
+	}
+	return wait
 }
 
 // check runs one active health check.
@@ -125,20 +151,18 @@ func (b *Backend) check(ctx context.Context, s *poolSpec) checkResult {
 	res := checkResult{at: start}
 	ctx, cancel := context.WithTimeout(ctx, s.healthTimeout)
 	defer cancel()
-	req, err := b.newRequest(ctx, s.healthURI)
+	req, err := b.checkRequest(ctx, s)
 	if err != nil {
 		res.reason = err.Error()
 		return res
 	}
-	for k, vv := range s.healthHeaders {
-		if http.CanonicalHeaderKey(k) == "Host" {
-			req.Host = vv[0]
-			continue
-		}
-		req.Header[http.CanonicalHeaderKey(k)] = vv
+	var resp *http.Response
+	if s.healthFollow {
+		resp, err = (&http.Client{Transport: s.transport}).Do(req)
+	} else {
+		// the transport does not follow redirects: a 3xx is judged as it is
+		resp, err = s.transport.RoundTrip(req)
 	}
-	// the transport does not follow redirects: a 3xx is judged as it is
-	resp, err := s.transport.RoundTrip(req)
 	if err != nil {
 		res.duration = time.Since(start)
 		res.reason = errReason(err)
@@ -165,8 +189,43 @@ func (b *Backend) check(ctx context.Context, s *poolSpec) checkResult {
 	return res
 }
 
-// statusMatches: want is a full code, or a class digit (2 means 2xx).
+// checkRequest makes the check's request: health_method, health_port,
+// health_request_body and health_headers applied.
+func (b *Backend) checkRequest(ctx context.Context, s *poolSpec) (*http.Request, error) {
+	req, err := b.newRequest(ctx, s.healthURI)
+	if err != nil {
+		return nil, err
+	}
+	req.Method = s.healthMethod
+	if s.healthPort != 0 && b.addr.network != "unix" {
+		host, _, err := net.SplitHostPort(req.URL.Host)
+		if err != nil {
+			host = req.URL.Host
+		}
+		req.URL.Host = net.JoinHostPort(host, strconv.Itoa(s.healthPort))
+	}
+	if s.healthRequestBody != "" {
+		body := s.healthRequestBody
+		req.Body = io.NopCloser(strings.NewReader(body))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(body)), nil }
+		req.ContentLength = int64(len(body))
+	}
+	for k, vv := range s.healthHeaders {
+		if http.CanonicalHeaderKey(k) == "Host" {
+			req.Host = vv[0]
+			continue
+		}
+		req.Header[http.CanonicalHeaderKey(k)] = vv
+	}
+	return req, nil
+}
+
+// statusMatches: want is a full code, a class digit (2 means 2xx), or 0
+// for any 2xx or 3xx (HAProxy's rule: an app that redirects is up).
 func statusMatches(got, want int) bool {
+	if want == 0 {
+		return got >= 200 && got < 400
+	}
 	if want < 10 {
 		return got/100 == want
 	}
@@ -359,5 +418,6 @@ func (s *poolSpec) healthKey() string {
 	_ = s.healthHeaders.Write(&hdr)
 	// the transport too: checks go over it, and its TLS may have changed
 	return fmt.Sprint(s.healthURI, s.healthInterval, s.healthTimeout, s.healthStatus, body,
-		hdr.String(), s.healthPasses, s.healthFails, fmt.Sprintf("%p", s.transport))
+		hdr.String(), s.healthPasses, s.healthFails, fmt.Sprintf("%p", s.transport),
+		s.healthDownInterval, s.healthPort, s.healthMethod, s.healthRequestBody, s.healthFollow)
 }

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -30,6 +31,7 @@ type transportSettings struct {
 	responseHeaderTimeout time.Duration
 	tls                   string        // the TLS settings as JSON; "" for none
 	tlsTimeout            time.Duration // 0: the default
+	wireSettings                        // the other transport options (transport.go)
 }
 
 // dialError marks a failure to connect: nothing reached the backend, so any
@@ -44,12 +46,12 @@ func (e dialError) Unwrap() error { return e.err }
 // dial timeout (so retries happen fast), HTTP/2 to TLS backends, and no
 // transparent compression (encodings pass through unchanged).
 func newTransport(ts transportSettings, tlsConfig *tls.Config) *http.Transport {
-	dialer := &net.Dialer{Timeout: ts.dialTimeout, KeepAlive: 30 * time.Second}
+	dialer := ts.newDialer()
 	handshake := 10 * time.Second
 	if ts.tlsTimeout > 0 {
 		handshake = ts.tlsTimeout
 	}
-	return &http.Transport{
+	t := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			if path, ok := unixSocketOf(addr); ok {
 				network, addr = "unix", path
@@ -57,6 +59,9 @@ func newTransport(ts transportSettings, tlsConfig *tls.Config) *http.Transport {
 			c, err := dialer.DialContext(ctx, network, addr)
 			if err != nil {
 				return nil, dialError{err}
+			}
+			if ts.readTimeout > 0 || ts.writeTimeout > 0 {
+				c = &deadlineConn{Conn: c, read: ts.readTimeout, write: ts.writeTimeout}
 			}
 			return c, nil
 		},
@@ -71,6 +76,8 @@ func newTransport(ts transportSettings, tlsConfig *tls.Config) *http.Transport {
 		MaxResponseHeaderBytes: maxResponseHeaderBytes,
 		TLSClientConfig:        tlsConfig.Clone(),
 	}
+	ts.tune(t)
+	return t
 }
 
 // ServeHTTP proxies the request to the least-loaded backend, trying others
@@ -78,7 +85,13 @@ func newTransport(ts transportSettings, tlsConfig *tls.Config) *http.Transport {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	st := h.track(r)
 	defer st.done()
+	if h.RequestBuffers != 0 {
+		h.bufferRequest(r)
+	}
 	out := h.outgoing(r, st)
+	if h.Rewrite != nil {
+		h.Rewrite.Rewrite(out, r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer))
+	}
 	v := h.lease.view.Load() // one view for every try: indices stay valid
 	tried := newTriedSet(len(v.backends))
 	retries := h.retriesIn(v)
@@ -260,15 +273,16 @@ func (h *Handler) outgoing(r *http.Request, st *proxyState) *http.Request {
 	if _, ok := out.Header["User-Agent"]; !ok {
 		out.Header["User-Agent"] = emptyValue // keep Go's default agent out
 	}
-	setForwarded(r, out.Header)
+	setForwarded(r, out.Header, h.trusted != nil && h.trustedPeer(r))
 	return out
 }
 
 // setForwarded sets X-Forwarded-For, -Proto and -Host. Incoming values are
-// kept (and For appended to) only from proxies the server trusts, as
-// reverse_proxy does.
-func setForwarded(r *http.Request, h http.Header) {
+// kept (and For appended to) only from proxies the server trusts, or the
+// handler's trusted_proxies (trustedHere), as reverse_proxy does.
+func setForwarded(r *http.Request, h http.Header, trustedHere bool) {
 	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
+	trusted = trusted || trustedHere
 	ip, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		ip = r.RemoteAddr
@@ -313,7 +327,7 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	var resp *http.Response
 	var done func(reuse bool) // set on the direct path: gives the connection back
 	var err error
-	if directOK(out, b) {
+	if h.spec.direct && directOK(out, b) {
 		resp, done, err = h.roundTripDirect(w, out, b)
 	} else {
 		resp, err = h.roundTripTransport(w, out)
@@ -361,6 +375,9 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	if h.headerDown != nil {
 		h.applyHeaderDown(r, resp)
 	}
+	if h.ResponseBuffers != 0 && resp.StatusCode != http.StatusSwitchingProtocols {
+		h.bufferResponse(resp)
+	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return h.tunnel(w, resp, b)
 	}
@@ -377,7 +394,7 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	}
 	w.WriteHeader(resp.StatusCode)
 
-	if err := copyBody(w, resp, flushesAtOnce(resp)); err != nil {
+	if err := copyBody(w, resp, h.FlushInterval != 0 || flushesAtOnce(resp)); err != nil {
 		if errors.Is(err, errBackendRead) && r.Context().Err() == nil {
 			b.failures.Add(1) // the backend broke off (not the client leaving)
 			// what did arrive reaches the client before the abort, so it

@@ -3,6 +3,7 @@ package leastconn
 import (
 	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"regexp"
 	"slices"
@@ -61,14 +62,19 @@ type poolSpec struct {
 	seq         uint64
 	logger      *zap.Logger
 
-	healthURI      string
-	healthInterval time.Duration
-	healthTimeout  time.Duration
-	healthStatus   int
-	healthBody     *regexp.Regexp
-	healthHeaders  http.Header
-	healthPasses   int
-	healthFails    int
+	healthURI          string
+	healthInterval     time.Duration
+	healthTimeout      time.Duration
+	healthStatus       int // 0: 2xx or 3xx
+	healthDownInterval time.Duration
+	healthPort         int // 0: the backend's own
+	healthMethod       string
+	healthRequestBody  string
+	healthFollow       bool
+	healthBody         *regexp.Regexp
+	healthHeaders      http.Header
+	healthPasses       int
+	healthFails        int
 
 	statsURI     string
 	statsWorkers int
@@ -80,6 +86,9 @@ type poolSpec struct {
 	dialTimeout           time.Duration
 	responseHeaderTimeout time.Duration
 	tls                   backendTLS
+	wire                  wireSettings
+	dialer                *net.Dialer // the direct path's; the Transport makes its own
+	direct                bool        // plain-HTTP requests may take the direct path
 
 	sticky *stickyCookie // nil without sticky sessions
 

@@ -114,6 +114,10 @@ func (h *Handler) tunnel(w http.ResponseWriter, resp *http.Response, b *Backend)
 		conn.Close()
 		backConn.Close()
 	}
+	if h.StreamTimeout > 0 {
+		t := time.AfterFunc(time.Duration(h.StreamTimeout), closeBoth)
+		defer t.Stop()
+	}
 	up := make(chan struct{})
 	go func(pending []byte) {
 		defer close(up)
