@@ -1,7 +1,6 @@
 package leastconn
 
 import (
-	"fmt"
 	"math"
 	"math/bits"
 	"math/rand/v2"
@@ -71,19 +70,6 @@ const (
 
 // epoch is the zero of the pool clocks.
 var epoch = time.Now()
-
-// provisionPolicy checks lb_policy and chooses the pick.
-func (h *Handler) provisionPolicy() error {
-	switch h.LBPolicy {
-	case "", PolicyLeastConn:
-		h.leastTime = false
-	case PolicyLeastTime:
-		h.leastTime = true
-	default:
-		return fmt.Errorf("lbpool: lb_policy %q unknown (use %s or %s)", h.LBPolicy, PolicyLeastConn, PolicyLeastTime)
-	}
-	return nil
-}
 
 // observe records a try's time to response headers d, sent at start.
 func (h *Handler) observe(b *Backend, start time.Time, d time.Duration) {

@@ -49,6 +49,7 @@ type Pool struct {
 	outMu    sync.Mutex                   // serialises taking backends out (ejections, flap holds)
 	fleet    atomic.Pointer[fleetSync]    // nil with state_sync off; written under registry.mu
 	clock    atomic.Int64                 // ms since epoch of the latest least_time response (leasttime.go)
+	spills   atomic.Uint64                // hashed requests sent past their key's first choice
 }
 
 // poolSpec is one handler's resolved pool configuration. The newest held
@@ -127,6 +128,7 @@ type lease struct {
 	sources  []*source
 	view     atomic.Pointer[view] // replaced whole when members change
 	next     atomic.Uint64        // where the pick's scan starts: just after the last pick
+	rr       atomic.Uint64        // round_robin's and weighted_round_robin's turn
 }
 
 // acquire attaches a handler's spec to its pool, creating the pool and any
