@@ -267,14 +267,15 @@ func cookieValue(hdr http.Header, name string) string {
 // hrwU maps a score hash to (0, 1).
 func hrwU(x uint64) float64 { return (float64(x>>11) + 0.5) / (1 << 53) }
 
-// hrwAbove reports whether (x, w) outranks (y, v) in a key's order, with
-// hashes x, y and weights w, v. Equal weights compare by hash, with no
-// logarithm; different ones by w/-ln(u).
-func hrwAbove(x uint64, w int64, y uint64, v int64) bool {
-	if w == v {
-		return x > y
+// hrwCost is backend b's place in the order of key: the lower, the
+// earlier. It is -ln(u)/weight (the inverse of the score); with equal
+// weights the order is the hash's, so it takes no logarithm.
+func hrwCost(key uint64, b *Backend, uniform bool) float64 {
+	x := mix64(key ^ b.hashID)
+	if uniform {
+		return -float64(x)
 	}
-	return float64(w)*-math.Log(hrwU(y)) > float64(v)*-math.Log(hrwU(x))
+	return -math.Log(hrwU(x)) / float64(max(b.weight.Load(), 1))
 }
 
 // pickHash is the hashing policies' pick over the backends bs[lo:hi] of one
@@ -285,14 +286,17 @@ func hrwAbove(x uint64, w int64, y uint64, v int64) bool {
 func (h *Handler) pickHash(bs []*Backend, lo, hi int, tried *triedSet, key uint64) (chosen int, spilled bool) {
 	// the bound's inputs: the group's requests in flight and usable weight
 	var active, total, now int64
+	uniform, w0 := true, bs[lo].weight.Load()
 	for j := lo; j < hi; j++ {
 		b := bs[j]
 		active += b.active.Load()
 		f := b.flags.Load()
+		w := b.weight.Load()
+		uniform = uniform && w == w0
 		if f&flagsUnavailable != 0 {
 			continue
 		}
-		w := b.weight.Load() * weightScale
+		w *= weightScale
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &now)
 		}
@@ -301,26 +305,22 @@ func (h *Handler) pickHash(bs []*Backend, lo, hi int, tried *triedSet, key uint6
 	if total == 0 {
 		return -1, false
 	}
-	// walk the key's order: each round finds the best backend ranked below
-	// the previous round's
-	prev, prevW, prevJ := uint64(0), int64(0), -1
+	// walk the key's order: each round finds the backend that comes next
+	// after the previous round's (by cost, then index)
+	prev, prevJ := math.Inf(-1), -1
 	overflow := -1 // the first usable backend over its bound
 	for round := 0; round < hi-lo; round++ {
-		best, bestW, bestJ := uint64(0), int64(0), -1
+		best, bestJ := math.Inf(1), -1
 		for j := lo; j < hi; j++ {
-			b := bs[j]
-			x, w := mix64(key^b.hashID), b.weight.Load()
-			if prevJ >= 0 && !below(x, w, j, prev, prevW, prevJ) {
-				continue
-			}
-			if bestJ < 0 || hrwAbove(x, w, best, bestW) || x == best && w == bestW && j < bestJ {
-				best, bestW, bestJ = x, w, j
+			c := hrwCost(key, bs[j], uniform)
+			if (c > prev || c == prev && j > prevJ) && (c < best || c == best && j < bestJ) {
+				best, bestJ = c, j
 			}
 		}
 		if bestJ < 0 {
 			break
 		}
-		prev, prevW, prevJ = best, bestW, bestJ
+		prev, prevJ = best, bestJ
 		b := bs[bestJ]
 		f := b.flags.Load()
 		if f&flagsUnavailable != 0 || tried.has(bestJ) || f&flagCapped != 0 && b.full() {
@@ -348,15 +348,6 @@ func (h *Handler) pickHash(bs []*Backend, lo, hi int, tried *triedSet, key uint6
 		return overflow, true
 	}
 	return -1, false
-}
-
-// below reports whether backend j with (x, w) ranks after (y, v) of
-// backend k in the key's order; equal scores rank by index.
-func below(x uint64, w int64, j int, y uint64, v int64, k int) bool {
-	if x == y && w == v {
-		return j > k
-	}
-	return hrwAbove(y, v, x, w)
 }
 
 // takeBelow raises b's active count while it stays at most bound (and
