@@ -29,6 +29,14 @@ func renamed(h *Handler, names ...string) *Handler {
 
 func keyOf(i int) uint64 { return mix64(fnvAdd(fnvOffset, fmt.Sprint("key-", i))) }
 
+// hundredKeys are the hashes of keys 0-99, made before a measured loop.
+func hundredKeys() (keys [100]uint64) {
+	for i := range keys {
+		keys[i] = keyOf(i)
+	}
+	return keys
+}
+
 // firstChoices picks each of n keys in an idle pool and returns the name of
 // the backend each went to.
 func firstChoices(h *Handler, names []string, n int) []string {
@@ -280,10 +288,7 @@ func TestHashPickAllocatesNothing(t *testing.T) {
 					b.weight.Store(int64(1 + i%3))
 				}
 			}
-			var keys [100]uint64
-			for i := range keys {
-				keys[i] = keyOf(i)
-			}
+			keys := hundredKeys()
 			k := 0
 			allocs := testing.AllocsPerRun(1000, func() {
 				k++
@@ -312,10 +317,7 @@ func benchmarkPickHash(b *testing.B, n int, weighted bool) {
 			be.weight.Store(int64(1 + i%3))
 		}
 	}
-	var keys [100]uint64
-	for i := range keys {
-		keys[i] = keyOf(i)
-	}
+	keys := hundredKeys()
 	b.ReportAllocs()
 	k := 0
 	for b.Loop() {
