@@ -349,3 +349,28 @@ func benchmarkPickLeastConnIdle(b *testing.B, n int) {
 
 func BenchmarkPickLeastConnIdle8(b *testing.B)  { benchmarkPickLeastConnIdle(b, 8) }
 func BenchmarkPickLeastConnIdle64(b *testing.B) { benchmarkPickLeastConnIdle(b, 64) }
+
+func TestPickReasons(t *testing.T) {
+	h := newHashTestHandler(1.25, 1, 1)
+	h.fallback = kindRandom
+	for _, c := range []struct {
+		try   int
+		home  bool
+		tried triedSet
+		want  string
+	}{
+		{0, true, triedSet{keyed: true}, "sticky"},
+		{1, false, triedSet{keyed: true}, "retry"},
+		{0, false, triedSet{keyed: true}, "hash"},
+		{0, false, triedSet{keyed: true, spilled: true}, "hash_spill"},
+		{0, false, triedSet{}, "random"},
+	} {
+		if got := h.pickReason(c.try, c.home, &c.tried); got != c.want {
+			t.Errorf("try %d home %v %+v: %q, want %q", c.try, c.home, c.tried, got, c.want)
+		}
+	}
+	h.policy = kindWeightedRoundRobin
+	if got := h.pickReason(0, false, &triedSet{}); got != "weighted_round_robin" {
+		t.Errorf("weighted_round_robin's pick: %q", got)
+	}
+}
