@@ -5,6 +5,7 @@ import (
 	"math"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 // newHashTestHandler is a hash-policy handler over backends with the given
@@ -372,5 +373,41 @@ func TestPickReasons(t *testing.T) {
 	h.policy = kindWeightedRoundRobin
 	if got := h.pickReason(0, false, &triedSet{}); got != "weighted_round_robin" {
 		t.Errorf("weighted_round_robin's pick: %q", got)
+	}
+}
+
+func TestPoliciesPickNothingFromAnEmptyPool(t *testing.T) {
+	for kind := kindRoundRobin; kind <= kindHash; kind++ {
+		h := newDiscoveredTestHandler(0)
+		h.policy, h.fallback, h.choose, h.factor = kind, kindLeastConn, 2, 1.25
+		tried := triedSet{key: 1, keyed: true}
+		if i := h.pickNow(&tried); i != -1 {
+			t.Fatalf("policy %d picked %d from an empty pool", kind, i)
+		}
+	}
+}
+
+func TestHashBoundScalesWithSlowStart(t *testing.T) {
+	h := newHashTestHandler(1.25, 1, 1, 1, 1)
+	key := keyOf(5)
+	tried := triedSet{key: key, keyed: true}
+	home := h.pickNow(&tried)
+	h.viewed()[home].active.Add(-1)
+	// the key's backend just came back: 10% of its weight, so with 7 in
+	// flight in the pool its bound is ceil(1.25 × 8 × 0.1 / 3.1) = 1 (at full
+	// weight it would be ceil(1.25 × 8 / 4) = 3)
+	b := h.viewed()[home]
+	b.rampLen.Store(int64(time.Hour))
+	b.rampFrom.Store(time.Now().UnixNano())
+	b.setFlag(flagRamp)
+	for j, o := range h.viewed() {
+		if j != home {
+			o.active.Store(2)
+		}
+	}
+	b.active.Store(1)
+	tried = triedSet{key: key, keyed: true}
+	if i := h.pickNow(&tried); i == home || !tried.spilled {
+		t.Fatalf("a ramping backend at 1 in flight took its key again (%d, spilled %v)", i, tried.spilled)
 	}
 }

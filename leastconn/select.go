@@ -105,6 +105,9 @@ func (h *Handler) pickPolicy(v *view, tried *triedSet) int {
 	}
 	bs, lo := v.backends, 0
 	for _, hi := range v.groups {
+		if hi == lo {
+			continue // an empty group (no members found yet)
+		}
 		i := -1
 		switch kind {
 		case kindHash:
