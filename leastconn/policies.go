@@ -96,6 +96,9 @@ func (h *Handler) provisionPolicy() error {
 		name = PolicyLeastConn
 	}
 	pk, ok := policyKinds[name]
+	if name == PolicyCookie {
+		return fmt.Errorf("lbpool: lb_policy cookie is the Caddyfile's way to write sticky: in JSON, set sticky (name, secret)")
+	}
 	if !ok {
 		return fmt.Errorf("lbpool: lb_policy %q unknown (use %s)", h.LBPolicy, policyNames())
 	}
