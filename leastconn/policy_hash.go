@@ -332,10 +332,7 @@ func (h *Handler) pickHash(bs []*Backend, lo, hi int, tried *triedSet, key uint6
 			}
 			continue
 		}
-		w := b.weight.Load() * weightScale
-		if f&flagRamp != 0 {
-			w = b.rampedWeight(w, &now)
-		}
+		w := b.effectiveWeight(&now)
 		bound := int64(math.Ceil(h.factor * float64(active+1) * float64(w) / float64(total)))
 		if b.takeBelow(bound) {
 			return bestJ, round > 0
