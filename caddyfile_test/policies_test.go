@@ -359,8 +359,16 @@ func TestHashHotKeyIsBoundedAndUnboundedWithoutTheFactor(t *testing.T) {
 	} {
 		bs, fs := measured(t, 8, 20*time.Millisecond)
 		c.Load(t, site(c, "lb_policy header X-Key\n\t\thash_balance_factor "+tc.factor, bs...))
+		before := hashSpills(t, c)
 		if failed := hammer(c, 32, 32*15, func(*rand.Rand) string { return "viral-video" }); failed != 0 {
 			t.Fatalf("%d requests failed", failed)
+		}
+		spills := hashSpills(t, c) - before
+		if (tc.factor == "off") != (spills == 0) {
+			t.Errorf("hash_balance_factor %s: %d spills in /lbpool/pools", tc.factor, spills)
+		}
+		if _, metrics := c.Admin(t, http.MethodGet, "/metrics", ""); !strings.Contains(string(metrics), `caddy_lbpool_hash_spills_total{pool="web"}`) {
+			t.Errorf("/metrics has no caddy_lbpool_hash_spills_total for the pool")
 		}
 		peaks := make([]int64, len(fs))
 		for i, f := range fs {
@@ -489,4 +497,22 @@ func TestHashKeysStayAcrossRequestsAndAReloadMovesOnlyTheRemovedBackendsKeys(t *
 		}
 	}
 	t.Logf("200 keys: %d were on b5 and moved; the others stayed", moved)
+}
+
+func TestHashRetryAndAnOutBackendTakeTheKeysNextChoice(t *testing.T) {
+	c := lbtest.Start(t)
+	bs := named(t, 4, nil)
+	c.Load(t, site(c, "lb_policy header X-Key\n\t\thealth_interval 1m\n\t\theader_down X-Pick {http.lbpool.pick}", bs...))
+	home, _ := getAs(t, c, "/", "X-Key", "tenant-7")
+	byName(t, home, bs...).Close() // refuses connections from now on
+	next, resp := getAs(t, c, "/", "X-Key", "tenant-7")
+	if next == home || resp.Header.Get("X-Pick") != "retry" {
+		t.Fatalf("with %s gone the key went to %s (pick %q), want a retry elsewhere", home, next, resp.Header.Get("X-Pick"))
+	}
+	for range 10 {
+		got, resp := getAs(t, c, "/", "X-Key", "tenant-7")
+		if got != next {
+			t.Fatalf("the key's next choice was %s, then %s (pick %q)", next, got, resp.Header.Get("X-Pick"))
+		}
+	}
 }
