@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
+	"github.com/lbpool/lbpool/internal/upstream"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 )
@@ -403,12 +404,11 @@ type Handler struct {
 	headerDown *headers.RespHeaderOps // nil without header_down
 	trusted    []netip.Prefix         // trusted_proxies; nil without
 
-	spec      *poolSpec
-	retries   int           // the retries option; -1 when unset (every other backend)
-	sticky    *stickyCookie // nil without the sticky option
-	leastTime bool          // lb_policy least_time: pick with pickLeastTime
-	released  bool
-	logger    *zap.Logger
+	spec     *poolSpec
+	retries  int           // the retries option; -1 when unset (every other backend)
+	sticky   *stickyCookie // nil without the sticky option
+	released bool
+	logger   *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -428,7 +428,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	spec.logger = h.logger
-	if err := h.provisionPolicy(); err != nil {
+	if err := h.provisionPolicy(spec); err != nil {
 		return err
 	}
 	if err := h.provisionTLS(ctx, spec); err != nil {
@@ -591,8 +591,8 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 	if s.wire, err = h.wireSettings(); err != nil {
 		return nil, err
 	}
-	s.direct = s.wire.direct()
-	s.dialer = s.transportSettings().newDialer()
+	s.direct = s.wire.Direct()
+	s.dialer = s.transportSettings().Dialer()
 	dynamic, err := h.discoverySpecs()
 	if err != nil {
 		return nil, err
@@ -618,14 +618,13 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 
 // transportSettings are the settings that shape the transport; a reload
 // that keeps them keeps the pool's transport and its open connections.
-func (s *poolSpec) transportSettings() transportSettings {
-	return transportSettings{
-		dialTimeout:           s.dialTimeout,
-		responseHeaderTimeout: s.responseHeaderTimeout,
-		tls:                   s.tls.key,
-		tlsTimeout:            s.tls.timeout,
-		wireSettings:          s.wire,
-	}
+func (s *poolSpec) transportSettings() upstream.Settings {
+	ts := s.wire
+	ts.DialTimeout = s.dialTimeout
+	ts.ResponseHeaderTimeout = s.responseHeaderTimeout
+	ts.TLS = s.tls.key
+	ts.TLSTimeout = s.tls.timeout
+	return ts
 }
 
 func setDefault[T comparable](v *T, def T) {

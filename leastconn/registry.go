@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
+	"github.com/lbpool/lbpool/internal/upstream"
 	"go.uber.org/zap"
 )
 
@@ -25,13 +26,13 @@ import (
 type registry struct {
 	mu         sync.Mutex
 	pools      map[string]*Pool
-	transports map[transportSettings][]*sharedTransport
+	transports map[upstream.Settings][]*sharedTransport
 	seq        uint64
 }
 
 var defaultRegistry = &registry{
 	pools:      make(map[string]*Pool),
-	transports: make(map[transportSettings][]*sharedTransport),
+	transports: make(map[upstream.Settings][]*sharedTransport),
 }
 
 // Pool is a named set of backends shared by every handler with that name.
@@ -86,9 +87,10 @@ type poolSpec struct {
 	dialTimeout           time.Duration
 	responseHeaderTimeout time.Duration
 	tls                   backendTLS
-	wire                  wireSettings
-	dialer                *net.Dialer // the direct path's; the Transport makes its own
-	direct                bool        // plain-HTTP requests may take the direct path
+	wire                  upstream.Settings // transport options beyond the timeouts and TLS
+	dialer                *net.Dialer       // the direct path's; the Transport makes its own
+	direct                bool              // plain-HTTP requests may take the direct path
+	leastTime             bool              // lb_policy least_time
 
 	sticky *stickyCookie // nil without sticky sessions
 
@@ -127,6 +129,8 @@ type lease struct {
 	sources  []*source
 	view     atomic.Pointer[view] // replaced whole when members change
 	next     atomic.Uint64        // where the pick's scan starts: just after the last pick
+	// leastTime: lb_policy least_time, the pick by pickLeastTime
+	leastTime bool
 }
 
 // acquire attaches a handler's spec to its pool, creating the pool and any
@@ -168,7 +172,7 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 		hold(b)
 		out[i] = b
 	}
-	l := &lease{pool: p, spec: s, backends: out}
+	l := &lease{pool: p, spec: s, backends: out, leastTime: s.leastTime}
 	var newSources []*source
 	l.sources, newSources = p.acquireSources(s)
 	l.view.Store(l.buildView())
@@ -279,7 +283,7 @@ func (p *Pool) apply(s *poolSpec) (stopOld func()) {
 
 // transportFor returns the transport for equal settings and TLS material,
 // making it if there is none.
-func (r *registry) transportFor(ts transportSettings, tc *tls.Config) *sharedTransport {
+func (r *registry) transportFor(ts upstream.Settings, tc *tls.Config) *sharedTransport {
 	var t *sharedTransport
 	for _, held := range r.transports[ts] {
 		if sameTLS(held.tls, tc) {
@@ -288,7 +292,7 @@ func (r *registry) transportFor(ts transportSettings, tc *tls.Config) *sharedTra
 		}
 	}
 	if t == nil {
-		t = &sharedTransport{Transport: newTransport(ts, tc), tls: tc}
+		t = &sharedTransport{Transport: upstream.NewTransport(ts, tc), tls: tc}
 		r.transports[ts] = append(r.transports[ts], t)
 	}
 	t.refs++

@@ -76,18 +76,18 @@ type view struct {
 // pick chooses a backend of v not in tried, raises its active count and
 // returns its index in v, or -1 when no backend can take traffic. Only the
 // first priority group with a backend that can take traffic is used.
-func (h *Handler) pick(v *view, tried *triedSet) int {
-	if h.leastTime {
-		return h.pickLeastTime(v, tried)
+func (l *lease) pick(v *view, tried *triedSet) int {
+	if l.leastTime {
+		return l.pickLeastTime(v, tried)
 	}
 	lo := 0
 	for _, hi := range v.groups {
 		if hi-lo > exactScanMax {
-			if i := h.pickSampled(v.backends[lo:hi], lo, tried); i >= 0 {
+			if i := l.pickSampled(v.backends[lo:hi], lo, tried); i >= 0 {
 				return i
 			}
 		}
-		if i := h.pickExact(v.backends, lo, hi, tried); i >= 0 {
+		if i := l.pickExact(v.backends, lo, hi, tried); i >= 0 {
 			return i
 		}
 		lo = hi
@@ -106,8 +106,8 @@ func (h *Handler) pick(v *view, tried *triedSet) int {
 // broken at random among the tied instead, so concurrent picks do not all
 // write one shared rotation counter (on two cores that shared write costs
 // more than the rest of the pick).
-func (h *Handler) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
-	start := h.scanStart(lo, hi)
+func (l *lease) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
+	start := l.scanStart(lo, hi)
 	first, ties := -1, 0
 	idle := true
 	var bestLoad, bestWeight, now int64
@@ -144,21 +144,21 @@ func (h *Handler) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
 	chosen := first
 	switch {
 	case idle:
-		h.rotateAfter(first, lo, hi)
+		l.rotateAfter(first, lo, hi)
 	case ties > 1:
 		chosen = nthTied(bs, lo, hi, tried, start, rand.N(ties), bestLoad, bestWeight, first)
 	}
 	if !bs[chosen].take() {
 		// filled up since the scan (max_conns): the next scan skips it
-		return h.pickExact(bs, lo, hi, tried)
+		return l.pickExact(bs, lo, hi, tried)
 	}
 	return chosen
 }
 
 // scanStart is where an exact scan of [lo, hi) starts: just after the last
 // idle pick.
-func (h *Handler) scanStart(lo, hi int) int {
-	start := int(h.lease.next.Load()) // in [lo, hi) but for a view that changed
+func (l *lease) scanStart(lo, hi int) int {
+	start := int(l.next.Load()) // in [lo, hi) but for a view that changed
 	if start < lo || start >= hi {
 		start = lo
 	}
@@ -166,12 +166,12 @@ func (h *Handler) scanStart(lo, hi int) int {
 }
 
 // rotateAfter makes the next idle scan of [lo, hi) start after chosen.
-func (h *Handler) rotateAfter(chosen, lo, hi int) {
+func (l *lease) rotateAfter(chosen, lo, hi int) {
 	next := chosen + 1
 	if next == hi {
 		next = lo
 	}
-	h.lease.next.Store(uint64(next))
+	l.next.Store(uint64(next))
 }
 
 // nthTied finds the k-th backend (in scan order) whose load/weight equals
@@ -204,7 +204,7 @@ func nthTied(bs []*Backend, lo, hi int, tried *triedSet, start, k int, load, wei
 
 // pickSampled takes the best of sampleSize backends drawn at random from
 // bs, which starts at index lo of the view; it returns a view index.
-func (h *Handler) pickSampled(bs []*Backend, lo int, tried *triedSet) int {
+func (l *lease) pickSampled(bs []*Backend, lo int, tried *triedSet) int {
 	n := uint64(len(bs))
 	best := -1
 	var bestLoad, bestWeight, now int64
