@@ -249,6 +249,7 @@ func dialWebsocket(t *testing.T, c *lbtest.Caddy) (net.Conn, *bufio.Reader) {
 
 // echoes tells whether a line sent on the websocket comes back.
 func echoes(conn net.Conn, br *bufio.Reader) bool {
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := fmt.Fprint(conn, "ping\n"); err != nil {
 		return false
 	}

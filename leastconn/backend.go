@@ -184,6 +184,8 @@ type Backend struct {
 
 	h1 h1Pool // kept-alive connections of the direct path
 
+	streams streamSet // upgraded connections to end after stream_close_delay (streams.go)
+
 	refs int // guarded by registry.mu
 
 	discovered bool // found through DNS, not listed in the config
