@@ -183,7 +183,12 @@ func TestEnvPlaceholderInABackendIsResolvedWhenTheConfigLoads(t *testing.T) {
 // its name and echoes lines until either side closes; open counts its
 // tunnels still open. Other requests get its name.
 func echoWebsocket(t *testing.T, name string, open *atomic.Int32) *lbtest.Backend {
-	return lbtest.NewBackend(t, name, func(w http.ResponseWriter, r *http.Request) {
+	return lbtest.NewBackend(t, name, echoWebsocketHandler(name, open))
+}
+
+// echoWebsocketHandler is echoWebsocket's handler.
+func echoWebsocketHandler(name string, open *atomic.Int32) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "websocket" {
 			_, _ = io.WriteString(w, name)
 			return
@@ -207,7 +212,7 @@ func echoWebsocket(t *testing.T, name string, open *atomic.Int32) *lbtest.Backen
 			_, _ = brw.WriteString("echo " + line)
 			_ = brw.Flush()
 		}
-	})
+	}
 }
 
 // upgradeWebsocket upgrades a connection through Caddy, with extra header

@@ -3,6 +3,7 @@ package caddyfile_test
 import (
 	"bufio"
 	"net"
+	"net/http"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -96,4 +97,36 @@ func TestWithoutStreamCloseDelayAStreamToARemovedBackendRunsOn(t *testing.T) {
 	ws["a"].conn.Close()
 	ws["b"].conn.Close()
 	lbtest.Eventually(t, 5*time.Second, "both tunnels to end at the backends", func() bool { return open.Load() == 0 })
+}
+
+func TestStreamCloseDelayEndsStreamsToAMemberGoneFromDNS(t *testing.T) {
+	c := lbtest.Start(t)
+	d := lbtest.NewDNS(t)
+	var open atomic.Int32
+	bs, port := lbtest.NewBackendsOnLoopback(t, 2, func(name string) http.HandlerFunc {
+		return echoWebsocketHandler(name, &open)
+	})
+	d.SetA("app.lbtest", ips(bs...)...)
+	c.Load(t, dnsSite(c, d, "app.lbtest", port, "stream_close_delay 300ms"))
+	lbtest.Eventually(t, 10*time.Second, "2 members up", func() bool { return allAlive(t, c, bs...) })
+	ws := websocketsToEach(t, c, bs[0].Name, bs[1].Name)
+	gone := bs[1]
+
+	d.SetA("app.lbtest", bs[0].IP())
+	lbtest.Eventually(t, 10*time.Second, "the member gone from DNS to be leaving", func() bool {
+		return members(t, c)[gone.URL()].Leaving
+	})
+	// a member with an open stream stays leaving until the stream ends
+	took, ended := closedWithin(ws[gone.Name].conn, ws[gone.Name].br, 5*time.Second)
+	if !ended {
+		t.Fatal("the websocket to the member gone from DNS is open 5s after it started leaving, with stream_close_delay 300ms")
+	}
+	lbtest.Eventually(t, 10*time.Second, "the member to leave once its stream ended", func() bool {
+		_, ok := members(t, c)[gone.URL()]
+		return !ok
+	})
+	if !echoes(ws[bs[0].Name].conn, ws[bs[0].Name].br) {
+		t.Fatal("the websocket to the member still in DNS ended")
+	}
+	t.Logf("the websocket to the member gone from DNS ended %v after the test saw it leaving", took)
 }

@@ -3,6 +3,7 @@ package leastconn
 import (
 	"bytes"
 	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,5 +58,44 @@ func BenchmarkTrackStream(b *testing.B) {
 				h.trackStream(be, closeFn)()
 			}
 		})
+	}
+}
+
+func TestStreamSetLeaveStayAndStreamsOpenedWhileLeaving(t *testing.T) {
+	b := &Backend{}
+	h := &Handler{StreamCloseDelay: caddy.Duration(20 * time.Millisecond)}
+	var closed atomic.Int32
+	closeFn := func() { closed.Add(1) }
+	untrackFirst := h.trackStream(b, closeFn)
+	(&Handler{}).trackStream(b, closeFn)() // no delay: not tracked
+
+	b.streams.leave()
+	b.streams.stay() // back in DNS before it left: nothing scheduled
+	b.streams.mu.Lock()
+	for s := range b.streams.open {
+		if s.timer != nil {
+			t.Error("a stream kept its scheduled end after the backend stayed")
+		}
+	}
+	tracked := len(b.streams.open)
+	b.streams.mu.Unlock()
+	if tracked != 1 {
+		t.Fatalf("%d streams tracked, want 1", tracked)
+	}
+
+	b.streams.leave()
+	h.trackStream(b, closeFn) // opened while leaving: the same deadline
+	deadline := time.Now().Add(5 * time.Second)
+	for closed.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if closed.Load() != 2 {
+		t.Fatalf("%d of 2 streams ended after the backend left", closed.Load())
+	}
+	untrackFirst()
+	b.streams.mu.Lock()
+	defer b.streams.mu.Unlock()
+	if len(b.streams.open) != 1 {
+		t.Fatalf("%d streams tracked after one ended, want 1", len(b.streams.open))
 	}
 }
