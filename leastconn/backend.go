@@ -186,6 +186,8 @@ type Backend struct {
 
 	h1 upstream.Pool // kept-alive connections of the direct path
 
+	streams streamSet // upgraded connections to end after stream_close_delay (streams.go)
+
 	refs int // guarded by registry.mu
 
 	discovered bool // found through DNS, not listed in the config

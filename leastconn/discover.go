@@ -434,6 +434,7 @@ func (r *registry) stopBackends(p *Pool, stopped []*Backend) {
 	for _, b := range stopped {
 		b.stopChecker()
 		forgetMetrics(p.name, b)
+		b.streams.leave()
 	}
 }
 
@@ -442,6 +443,7 @@ func (r *registry) stopBackends(p *Pool, stopped []*Backend) {
 func hold(b *Backend) {
 	b.refs++
 	b.clearFlag(flagLeaving)
+	b.streams.stay()
 }
 
 // applyAnswer makes a successful answer the source's members: new
@@ -483,6 +485,7 @@ func (r *registry) applyAnswer(src *source, answer []found, log *zap.Logger) {
 			// back in DNS before it left: it stays, on the leaving reference
 			delete(src.leaving, b)
 			b.clearFlag(flagLeaving)
+			b.streams.stay()
 			log.Info("member back in dns; it stays", zap.String("backend", b.URL()))
 		default:
 			hold(b)
@@ -511,6 +514,7 @@ func (r *registry) applyAnswer(src *source, answer []found, log *zap.Logger) {
 		log.Info("member joined", zap.String("backend", b.URL()))
 	}
 	for _, b := range left {
+		b.streams.leave()
 		log.Info("member gone from dns; draining", zap.String("backend", b.URL()), zap.Int64("active", b.active.Load()))
 	}
 }

@@ -318,12 +318,14 @@ type Handler struct {
 	StreamTimeout caddy.Duration `json:"stream_timeout,omitempty"`
 
 	// Upgraded connections to a backend that left the pool (a reload
-	// removed it) end this long after it left. Default: they run until
-	// they end.
+	// removed it, its pool was unloaded, or it is gone from DNS) end this
+	// long after it left; connections to backends that stay are kept
+	// across reloads. Default: they run until they end.
 	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
 
-	// The buffer size of each direction of an upgraded connection.
-	// Default: 32 KiB.
+	// The buffer each direction of an upgraded connection copies through,
+	// in bytes. Default: lbpool's own (none while the connection idles on
+	// a socket, up to 32 KiB while data flows).
 	StreamBufferSize int `json:"stream_buffer_size,omitempty"`
 
 	// Discovery: members found through DNS (discover.go).

@@ -88,6 +88,7 @@ func (h *Handler) bufferRequest(r *http.Request) {
 		r.Body.Close()
 		r.Body = io.NopCloser(bytes.NewReader(buf))
 		r.ContentLength = int64(len(buf))
+		r.TransferEncoding = nil // it goes with its length, not chunked
 		return
 	}
 	r.Body = struct {

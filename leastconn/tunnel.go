@@ -65,13 +65,14 @@ func (h *Handler) tunnel(w http.ResponseWriter, resp *http.Response, b *Backend)
 		t := time.AfterFunc(time.Duration(h.StreamTimeout), closeBoth)
 		defer t.Stop()
 	}
+	defer h.trackStream(b, closeBoth)() // stream_close_delay (streams.go)
 	up := make(chan struct{})
 	go func(pending []byte) {
 		defer close(up)
-		upstream.Pipe(backConn, conn, pending)
+		h.pipeUp(backConn, conn, pending)
 		closeBoth()
 	}(pending)
-	upstream.PipeFromBackend(conn, backConn)
+	h.pipeDown(conn, backConn)
 	closeBoth()
 	<-up
 	return nil

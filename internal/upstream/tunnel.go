@@ -185,3 +185,15 @@ func RoundTripUpgrade(t *http.Transport, req *http.Request) (*http.Response, err
 	}
 	return resp, nil
 }
+
+// PipeSized writes pending to dst, then copies src to dst through one
+// buffer of size bytes (the wrappers keep io.CopyBuffer from bypassing
+// it) until either fails.
+func PipeSized(dst io.Writer, src io.Reader, pending []byte, size int) {
+	if len(pending) > 0 {
+		if _, err := dst.Write(pending); err != nil {
+			return
+		}
+	}
+	_, _ = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, make([]byte, size))
+}
