@@ -211,13 +211,12 @@ func (cc *connCounter) state(c net.Conn, s http.ConnState) {
 // until release is closed.
 func countedBackend(t *testing.T, release chan struct{}) (*lbtest.Backend, *connCounter) {
 	cc := &connCounter{}
-	b := lbtest.NewBackend(t, "counted", func(w http.ResponseWriter, r *http.Request) {
+	b := lbtest.NewWatchedBackend(t, "counted", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			<-release
 		}
 		_, _ = io.WriteString(w, "ok")
-	})
-	b.Server.Config.ConnState = cc.state
+	}, cc.state)
 	return b, cc
 }
 

@@ -266,14 +266,15 @@ func TestStatusChangeIsLoggedOncePerChange(t *testing.T) {
 }
 
 // TestNewReasonOfADownBackendIsLoggedOnceAtWarn: a backend down with
-// "connection refused" whose port then answers 302 stays down, and the
-// log says why at warn, once: not at every check while the reason stays.
+// "connection refused" whose port then answers 302 stays down (under the
+// strict health_status 2xx; by default a 302 passes), and the log says why
+// at warn, once: not at every check while the reason stays.
 func TestNewReasonOfADownBackendIsLoggedOnceAtWarn(t *testing.T) {
 	c := lbtest.Start(t)
 	b := lbtest.NewBackend(t, "b", nil)
 	b.SetHealth(func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/elsewhere", http.StatusFound) })
 	b.Close()
-	c.Load(t, site(c, "health_interval 10ms", b))
+	c.Load(t, site(c, "health_interval 10ms\n\t\thealth_status 2xx", b))
 	lbtest.Eventually(t, 5*time.Second, "ten refused checks", func() bool {
 		s := c.Backend(t, "web", b.URL())
 		return !s.Alive && s.ConsecutiveFails >= 10 && s.LastCheck.Error == "connection refused"

@@ -1036,8 +1036,11 @@ func TestTrickledResponseHeadIs504InTheTimeoutNotRetriedAndLeavesTheBackendUp(t 
 				if gotRP.Status != http.StatusGatewayTimeout {
 					t.Errorf("reverse_proxy answered %d: the shape is not what this test expects", gotRP.Status)
 				}
-				if got.Status != http.StatusGatewayTimeout || took < trickleTimeout || took >= 2*trickleTimeout {
-					t.Errorf("lbpool answered %d after %v, want 504 after response_header_timeout (%v), well under twice it", got.Status, took, trickleTimeout)
+				// measured beside reverse_proxy's answer to the same shape, so a
+				// loaded machine slows both: a resend or a retry would add at
+				// least another timeout (the request counts below say which)
+				if got.Status != http.StatusGatewayTimeout || took < trickleTimeout || took >= tookRP+trickleTimeout {
+					t.Errorf("lbpool answered %d after %v, want 504 after response_header_timeout (%v), less than a timeout later than reverse_proxy's (%v)", got.Status, took, trickleTimeout, tookRP)
 				}
 				if hits := a.hits.Load() + b.hits.Load(); hits != 1 {
 					t.Errorf("the pool's backends saw the request %d times (%d and %d), want once: a timeout is neither resent nor retried", hits, a.hits.Load(), b.hits.Load())

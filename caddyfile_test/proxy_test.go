@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -121,51 +120,12 @@ func TestBackendSeesClientHostAndForwardedHeaders(t *testing.T) {
 
 func TestWebsocketUpgradePassesThrough(t *testing.T) {
 	c := lbtest.Start(t)
-	b := lbtest.NewBackend(t, "ws", func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "websocket" {
-			http.Error(w, "want upgrade", http.StatusBadRequest)
-			return
-		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		_ = brw.Flush()
-		// echo lines until the client closes
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			_, _ = brw.WriteString("echo " + line)
-			_ = brw.Flush()
-		}
-	})
+	b := echoWebsocket(t, "ws", nil)
 	c.Load(t, site(c, "", b))
 
-	conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", c.HTTPPort), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("status %d, want 101", resp.StatusCode)
-	}
-	for _, msg := range []string{"hello\n", "again\n"} {
-		fmt.Fprint(conn, msg)
-		got, err := br.ReadString('\n')
-		if err != nil || got != "echo "+msg {
-			t.Fatalf("got %q (%v), want %q", got, err, "echo "+msg)
-		}
+	conn, br := dialWebsocket(t, c)
+	if !echoes(conn, br) {
+		t.Fatal("the websocket does not echo a second line")
 	}
 	if s := c.Backend(t, "web", b.URL()); s.ActiveConnections != 1 {
 		t.Fatalf("an open websocket counts %d active connections, want 1", s.ActiveConnections)

@@ -1,7 +1,6 @@
 package caddyfile_test
 
 import (
-	"bufio"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -484,48 +483,15 @@ func TestStickyCookieIsSecureOverTLS(t *testing.T) {
 
 func TestStickyWebsocketUpgradeCarryingTheCookieLandsOnItsBackend(t *testing.T) {
 	c := lbtest.Start(t)
-	ws := func(name string) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			if r.Header.Get("Upgrade") != "websocket" {
-				_, _ = io.WriteString(w, name)
-				return
-			}
-			conn, brw, err := http.NewResponseController(w).Hijack()
-			if err != nil {
-				return
-			}
-			defer conn.Close()
-			_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n" + name + "\n")
-			_ = brw.Flush()
-			_, _ = brw.ReadString('\n') // until the client closes
-		}
-	}
-	bs := []*lbtest.Backend{lbtest.NewBackend(t, "a", ws("a")), lbtest.NewBackend(t, "b", ws("b")), lbtest.NewBackend(t, "c", ws("c"))}
+	bs := []*lbtest.Backend{echoWebsocket(t, "a", nil), echoWebsocket(t, "b", nil), echoWebsocket(t, "c", nil)}
 	c.Load(t, site(c, stickyOpts, bs...))
 	s := newSession(c, c.URL("/"))
 	home, _ := s.mustGet(t)
 
 	upgrade := func(cookie string) (name, setCookie string) {
-		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", c.HTTPPort), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-		fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n%s\r\n", cookie)
-		br := bufio.NewReader(conn)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp.StatusCode != http.StatusSwitchingProtocols {
-			t.Fatalf("status %d, want 101", resp.StatusCode)
-		}
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		return strings.TrimSpace(line), resp.Header.Get("Set-Cookie")
+		conn, _, name, resp := upgradeWebsocket(t, c, cookie)
+		conn.Close()
+		return name, resp.Header.Get("Set-Cookie")
 	}
 	for range 6 {
 		if name, set := upgrade("Cookie: lb=" + s.value + "\r\n"); name != home || set != "" {

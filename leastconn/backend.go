@@ -10,10 +10,12 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/caddyserver/caddy/v2"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/lbpool/lbpool/internal/upstream"
 )
 
 // MaxWeight is the largest weight a backend may have.
@@ -183,7 +185,9 @@ type Backend struct {
 	sticky   atomic.Uint64 // requests routed here by their sticky cookie
 	latency  ewma          // of proxied requests' time to response headers
 
-	h1 h1Pool // kept-alive connections of the direct path
+	h1 upstream.Pool // kept-alive connections of the direct path
+
+	streams streamSet // upgraded connections to end after stream_close_delay (streams.go)
 
 	refs int // guarded by registry.mu
 

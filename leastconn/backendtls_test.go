@@ -16,12 +16,13 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/lbpool/lbpool/internal/upstream"
 )
 
 func TestPoolsShareATransportOnlyWithEqualTLSSettings(t *testing.T) {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
-	r := &registry{pools: make(map[string]*Pool), transports: make(map[transportSettings][]*sharedTransport)}
+	r := &registry{pools: make(map[string]*Pool), transports: make(map[upstream.Settings][]*sharedTransport)}
 	transport := func(h Handler) *sharedTransport {
 		t.Helper()
 		h.Backends = []BackendConfig{{URL: "https://127.0.0.1:1"}}

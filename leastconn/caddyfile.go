@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/lbpool/lbpool/internal/resolve"
 )
 
 func init() {
@@ -190,7 +191,7 @@ func parseDynamic(d *caddyfile.Dispenser, seen map[string]bool) (DynamicConfig, 
 				return dc, d.ArgErr()
 			}
 			for _, r := range args {
-				if _, err := parseResolver(r); err != nil {
+				if _, err := resolve.ParseServer(r); err != nil {
 					return dc, d.Errf("dynamic: %v", err)
 				}
 			}
@@ -200,7 +201,7 @@ func parseDynamic(d *caddyfile.Dispenser, seen map[string]bool) (DynamicConfig, 
 			if len(args) == 0 {
 				return dc, d.ArgErr()
 			}
-			if _, err := ipNetwork(args); err != nil {
+			if _, err := resolve.Network(args); err != nil {
 				return dc, d.Errf("dynamic: %v", err)
 			}
 			dc.Versions = append(dc.Versions, args...)

@@ -3,7 +3,6 @@ package leastconn
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"runtime/debug"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/lbpool/lbpool/internal/resolve"
 	"go.uber.org/zap"
 )
 
@@ -39,8 +39,6 @@ const (
 	DefaultRefresh = 30 * time.Second
 	// MaxMembers bounds the members one answer adds to a pool.
 	MaxMembers = 256
-	// lookupTimeout bounds one lookup (SRV and the lookups of its targets).
-	lookupTimeout = 5 * time.Second
 	// drainPoll is how often a source looks at its leaving members.
 	drainPoll = 50 * time.Millisecond
 	// drainSettle is how long a leaving member stays at least: a request
@@ -141,7 +139,7 @@ func checkDynamic(c DynamicConfig) (dynamicSpec, error) {
 		refresh: time.Duration(c.Refresh), scheme: c.Scheme,
 		dial: net.Dialer{Timeout: time.Duration(c.DialTimeout), FallbackDelay: time.Duration(c.DialFallbackDelay)}}
 	setDefault(&s.refresh, DefaultRefresh)
-	setDefault(&s.dial.Timeout, lookupTimeout)
+	setDefault(&s.dial.Timeout, resolve.Timeout)
 	if c.DialTimeout < 0 || c.DialFallbackDelay < 0 || c.GracePeriod < 0 {
 		return s, fmt.Errorf("dynamic %s %s: durations must be positive", s.kind, s.name)
 	}
@@ -158,7 +156,7 @@ func checkDynamic(c DynamicConfig) (dynamicSpec, error) {
 	default:
 		return s, fmt.Errorf("dynamic: unknown kind %q (use a or srv)", c.Kind)
 	}
-	if err := checkDNSName(s.name); err != nil {
+	if err := resolve.CheckName(s.name); err != nil {
 		return s, fmt.Errorf("dynamic %s: %w", s.kind, err)
 	}
 	if s.refresh < time.Millisecond {
@@ -168,14 +166,14 @@ func checkDynamic(c DynamicConfig) (dynamicSpec, error) {
 		return s, fmt.Errorf("dynamic %s %s: scheme %q not supported (use http or https)", s.kind, s.name, s.scheme)
 	}
 	for _, r := range c.Resolvers {
-		addr, err := parseResolver(r)
+		addr, err := resolve.ParseServer(r)
 		if err != nil {
 			return s, fmt.Errorf("dynamic %s %s: %w", s.kind, s.name, err)
 		}
 		s.resolvers = append(s.resolvers, addr)
 	}
 	var err error
-	if s.network, err = ipNetwork(c.Versions); err != nil {
+	if s.network, err = resolve.Network(c.Versions); err != nil {
 		return s, fmt.Errorf("dynamic %s %s: %w", s.kind, s.name, err)
 	}
 	s.label = dynamicLabel(s.kind, s.name, s.port)
@@ -191,65 +189,6 @@ func dynamicLabel(kind, name string, port int) string {
 		return kind + " " + name + ":" + strconv.Itoa(port)
 	}
 	return kind + " " + name
-}
-
-// checkDNSName accepts a DNS name: dot-separated labels of letters, digits,
-// '-' and '_', each 1-63 long, 253 in all.
-func checkDNSName(name string) error {
-	if name == "" {
-		return errors.New("missing DNS name")
-	}
-	if len(name) > 253 {
-		return fmt.Errorf("DNS name %q is longer than 253 characters", name)
-	}
-	for _, label := range strings.Split(name, ".") {
-		if label == "" || len(label) > 63 {
-			return fmt.Errorf("%q is not a DNS name (empty or over-long label)", name)
-		}
-		for _, r := range label {
-			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-				return fmt.Errorf("%q is not a DNS name (character %q)", name, r)
-			}
-		}
-	}
-	return nil
-}
-
-// parseResolver accepts ip or ip:port ([v6]:port) and returns host:port.
-func parseResolver(v string) (string, error) {
-	host, port, err := net.SplitHostPort(v)
-	if err != nil {
-		host, port = strings.TrimSuffix(strings.TrimPrefix(v, "["), "]"), "53"
-	}
-	if net.ParseIP(host) == nil {
-		return "", fmt.Errorf("resolver %q: not an IP address (with an optional port)", v)
-	}
-	if n, err := atoi(port); err != nil || n < 1 || n > 65535 {
-		return "", fmt.Errorf("resolver %q: bad port %q", v, port)
-	}
-	return net.JoinHostPort(host, port), nil
-}
-
-// ipNetwork maps versions (ipv4, ipv6) to the network LookupIP takes.
-func ipNetwork(versions []string) (string, error) {
-	var v4, v6 bool
-	for _, v := range versions {
-		switch v {
-		case "ipv4":
-			v4 = true
-		case "ipv6":
-			v6 = true
-		default:
-			return "", fmt.Errorf("versions: unknown %q (use ipv4, ipv6)", v)
-		}
-	}
-	switch {
-	case v4 && !v6:
-		return "ip4", nil
-	case v6 && !v4:
-		return "ip6", nil
-	}
-	return "ip", nil
 }
 
 // source is one DNS source of one pool, shared by the leases that
@@ -291,7 +230,7 @@ func newSource(p *Pool, s dynamicSpec) *source {
 	src := &source{pool: p, spec: s, leaving: make(map[*Backend]time.Time), resolver: net.DefaultResolver}
 	src.refresh.Store(int64(s.refresh))
 	if len(s.resolvers) > 0 {
-		src.resolver = resolverFor(s.resolvers, s.dial)
+		src.resolver = resolve.NewResolver(s.resolvers, s.dial)
 	}
 	return src
 }
@@ -370,80 +309,31 @@ func (src *source) refreshMembers(ctx context.Context, r *registry) {
 	r.applyAnswer(src, answer, log)
 }
 
-// errNoAddresses is a successful answer without a usable address: a
-// failure too, so that it cannot empty the pool.
-var errNoAddresses = errors.New("no addresses in the answer")
-
-// lookup asks DNS for the source's addresses, deduplicated.
+// lookup asks DNS for the source's addresses, deduplicated, as members
+// of the pool.
 func (src *source) lookup(ctx context.Context) ([]found, error) {
-	answer, err := src.ask(ctx)
-	var de *net.DNSError
-	if len(src.spec.resolvers) > 0 && errors.As(err, &de) && de.Server != "" {
-		// the resolver names the system's server, not the one it asked
-		err = errors.New(strings.Replace(err.Error(), " on "+de.Server, "", 1))
-	}
-	return answer, err
-}
-
-func (src *source) ask(ctx context.Context) ([]found, error) {
-	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
-	defer cancel()
 	s := src.spec
-	var out []found
-	seen := make(map[string]bool)
-	add := func(ip net.IP, port, priority int) {
-		a, err := parseBackendURL(s.scheme + "://" + net.JoinHostPort(ip.String(), strconv.Itoa(port)))
-		if err != nil || seen[a.key] {
-			return
-		}
-		seen[a.key] = true
-		a.weight = 1
-		out = append(out, found{addr: a, priority: priority})
+	q := resolve.Query{Kind: s.kind, Name: s.name, Port: s.port, Network: s.network, Max: MaxMembers}
+	answer, err := resolve.Lookup(ctx, src.resolver, q, len(s.resolvers) > 0)
+	if err != nil {
+		return nil, err
 	}
-	switch s.kind {
-	case "a":
-		ips, err := src.resolver.LookupIP(ctx, s.network, s.name)
+	out := make([]found, 0, len(answer))
+	for _, ad := range answer {
+		a, err := parseBackendURL(s.scheme + "://" + ad.HostPort())
 		if err != nil {
-			return nil, err
+			continue
 		}
-		for _, ip := range ips {
-			add(ip, s.port, 0)
+		a.weight = 1
+		if s.kind == "srv" {
+			a.weight = srvWeight(ad.Weight)
 		}
-	case "srv":
-		_, records, err := src.resolver.LookupSRV(ctx, "", "", s.name)
-		if err != nil {
-			return nil, err
-		}
-		for _, rec := range records {
-			if len(out) >= MaxMembers || rec.Port == 0 {
-				// records come by priority: the ones past the bound are backups
-				continue
-			}
-			ips, err := src.targetIPs(ctx, strings.TrimSuffix(rec.Target, "."))
-			if err != nil {
-				return nil, fmt.Errorf("srv target %s: %w", rec.Target, err)
-			}
-			n := len(out)
-			for _, ip := range ips {
-				add(ip, int(rec.Port), int(rec.Priority))
-			}
-			for i := n; i < len(out); i++ {
-				out[i].addr.weight = srvWeight(rec.Weight)
-			}
-		}
+		out = append(out, found{addr: a, priority: ad.Priority})
 	}
 	if len(out) == 0 {
-		return nil, errNoAddresses
+		return nil, resolve.ErrNoAddresses
 	}
 	return out, nil
-}
-
-// targetIPs resolves an SRV target through the source's resolver.
-func (src *source) targetIPs(ctx context.Context, target string) ([]net.IP, error) {
-	if ip := net.ParseIP(target); ip != nil {
-		return []net.IP{ip}, nil
-	}
-	return src.resolver.LookupIP(ctx, src.spec.network, target)
 }
 
 // srvWeight maps an SRV weight to a pool weight. RFC 2782 gives weight 0
@@ -544,6 +434,7 @@ func (r *registry) stopBackends(p *Pool, stopped []*Backend) {
 	for _, b := range stopped {
 		b.stopChecker()
 		forgetMetrics(p.name, b)
+		b.streams.leave()
 	}
 }
 
@@ -552,6 +443,7 @@ func (r *registry) stopBackends(p *Pool, stopped []*Backend) {
 func hold(b *Backend) {
 	b.refs++
 	b.clearFlag(flagLeaving)
+	b.streams.stay()
 }
 
 // applyAnswer makes a successful answer the source's members: new
@@ -593,6 +485,7 @@ func (r *registry) applyAnswer(src *source, answer []found, log *zap.Logger) {
 			// back in DNS before it left: it stays, on the leaving reference
 			delete(src.leaving, b)
 			b.clearFlag(flagLeaving)
+			b.streams.stay()
 			log.Info("member back in dns; it stays", zap.String("backend", b.URL()))
 		default:
 			hold(b)
@@ -621,6 +514,7 @@ func (r *registry) applyAnswer(src *source, answer []found, log *zap.Logger) {
 		log.Info("member joined", zap.String("backend", b.URL()))
 	}
 	for _, b := range left {
+		b.streams.leave()
 		log.Info("member gone from dns; draining", zap.String("backend", b.URL()), zap.Int64("active", b.active.Load()))
 	}
 }

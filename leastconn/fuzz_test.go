@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/lbpool/lbpool/internal/upstream"
 )
 
 // FuzzUnmarshalCaddyfile: any token stream is either an error that names
@@ -148,7 +149,7 @@ func checkBackendAddr(t *testing.T, raw string, a backendAddr) {
 		if a.scheme != "http" || a.key != unixPrefix+a.dial || a.display != a.key || !strings.HasPrefix(a.dial, "/") {
 			t.Fatalf("%q: unix backend %+v", raw, a)
 		}
-		if path, ok := unixSocketOf(a.hostport); !ok || path != a.dial {
+		if path, ok := upstream.UnixSocketOf(a.hostport); !ok || path != a.dial {
 			t.Fatalf("%q: the stand-in host %q names %q, not the socket %q", raw, a.hostport, path, a.dial)
 		}
 		return

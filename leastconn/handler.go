@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
+	"github.com/lbpool/lbpool/internal/upstream"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 )
@@ -342,12 +343,14 @@ type Handler struct {
 	StreamTimeout caddy.Duration `json:"stream_timeout,omitempty"`
 
 	// Upgraded connections to a backend that left the pool (a reload
-	// removed it) end this long after it left. Default: they run until
-	// they end.
+	// removed it, its pool was unloaded, or it is gone from DNS) end this
+	// long after it left; connections to backends that stay are kept
+	// across reloads. Default: they run until they end.
 	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
 
-	// The buffer size of each direction of an upgraded connection.
-	// Default: 32 KiB.
+	// The buffer each direction of an upgraded connection copies through,
+	// in bytes. Default: lbpool's own (none while the connection idles on
+	// a socket, up to 32 KiB while data flows).
 	StreamBufferSize int `json:"stream_buffer_size,omitempty"`
 
 	// Discovery: members found through DNS (discover.go).
@@ -428,17 +431,11 @@ type Handler struct {
 	headerDown *headers.RespHeaderOps // nil without header_down
 	trusted    []netip.Prefix         // trusted_proxies; nil without
 
-	spec      *poolSpec
-	retries   int           // the retries option; -1 when unset (every other backend)
-	sticky    *stickyCookie // nil without the sticky option
-	leastTime bool          // least_time picks (as the policy or the fallback): record latencies
-	policy    policyKind    // the pick, from lb_policy (policies.go)
-	fallback  policyKind    // a hashing policy's pick for requests without a key
-	key       keySource     // a hashing policy's key
-	factor    float64       // hash_balance_factor; 0: no bound
-	choose    int           // random_choose's n
-	released  bool
-	logger    *zap.Logger
+	spec     *poolSpec
+	retries  int           // the retries option; -1 when unset (every other backend)
+	sticky   *stickyCookie // nil without the sticky option
+	released bool
+	logger   *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -458,7 +455,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	spec.logger = h.logger
-	if err := h.provisionPolicy(); err != nil {
+	if err := h.provisionPolicy(spec); err != nil {
 		return err
 	}
 	if err := h.provisionTLS(ctx, spec); err != nil {
@@ -621,8 +618,8 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 	if s.wire, err = h.wireSettings(); err != nil {
 		return nil, err
 	}
-	s.direct = s.wire.direct()
-	s.dialer = s.transportSettings().newDialer()
+	s.direct = s.wire.Direct()
+	s.dialer = s.transportSettings().Dialer()
 	dynamic, err := h.discoverySpecs()
 	if err != nil {
 		return nil, err
@@ -648,14 +645,13 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 
 // transportSettings are the settings that shape the transport; a reload
 // that keeps them keeps the pool's transport and its open connections.
-func (s *poolSpec) transportSettings() transportSettings {
-	return transportSettings{
-		dialTimeout:           s.dialTimeout,
-		responseHeaderTimeout: s.responseHeaderTimeout,
-		tls:                   s.tls.key,
-		tlsTimeout:            s.tls.timeout,
-		wireSettings:          s.wire,
-	}
+func (s *poolSpec) transportSettings() upstream.Settings {
+	ts := s.wire
+	ts.DialTimeout = s.dialTimeout
+	ts.ResponseHeaderTimeout = s.responseHeaderTimeout
+	ts.TLS = s.tls.key
+	ts.TLSTimeout = s.tls.timeout
+	return ts
 }
 
 func setDefault[T comparable](v *T, def T) {

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lbpool/lbpool/internal/upstream"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -49,7 +50,7 @@ func (b *Backend) startChecker() {
 func (b *Backend) stopChecker() {
 	b.stop()
 	<-b.done
-	b.h1.prune(time.Now(), 0)
+	b.h1.Prune(time.Now(), 0)
 }
 
 // checkNow asks the checker for a check at once, without waiting for it.
@@ -116,7 +117,7 @@ func (b *Backend) runChecks(ctx context.Context) {
 				}
 			}
 		}
-		b.h1.prune(time.Now(), h1IdleTimeout)
+		b.h1.Prune(time.Now(), upstream.IdleTimeout)
 		timer.Reset(b.untilHoldEnds(nextCheckIn(b.nextCheck(spec, &downWait))))
 	}
 }

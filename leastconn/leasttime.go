@@ -72,9 +72,10 @@ const (
 var epoch = time.Now()
 
 // observe records a try's time to response headers d, sent at start.
-func (h *Handler) observe(b *Backend, start time.Time, d time.Duration) {
+// With leastTime it also feeds the peak-EWMA least_time picks by.
+func (b *Backend) observe(start time.Time, d time.Duration, leastTime bool) {
 	b.latency.observe(d)
-	if h.leastTime {
+	if leastTime {
 		now := int64(start.Sub(epoch)+d) / int64(time.Millisecond)
 		b.peak.observe(d, now)
 		b.pool.advanceClock(now)
@@ -210,16 +211,16 @@ func latencyOf(b *Backend, load int64, group []*Backend, now int64, median *int6
 
 // pickLeastTime is pick under least_time: the same priority groups, sampling
 // and fallback, with cost = load × latency.
-func (h *Handler) pickLeastTime(v *view, tried *triedSet) int {
-	now := h.lease.pool.clock.Load()
+func (l *lease) pickLeastTime(v *view, tried *triedSet) int {
+	now := l.pool.clock.Load()
 	lo := 0
 	for _, hi := range v.groups {
 		if hi-lo > exactScanMax {
-			if i := h.pickTimeSampled(v.backends[lo:hi], lo, tried, now); i >= 0 {
+			if i := l.pickTimeSampled(v.backends[lo:hi], lo, tried, now); i >= 0 {
 				return i
 			}
 		}
-		if i := h.pickTimeExact(v.backends, lo, hi, tried, now); i >= 0 {
+		if i := l.pickTimeExact(v.backends, lo, hi, tried, now); i >= 0 {
 			return i
 		}
 		lo = hi
@@ -233,8 +234,8 @@ func (h *Handler) pickLeastTime(v *view, tried *triedSet) int {
 // float64 cross products are exact and ties are found exactly.
 
 // pickTimeExact is pickExact minimising load × latency / weight.
-func (h *Handler) pickTimeExact(bs []*Backend, lo, hi int, tried *triedSet, now int64) int {
-	start := h.scanStart(lo, hi)
+func (l *lease) pickTimeExact(bs []*Backend, lo, hi int, tried *triedSet, now int64) int {
+	start := l.scanStart(lo, hi)
 	first, ties := -1, 0
 	idle := true
 	median := int64(-1)
@@ -273,13 +274,13 @@ func (h *Handler) pickTimeExact(bs []*Backend, lo, hi int, tried *triedSet, now 
 	chosen := first
 	switch {
 	case idle:
-		h.rotateAfter(first, lo, hi)
+		l.rotateAfter(first, lo, hi)
 	case ties > 1:
 		chosen = nthTiedTime(bs, lo, hi, tried, start, rand.N(ties), bestCost, bestWeight, first, now)
 	}
 	if !bs[chosen].take() {
 		// filled up since the scan (max_conns): the next scan skips it
-		return h.pickTimeExact(bs, lo, hi, tried, now)
+		return l.pickTimeExact(bs, lo, hi, tried, now)
 	}
 	return chosen
 }
@@ -314,7 +315,7 @@ func nthTiedTime(bs []*Backend, lo, hi int, tried *triedSet, start, k int, cost,
 }
 
 // pickTimeSampled is pickSampled minimising load × latency / weight.
-func (h *Handler) pickTimeSampled(bs []*Backend, lo int, tried *triedSet, now int64) int {
+func (l *lease) pickTimeSampled(bs []*Backend, lo int, tried *triedSet, now int64) int {
 	n := uint64(len(bs))
 	best := -1
 	median := int64(-1)

@@ -10,7 +10,7 @@ import (
 // 1, at pool clock 10 s.
 func newLeastTimeTestHandler(latencies ...int64) *Handler {
 	h := newTestHandler(make([]int, len(latencies))...)
-	h.leastTime, h.policy = true, kindLeastTime
+	h.lease.leastTime, h.lease.kind = true, kindLeastTime
 	const now = 10_000
 	h.lease.pool.clock.Store(now)
 	for i, b := range h.viewed() {
@@ -184,7 +184,7 @@ func TestLeastTimeAvoidsTheSlowBackend(t *testing.T) {
 		t.Fatalf("60 requests in flight went %v, want 30/30/0", counts)
 	}
 	// least_conn puts a third on it
-	h.leastTime, h.policy = false, kindLeastConn
+	h.lease.leastTime, h.lease.kind = false, kindLeastConn
 	for _, b := range h.viewed() {
 		b.active.Store(0)
 	}
@@ -294,15 +294,15 @@ func TestLeastTimePickAllocatesNothing(t *testing.T) {
 func TestLeastConnDoesNotKeepLatencyEstimates(t *testing.T) {
 	h := newTestHandler(1)
 	b := h.viewed()[0]
-	h.observe(b, time.Now(), time.Millisecond)
+	b.observe(time.Now(), time.Millisecond, h.lease.leastTime)
 	if b.peak.w.Load() != 0 || h.lease.pool.clock.Load() != 0 {
 		t.Fatal("least_conn updated the least_time estimate or the pool clock")
 	}
 	if b.latency.value() != time.Millisecond {
 		t.Fatalf("the stats latency is %v, want 1ms", b.latency.value())
 	}
-	h.leastTime = true
-	h.observe(b, time.Now(), time.Millisecond)
+	h.lease.leastTime = true
+	b.observe(time.Now(), time.Millisecond, h.lease.leastTime)
 	if got := b.peak.at(h.lease.pool.clock.Load(), false); got < 875 || got > 1000 {
 		t.Fatalf("least_time estimate %d µs after a 1 ms response", got)
 	}
@@ -311,7 +311,7 @@ func TestLeastConnDoesNotKeepLatencyEstimates(t *testing.T) {
 func TestUnknownPolicyIsAnError(t *testing.T) {
 	for _, p := range []string{"fastest", "LEAST_TIME", " least_time"} {
 		h := &Handler{LBPolicy: p}
-		if err := h.provisionPolicy(); err == nil {
+		if err := h.provisionPolicy(&poolSpec{}); err == nil {
 			t.Errorf("lb_policy %q accepted", p)
 		}
 	}

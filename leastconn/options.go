@@ -13,6 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 	"github.com/dustin/go-humanize"
+	"github.com/lbpool/lbpool/internal/resolve"
+	"github.com/lbpool/lbpool/internal/upstream"
 )
 
 // The Caddyfile's options are one table: a name (lbpool's own, or
@@ -806,7 +808,7 @@ func readLocalAddress(p *parser) error {
 	if !p.d.AllArgs(&v) {
 		return p.d.ArgErr()
 	}
-	if _, err := localAddr(v); err != nil {
+	if _, err := upstream.LocalAddr(v); err != nil {
 		return p.d.Errf("local_address: %v", err)
 	}
 	p.h.LocalAddress = v
@@ -819,7 +821,7 @@ func readResolvers(p *parser) error {
 		return p.d.ArgErr()
 	}
 	for _, r := range args {
-		if _, err := parseResolver(r); err != nil {
+		if _, err := resolve.ParseServer(r); err != nil {
 			return p.d.Errf("resolvers: %v", err)
 		}
 	}

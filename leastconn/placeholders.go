@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/lbpool/lbpool/internal/upstream"
 )
 
 // Placeholders of a proxied request, for access logs (log_append), header
@@ -46,7 +47,7 @@ type proxyState struct {
 
 	out    http.Request // the request sent to backends (see outgoing)
 	outURL url.URL
-	body   requestBody // out's body, when there is one
+	body   upstream.RequestBody // out's body, when there is one
 }
 
 // track starts the request's state and offers it to the request's replacer.

@@ -89,8 +89,20 @@ func policyNames() string {
 		"ip_hash, client_ip_hash, uri_hash, query, header, cookie or hash"
 }
 
-// provisionPolicy checks the selection options and chooses the pick.
-func (h *Handler) provisionPolicy() error {
+// policySpec is the pick a lease makes, resolved from the selection
+// options at provision.
+type policySpec struct {
+	kind     policyKind
+	fallback policyKind // a hashing policy's pick for requests without a key
+	key      keySource  // a hashing policy's key
+	factor   float64    // hash_balance_factor; 0: no bound
+	choose   int        // random_choose's n
+}
+
+// provisionPolicy checks the selection options and chooses the pick of
+// spec's leases.
+func (h *Handler) provisionPolicy(spec *poolSpec) error {
+	p := &spec.policy
 	name := h.LBPolicy
 	if name == "" {
 		name = PolicyLeastConn
@@ -102,7 +114,7 @@ func (h *Handler) provisionPolicy() error {
 	if !ok {
 		return fmt.Errorf("lbpool: lb_policy %q unknown (use %s)", h.LBPolicy, policyNames())
 	}
-	h.policy, h.leastTime = pk.kind, pk.kind == kindLeastTime
+	p.kind, spec.leastTime = pk.kind, pk.kind == kindLeastTime
 	if pk.kind != kindHash && h.LBPolicyKey != "" {
 		return fmt.Errorf("lbpool: lb_policy_key is for ip_hash, client_ip_hash, uri_hash, query, header and hash, not %s", name)
 	}
@@ -112,12 +124,12 @@ func (h *Handler) provisionPolicy() error {
 	if h.HashBalanceFactor != nil && pk.kind != kindHash {
 		return fmt.Errorf("lbpool: hash_balance_factor is for the hashing policies, not %s", name)
 	}
-	h.choose = DefaultRandomChoose
+	p.choose = DefaultRandomChoose
 	if h.LBChoose != 0 {
 		if h.LBChoose < 1 || h.LBChoose > exactScanMax {
 			return fmt.Errorf("lbpool: lb_choose %d: want 1 to %d", h.LBChoose, exactScanMax)
 		}
-		h.choose = h.LBChoose
+		p.choose = h.LBChoose
 	}
 	if pk.kind != kindHash {
 		return nil
@@ -126,22 +138,22 @@ func (h *Handler) provisionPolicy() error {
 	if err != nil {
 		return fmt.Errorf("lbpool: lb_policy %s: %w", name, err)
 	}
-	h.key = src
-	h.fallback = kindLeastConn
+	p.key = src
+	p.fallback = kindLeastConn
 	if h.LBFallback != "" {
 		fk, ok := policyKinds[h.LBFallback]
 		if !ok || !fk.fallback {
 			return fmt.Errorf("lbpool: lb_fallback %q: want least_conn, least_time, round_robin, random, random_choose or first", h.LBFallback)
 		}
-		h.fallback = fk.kind
-		h.leastTime = h.leastTime || fk.kind == kindLeastTime
+		p.fallback = fk.kind
+		spec.leastTime = spec.leastTime || fk.kind == kindLeastTime
 	}
-	h.factor = DefaultHashBalanceFactor
+	p.factor = DefaultHashBalanceFactor
 	if f := h.HashBalanceFactor; f != nil {
 		if *f != 0 && (*f < 1 || *f > maxHashBalanceFactor || math.IsNaN(*f)) {
 			return fmt.Errorf("lbpool: hash_balance_factor %v: want 1 to %d, or 0 for no bound", *f, maxHashBalanceFactor)
 		}
-		h.factor = *f
+		p.factor = *f
 	}
 	return nil
 }
@@ -411,16 +423,16 @@ const (
 
 // pickReason says why the backend of try was chosen: home when the sticky
 // cookie named it.
-func (h *Handler) pickReason(try int, home bool, tried *triedSet) string {
+func (l *lease) pickReason(try int, home bool, tried *triedSet) string {
 	switch {
 	case home && try == 0:
 		return pickSticky
 	case try > 0:
 		return pickRetry
-	case h.policy != kindHash:
-		return kindNames[h.policy]
+	case l.kind != kindHash:
+		return kindNames[l.kind]
 	case !tried.keyed:
-		return kindNames[h.fallback]
+		return kindNames[l.fallback]
 	case tried.spilled:
 		return pickHashSpill
 	}

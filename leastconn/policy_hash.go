@@ -283,7 +283,7 @@ func hrwCost(key uint64, b *Backend, uniform bool) float64 {
 // order that is usable and below its bound, or when none is, the first
 // usable one. spilled reports that the backend is not the key's first
 // choice. It returns -1 when no backend of the group is usable.
-func (h *Handler) pickHash(bs []*Backend, lo, hi int, tried *triedSet, key uint64) (chosen int, spilled bool) {
+func (l *lease) pickHash(bs []*Backend, lo, hi int, tried *triedSet, key uint64) (chosen int, spilled bool) {
 	// the bound's inputs: the group's requests in flight and usable weight
 	var active, total, now int64
 	uniform, w0 := true, bs[lo].weight.Load()
@@ -326,14 +326,14 @@ func (h *Handler) pickHash(bs []*Backend, lo, hi int, tried *triedSet, key uint6
 		if f&flagsUnavailable != 0 || tried.has(bestJ) || f&flagCapped != 0 && b.full() {
 			continue
 		}
-		if h.factor == 0 {
+		if l.factor == 0 {
 			if b.take() {
 				return bestJ, round > 0
 			}
 			continue
 		}
 		w := b.effectiveWeight(&now)
-		bound := int64(math.Ceil(h.factor * float64(active+1) * float64(w) / float64(total)))
+		bound := int64(math.Ceil(l.factor * float64(active+1) * float64(w) / float64(total)))
 		if b.takeBelow(bound) {
 			return bestJ, round > 0
 		}

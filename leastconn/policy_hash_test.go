@@ -15,7 +15,7 @@ func newHashTestHandler(f float64, weights ...int) *Handler {
 	for i, b := range h.viewed() {
 		b.weight.Store(int64(max(weights[i], 1)))
 	}
-	h.policy, h.fallback, h.factor = kindHash, kindLeastConn, f
+	h.lease.kind, h.lease.fallback, h.lease.factor = kindHash, kindLeastConn, f
 	return h
 }
 
@@ -225,7 +225,7 @@ func TestHashSkipsUnavailableTriedAndFull(t *testing.T) {
 
 func TestHashWithoutAKeyFallsBack(t *testing.T) {
 	h := newHashTestHandler(1.25, 1, 1, 1)
-	h.fallback = kindRoundRobin
+	h.lease.fallback = kindRoundRobin
 	seen := map[int]bool{}
 	for range 3 {
 		var tried triedSet
@@ -304,7 +304,7 @@ func TestHashPickAllocatesNothing(t *testing.T) {
 	}
 	for _, kind := range []policyKind{kindRoundRobin, kindWeightedRoundRobin, kindRandom, kindRandomChoose, kindFirst} {
 		h := newTestHandler(make([]int, 8)...)
-		h.policy, h.choose = kind, 2
+		h.lease.kind, h.lease.choose = kind, 2
 		testPickAllocatesNothing(t, 8, h)
 	}
 }
@@ -353,7 +353,7 @@ func BenchmarkPickLeastConnIdle64(b *testing.B) { benchmarkPickLeastConnIdle(b, 
 
 func TestPickReasons(t *testing.T) {
 	h := newHashTestHandler(1.25, 1, 1)
-	h.fallback = kindRandom
+	h.lease.fallback = kindRandom
 	for _, c := range []struct {
 		try   int
 		home  bool
@@ -366,12 +366,12 @@ func TestPickReasons(t *testing.T) {
 		{0, false, triedSet{keyed: true, spilled: true}, "hash_spill"},
 		{0, false, triedSet{}, "random"},
 	} {
-		if got := h.pickReason(c.try, c.home, &c.tried); got != c.want {
+		if got := h.lease.pickReason(c.try, c.home, &c.tried); got != c.want {
 			t.Errorf("try %d home %v %+v: %q, want %q", c.try, c.home, c.tried, got, c.want)
 		}
 	}
-	h.policy = kindWeightedRoundRobin
-	if got := h.pickReason(0, false, &triedSet{}); got != "weighted_round_robin" {
+	h.lease.kind = kindWeightedRoundRobin
+	if got := h.lease.pickReason(0, false, &triedSet{}); got != "weighted_round_robin" {
 		t.Errorf("weighted_round_robin's pick: %q", got)
 	}
 }
@@ -379,7 +379,7 @@ func TestPickReasons(t *testing.T) {
 func TestPoliciesPickNothingFromAnEmptyPool(t *testing.T) {
 	for kind := kindRoundRobin; kind <= kindHash; kind++ {
 		h := newDiscoveredTestHandler(0)
-		h.policy, h.fallback, h.choose, h.factor = kind, kindLeastConn, 2, 1.25
+		h.lease.kind, h.lease.fallback, h.lease.choose, h.lease.factor = kind, kindLeastConn, 2, 1.25
 		tried := triedSet{key: 1, keyed: true}
 		if i := h.pickNow(&tried); i != -1 {
 			t.Fatalf("policy %d picked %d from an empty pool", kind, i)

@@ -27,15 +27,15 @@ func takeFrom(bs []*Backend, lo, hi, start int, tried *triedSet) int {
 }
 
 // pickRoundRobin: each request takes the next backend in turn.
-func (h *Handler) pickRoundRobin(bs []*Backend, lo, hi int, tried *triedSet) int {
+func (l *lease) pickRoundRobin(bs []*Backend, lo, hi int, tried *triedSet) int {
 	n := uint64(hi - lo)
-	return takeFrom(bs, lo, hi, lo+int((h.lease.rr.Add(1)-1)%n), tried)
+	return takeFrom(bs, lo, hi, lo+int((l.rr.Add(1)-1)%n), tried)
 }
 
 // pickWeightedRoundRobin: each backend takes as many turns in a row of the
 // rotation as its weight (reverse_proxy's weighted_round_robin, with
 // lbpool's weights).
-func (h *Handler) pickWeightedRoundRobin(bs []*Backend, lo, hi int, tried *triedSet) int {
+func (l *lease) pickWeightedRoundRobin(bs []*Backend, lo, hi int, tried *triedSet) int {
 	var total int64
 	for j := lo; j < hi; j++ {
 		total += bs[j].weight.Load()
@@ -43,7 +43,7 @@ func (h *Handler) pickWeightedRoundRobin(bs []*Backend, lo, hi int, tried *tried
 	if total <= 0 {
 		return -1
 	}
-	pos := int64((h.lease.rr.Add(1) - 1) % uint64(total))
+	pos := int64((l.rr.Add(1) - 1) % uint64(total))
 	start := lo
 	for j := lo; j < hi; j++ {
 		if pos -= bs[j].weight.Load(); pos < 0 {

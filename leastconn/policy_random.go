@@ -16,13 +16,13 @@ func pickRandom(bs []*Backend, lo, hi int, tried *triedSet) int {
 // usable one; when none drawn is usable, pickRandom's. With n at least
 // the group's size it is least_conn's pick; groups over 64 backends draw
 // with replacement (least_conn's sampled pick), where a repeat is rare.
-func (h *Handler) pickRandomChoose(bs []*Backend, lo, hi int, tried *triedSet) int {
+func (l *lease) pickRandomChoose(bs []*Backend, lo, hi int, tried *triedSet) int {
 	n := hi - lo
 	switch {
-	case h.choose >= n:
-		return h.pickExact(bs, lo, hi, tried)
+	case l.choose >= n:
+		return l.pickExact(bs, lo, hi, tried)
 	case n > 64:
-		if i := pickSampled(bs[lo:hi], lo, tried, h.choose); i >= 0 {
+		if i := pickSampled(bs[lo:hi], lo, tried, l.choose); i >= 0 {
 			return i
 		}
 		return pickRandom(bs, lo, hi, tried)
@@ -30,7 +30,7 @@ func (h *Handler) pickRandomChoose(bs []*Backend, lo, hi int, tried *triedSet) i
 	var drawn uint64 // offsets drawn so far
 	best := -1
 	var bestLoad, bestWeight, now int64
-	for k := 0; k < h.choose; {
+	for k := 0; k < l.choose; {
 		j := rand.N(n)
 		if drawn&(1<<j) != 0 {
 			continue

@@ -1,8 +1,6 @@
 package leastconn
 
 import (
-	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -18,67 +16,21 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/lbpool/lbpool/internal/upstream"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/net/http/httpguts"
 )
 
-// transportSettings are the options that shape a transport. Pools with
-// equal settings share one transport and its keep-alive connections, also
-// across reloads.
-type transportSettings struct {
-	dialTimeout           time.Duration
-	responseHeaderTimeout time.Duration
-	tls                   string        // the TLS settings as JSON; "" for none
-	tlsTimeout            time.Duration // 0: the default
-	wireSettings                        // the other transport options (transport.go)
+// directOK tells whether a try may take the direct path
+// (upstream.RoundTrip): a plain-HTTP backend and no upgrade.
+func directOK(out *http.Request, b *Backend) bool {
+	return b.addr.scheme == "http" && out.Header["Upgrade"] == nil && (out.Body == nil || directBodies)
 }
 
-// dialError marks a failure to connect: nothing reached the backend, so any
-// request may be retried elsewhere.
-type dialError struct{ err error }
-
-func (e dialError) Error() string { return e.err.Error() }
-func (e dialError) Unwrap() error { return e.err }
-
-// newTransport builds a transport tuned for proxying: a large idle pool per
-// backend (so many concurrent clients do not churn connections), a short
-// dial timeout (so retries happen fast), HTTP/2 to TLS backends, and no
-// transparent compression (encodings pass through unchanged).
-func newTransport(ts transportSettings, tlsConfig *tls.Config) *http.Transport {
-	dialer := ts.newDialer()
-	handshake := 10 * time.Second
-	if ts.tlsTimeout > 0 {
-		handshake = ts.tlsTimeout
-	}
-	t := &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			if path, ok := unixSocketOf(addr); ok {
-				network, addr = "unix", path
-			}
-			c, err := dialer.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, dialError{err}
-			}
-			if ts.readTimeout > 0 || ts.writeTimeout > 0 {
-				c = &deadlineConn{Conn: c, read: ts.readTimeout, write: ts.writeTimeout}
-			}
-			return c, nil
-		},
-		ForceAttemptHTTP2:      true,
-		MaxIdleConns:           0, // no global cap; the per-host one bounds it
-		MaxIdleConnsPerHost:    1024,
-		IdleConnTimeout:        2 * time.Minute,
-		TLSHandshakeTimeout:    handshake,
-		ExpectContinueTimeout:  time.Second,
-		ResponseHeaderTimeout:  ts.responseHeaderTimeout,
-		DisableCompression:     true,
-		MaxResponseHeaderBytes: maxResponseHeaderBytes,
-		TLSClientConfig:        tlsConfig.Clone(),
-	}
-	ts.tune(t)
-	return t
-}
+// directBodies lets requests with bodies take the direct path; benchmarks
+// turn it off to compare with net/http's Transport.
+var directBodies = true
 
 // ServeHTTP proxies the request to the least-loaded backend, trying others
 // when one cannot be reached.
@@ -94,23 +46,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	v := h.lease.view.Load() // one view for every try: indices stay valid
 	tried := newTriedSet(len(v.backends))
-	if h.policy == kindHash {
-		tried.key, tried.keyed = h.key.keyHash(r)
+	if h.lease.kind == kindHash {
+		tried.key, tried.keyed = h.lease.key.keyHash(r)
 	}
 	retries := h.retriesIn(v)
 	home := -1 // the backend the sticky cookie names, taken on the first try
 	if h.sticky != nil {
-		home = h.stickyHome(r, v)
+		home = h.sticky.home(r, v)
 	}
 	var lastErr error
 	for try := 0; try <= retries; try++ {
 		i := home
 		if try > 0 || i < 0 {
-			i = h.pick(v, &tried)
+			i = h.lease.pick(v, &tried)
 		}
 		if i < 0 && v.someFull(&tried) {
 			var err error
-			if i, err = h.wait(r.Context(), v, &tried); err != nil {
+			if i, err = h.lease.wait(r.Context(), v, &tried); err != nil {
 				return h.fail(w, r, http.StatusServiceUnavailable, err)
 			}
 			if i < 0 {
@@ -122,7 +74,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		tried.add(i)
 		b := v.backends[i]
-		st.pick = h.pickReason(try, i == home, &tried)
+		st.pick = h.lease.pickReason(try, i == home, &tried)
 		if try == 0 && tried.spilled {
 			h.lease.pool.spills.Add(1)
 		}
@@ -187,18 +139,7 @@ func (e *tryError) Error() string { return e.err.Error() }
 // retryableAfterConnect: a try that failed after connecting is retried only
 // for idempotent requests without a body, as the backend may have acted.
 func retryableAfterConnect(r *http.Request, out *http.Request) bool {
-	return idempotent(r.Method) && out.Body == nil
-}
-
-// idempotent methods may be sent again when a try broke off: repeating them
-// has no further effect (RFC 9110 §9.2.2; PUT and DELETE too, but lbpool
-// stays with the methods that also change nothing at all).
-func idempotent(method string) bool {
-	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	return false
+	return upstream.Idempotent(r.Method) && out.Body == nil
 }
 
 // retryAfter is the Retry-After value for 503s: the next health check is at
@@ -261,13 +202,13 @@ func (h *Handler) outgoing(r *http.Request, st *proxyState) *http.Request {
 	} else if r.Body != nil {
 		// one reader for every try (see requestBody); the next try takes
 		// it only when nothing of it was read
-		st.body.rc = r.Body
+		st.body.Reset(r.Body)
 		out.Body = &st.body
 		if len(r.Trailer) > 0 {
 			out.ContentLength = -1 // HTTP/1.1 carries trailers only chunked
 		}
 	}
-	upgrade := upgradeType(r.Header)
+	upgrade := upstream.UpgradeType(r.Header)
 	trailers := httpguts.HeaderValuesContainsToken(r.Header["Te"], "trailers")
 	removeHopHeaders(out.Header)
 	if trailers {
@@ -335,28 +276,28 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	var done func(reuse bool) // set on the direct path: gives the connection back
 	var err error
 	if h.spec.direct && directOK(out, b) {
-		resp, done, err = h.roundTripDirect(w, out, b)
+		resp, done, err = upstream.RoundTrip(w, &b.h1, h.spec.dialer, b.addr.network, b.addr.dial, out, h.spec.responseHeaderTimeout)
 	} else {
 		resp, err = h.roundTripTransport(w, out)
 	}
 	if err != nil {
-		if body, ok := out.Body.(*requestBody); ok && body.clientError() != nil {
+		if body, ok := out.Body.(*upstream.RequestBody); ok && body.ClientError() != nil {
 			// the client's body broke off, or was refused (too large):
 			// not the backend's fault, and not sent again
-			return h.clientBodyFailed(w, r, body.clientError())
+			return h.clientBodyFailed(w, r, body.ClientError())
 		}
-		var de dialError
-		var rc reusedConnError
+		var de upstream.DialError
+		var rc upstream.ReusedConnError
 		return &tryError{
 			err:       err,
 			reached:   !errors.As(err, &de),
-			timeout:   isTimeout(err) && !errors.As(err, &de), // a dial timeout is unreachable
+			timeout:   upstream.IsTimeout(err) && !errors.As(err, &de), // a dial timeout is unreachable
 			connFault: errors.As(err, &rc),
 		}
 	}
 	st.latency = time.Since(start)
 	st.status = resp.StatusCode
-	h.observe(b, start, st.latency)
+	b.observe(start, st.latency, h.lease.leastTime)
 	b.requests.Add(1)
 	if o := h.spec.outlier; o != nil {
 		o.observe(h, b, resp.StatusCode, st.latency)
@@ -476,7 +417,7 @@ func setBasicAuth(h http.Header, u interface {
 // informational responses (103 Early Hints) to the client as they come. An
 // error on a connection the Transport reused (and did not retry, as the
 // request could not be sent again) is the connection's, not the
-// backend's: it comes back as a reusedConnError.
+// backend's: it comes back as a upstream.ReusedConnError.
 func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (*http.Response, error) {
 	var mu sync.Mutex
 	returned, reused := false, false
@@ -485,7 +426,7 @@ func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (
 			mu.Lock()
 			defer mu.Unlock()
 			if !returned { // the Transport may call this from its own goroutine
-				forward1xx(w, code, http.Header(hdr))
+				upstream.Forward1xx(w, code, http.Header(hdr))
 			}
 			return nil
 		},
@@ -502,50 +443,16 @@ func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (
 	mu.Unlock()
 	if err != nil {
 		if onReused {
-			return nil, reusedConnError{err}
+			return nil, upstream.Reused(err)
 		}
 		return nil, err
 	}
-	if err := checkResponse(out, resp); err != nil {
+	if err := upstream.CheckResponse(out, resp); err != nil {
 		resp.Body.Close() // a 101's closes the connection
 		h.spec.transport.used()
 		return nil, err
 	}
 	return resp, nil
-}
-
-// errBadStatus: a status line whose code is not one HTTP defines
-// (RFC 9110 §15: 100-599). net/http's server would panic writing it.
-var errBadStatus = errors.New("backend answered with a status code outside 100-599")
-
-// checkResponse refuses a response no client may be given: a status code
-// HTTP does not define, or a 101 Switching Protocols to a protocol the
-// request did not ask for (see checkSwitch). Nothing of it reaches the
-// client.
-func checkResponse(out *http.Request, resp *http.Response) error {
-	if resp.StatusCode < 100 || resp.StatusCode > 599 {
-		return errBadStatus
-	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		return checkSwitch(out.Header, resp.Header)
-	}
-	return nil
-}
-
-// forward1xx passes an informational response (other than 100 Continue,
-// which the server sends itself when the body is read) to the client.
-func forward1xx(w http.ResponseWriter, code int, hdr http.Header) {
-	if code == http.StatusContinue {
-		return
-	}
-	dst := w.Header()
-	for k, vv := range hdr {
-		dst[k] = vv
-	}
-	w.WriteHeader(code)
-	for k := range hdr { // they belonged to the informational response only
-		delete(dst, k)
-	}
 }
 
 // flushesAtOnce: server-sent events and bodies of unknown length reach the
@@ -560,11 +467,9 @@ func flushesAtOnce(resp *http.Response) bool {
 
 var errBackendRead = errors.New("reading the backend's response")
 
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
 func copyBody(w http.ResponseWriter, resp *http.Response, flush bool) error {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
+	bp := upstream.GetBuffer()
+	defer upstream.PutBuffer(bp)
 	buf := *bp
 	var rc *http.ResponseController
 	if flush {

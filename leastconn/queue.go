@@ -195,9 +195,9 @@ type queueSettings struct {
 // returns that backend's index in v, already holding the slot. It returns
 // an error when the queue is full or the wait timed out, and -1 with no
 // error when the client went away.
-func (h *Handler) wait(ctx context.Context, v *view, tried *triedSet) (int, error) {
-	q := &h.lease.pool.queue
-	qs := h.spec.queue
+func (l *lease) wait(ctx context.Context, v *view, tried *triedSet) (int, error) {
+	q := &l.pool.queue
+	qs := l.spec.queue
 	w := &waiter{slot: make(chan *Backend, 1)}
 	timer := time.NewTimer(qs.timeout)
 	defer timer.Stop()
@@ -208,7 +208,7 @@ func (h *Handler) wait(ctx context.Context, v *view, tried *triedSet) (int, erro
 		q.queued.Add(1)
 		// listed first, picked again second: a slot freed meanwhile is
 		// either seen here or handed to us (see release)
-		if i := h.pick(v, tried); i >= 0 {
+		if i := l.pick(v, tried); i >= 0 {
 			if b := q.leave(w); b != nil {
 				b.release()
 			}
@@ -238,7 +238,7 @@ func (h *Handler) wait(ctx context.Context, v *view, tried *triedSet) (int, erro
 			}
 			b.release() // a member of a newer view: not ours to use
 		}
-		if i := h.pick(v, tried); i >= 0 {
+		if i := l.pick(v, tried); i >= 0 {
 			return i, nil
 		}
 		q.queued.Add(^uint64(0)) // queued again below: counted once

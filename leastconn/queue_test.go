@@ -20,7 +20,7 @@ func BenchmarkPickCapped16(b *testing.B) {
 func TestPickSkipsAFullBackendAndNeverExceedsItsCap(t *testing.T) {
 	for _, leastTime := range []bool{false, true} {
 		h := capped(newTestHandler(1, 1))
-		h.leastTime = leastTime
+		h.lease.leastTime = leastTime
 		checkCapsHold(t, h)
 	}
 }

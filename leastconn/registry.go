@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
+	"github.com/lbpool/lbpool/internal/upstream"
 	"go.uber.org/zap"
 )
 
@@ -25,13 +26,13 @@ import (
 type registry struct {
 	mu         sync.Mutex
 	pools      map[string]*Pool
-	transports map[transportSettings][]*sharedTransport
+	transports map[upstream.Settings][]*sharedTransport
 	seq        uint64
 }
 
 var defaultRegistry = &registry{
 	pools:      make(map[string]*Pool),
-	transports: make(map[transportSettings][]*sharedTransport),
+	transports: make(map[upstream.Settings][]*sharedTransport),
 }
 
 // Pool is a named set of backends shared by every handler with that name.
@@ -87,9 +88,11 @@ type poolSpec struct {
 	dialTimeout           time.Duration
 	responseHeaderTimeout time.Duration
 	tls                   backendTLS
-	wire                  wireSettings
-	dialer                *net.Dialer // the direct path's; the Transport makes its own
-	direct                bool        // plain-HTTP requests may take the direct path
+	wire                  upstream.Settings // transport options beyond the timeouts and TLS
+	dialer                *net.Dialer       // the direct path's; the Transport makes its own
+	direct                bool              // plain-HTTP requests may take the direct path
+	leastTime             bool              // least_time picks (as the policy or a fallback): keep latencies
+	policy                policySpec        // the pick (policies.go)
 
 	sticky *stickyCookie // nil without sticky sessions
 
@@ -129,6 +132,10 @@ type lease struct {
 	view     atomic.Pointer[view] // replaced whole when members change
 	next     atomic.Uint64        // where the pick's scan starts: just after the last pick
 	rr       atomic.Uint64        // round_robin's and weighted_round_robin's turn
+	// leastTime: least_time picks (the policy, or a hashing policy's
+	// fallback), so responses keep latency estimates
+	leastTime  bool
+	policySpec // the pick (policies.go)
 }
 
 // acquire attaches a handler's spec to its pool, creating the pool and any
@@ -170,7 +177,7 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 		hold(b)
 		out[i] = b
 	}
-	l := &lease{pool: p, spec: s, backends: out}
+	l := &lease{pool: p, spec: s, backends: out, leastTime: s.leastTime, policySpec: s.policy}
 	var newSources []*source
 	l.sources, newSources = p.acquireSources(s)
 	l.view.Store(l.buildView())
@@ -281,7 +288,7 @@ func (p *Pool) apply(s *poolSpec) (stopOld func()) {
 
 // transportFor returns the transport for equal settings and TLS material,
 // making it if there is none.
-func (r *registry) transportFor(ts transportSettings, tc *tls.Config) *sharedTransport {
+func (r *registry) transportFor(ts upstream.Settings, tc *tls.Config) *sharedTransport {
 	var t *sharedTransport
 	for _, held := range r.transports[ts] {
 		if sameTLS(held.tls, tc) {
@@ -290,7 +297,7 @@ func (r *registry) transportFor(ts transportSettings, tc *tls.Config) *sharedTra
 		}
 	}
 	if t == nil {
-		t = &sharedTransport{Transport: newTransport(ts, tc), tls: tc}
+		t = &sharedTransport{Transport: upstream.NewTransport(ts, tc), tls: tc}
 		r.transports[ts] = append(r.transports[ts], t)
 	}
 	t.refs++

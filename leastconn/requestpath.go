@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/lbpool/lbpool/internal/upstream"
 )
 
 // reverse_proxy's request-path options: rewrite (method and URI), request
@@ -87,6 +88,7 @@ func (h *Handler) bufferRequest(r *http.Request) {
 		r.Body.Close()
 		r.Body = io.NopCloser(bytes.NewReader(buf))
 		r.ContentLength = int64(len(buf))
+		r.TransferEncoding = nil // it goes with its length, not chunked
 		return
 	}
 	r.Body = struct {
@@ -139,7 +141,7 @@ func (h *Handler) setProxyStatus(w http.ResponseWriter, status int, cause error)
 func proxyErrorType(status int, cause error) string {
 	var (
 		dnsErr  *net.DNSError
-		de      dialError
+		de      upstream.DialError
 		tlsErr  tls.RecordHeaderError
 		certErr *tls.CertificateVerificationError
 		alert   tls.AlertError
@@ -162,13 +164,13 @@ func proxyErrorType(status int, cause error) string {
 		return "tls_protocol_error"
 	case errors.Is(cause, syscall.ECONNREFUSED):
 		return "connection_refused"
-	case errors.As(cause, &de) && (errors.Is(cause, context.DeadlineExceeded) || isTimeout(cause)):
+	case errors.As(cause, &de) && (errors.Is(cause, context.DeadlineExceeded) || upstream.IsTimeout(cause)):
 		return "connection_timeout"
 	case status == http.StatusGatewayTimeout:
 		return "http_response_timeout"
 	case errors.Is(cause, syscall.ECONNRESET), errors.Is(cause, io.EOF), errors.Is(cause, io.ErrUnexpectedEOF):
 		return "connection_terminated"
-	case errors.Is(cause, errHeadersTooLarge):
+	case errors.Is(cause, upstream.ErrHeadersTooLarge):
 		return "http_response_header_section_size"
 	case status == http.StatusBadGateway:
 		return "http_protocol_error"

@@ -83,25 +83,25 @@ type view struct {
 // pick chooses a backend of v not in tried, raises its active count and
 // returns its index in v, or -1 when no backend can take traffic. Only the
 // first priority group with a backend that can take traffic is used.
-func (h *Handler) pick(v *view, tried *triedSet) int {
-	if h.policy != kindLeastConn {
-		return h.pickPolicy(v, tried)
+func (l *lease) pick(v *view, tried *triedSet) int {
+	if l.kind != kindLeastConn {
+		return l.pickPolicy(v, tried)
 	}
-	return h.pickLeastConn(v, tried)
+	return l.pickLeastConn(v, tried)
 }
 
 // pickPolicy is the pick of every policy but least_conn: the hashing ones
 // fall back to their fallback policy for a request without a key.
-func (h *Handler) pickPolicy(v *view, tried *triedSet) int {
-	kind := h.policy
+func (l *lease) pickPolicy(v *view, tried *triedSet) int {
+	kind := l.kind
 	if kind == kindHash && !tried.keyed {
-		kind = h.fallback
+		kind = l.fallback
 	}
 	switch kind {
 	case kindLeastConn:
-		return h.pickLeastConn(v, tried)
+		return l.pickLeastConn(v, tried)
 	case kindLeastTime:
-		return h.pickLeastTime(v, tried)
+		return l.pickLeastTime(v, tried)
 	}
 	bs, lo := v.backends, 0
 	for _, hi := range v.groups {
@@ -111,15 +111,15 @@ func (h *Handler) pickPolicy(v *view, tried *triedSet) int {
 		i := -1
 		switch kind {
 		case kindHash:
-			i, tried.spilled = h.pickHash(bs, lo, hi, tried, tried.key)
+			i, tried.spilled = l.pickHash(bs, lo, hi, tried, tried.key)
 		case kindRoundRobin:
-			i = h.pickRoundRobin(bs, lo, hi, tried)
+			i = l.pickRoundRobin(bs, lo, hi, tried)
 		case kindWeightedRoundRobin:
-			i = h.pickWeightedRoundRobin(bs, lo, hi, tried)
+			i = l.pickWeightedRoundRobin(bs, lo, hi, tried)
 		case kindRandom:
 			i = pickRandom(bs, lo, hi, tried)
 		case kindRandomChoose:
-			i = h.pickRandomChoose(bs, lo, hi, tried)
+			i = l.pickRandomChoose(bs, lo, hi, tried)
 		case kindFirst:
 			i = pickFirst(bs, lo, hi, tried)
 		}
@@ -132,7 +132,7 @@ func (h *Handler) pickPolicy(v *view, tried *triedSet) int {
 }
 
 // pickLeastConn is least_conn's pick.
-func (h *Handler) pickLeastConn(v *view, tried *triedSet) int {
+func (l *lease) pickLeastConn(v *view, tried *triedSet) int {
 	lo := 0
 	for _, hi := range v.groups {
 		if hi-lo > exactScanMax {
@@ -140,7 +140,7 @@ func (h *Handler) pickLeastConn(v *view, tried *triedSet) int {
 				return i
 			}
 		}
-		if i := h.pickExact(v.backends, lo, hi, tried); i >= 0 {
+		if i := l.pickExact(v.backends, lo, hi, tried); i >= 0 {
 			return i
 		}
 		lo = hi
@@ -159,8 +159,8 @@ func (h *Handler) pickLeastConn(v *view, tried *triedSet) int {
 // broken at random among the tied instead, so concurrent picks do not all
 // write one shared rotation counter (on two cores that shared write costs
 // more than the rest of the pick).
-func (h *Handler) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
-	start := h.scanStart(lo, hi)
+func (l *lease) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
+	start := l.scanStart(lo, hi)
 	first, ties := -1, 0
 	idle := true
 	var bestLoad, bestWeight, now int64
@@ -197,21 +197,21 @@ func (h *Handler) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
 	chosen := first
 	switch {
 	case idle:
-		h.rotateAfter(first, lo, hi)
+		l.rotateAfter(first, lo, hi)
 	case ties > 1:
 		chosen = nthTied(bs, lo, hi, tried, start, rand.N(ties), bestLoad, bestWeight, first)
 	}
 	if !bs[chosen].take() {
 		// filled up since the scan (max_conns): the next scan skips it
-		return h.pickExact(bs, lo, hi, tried)
+		return l.pickExact(bs, lo, hi, tried)
 	}
 	return chosen
 }
 
 // scanStart is where an exact scan of [lo, hi) starts: just after the last
 // idle pick.
-func (h *Handler) scanStart(lo, hi int) int {
-	start := int(h.lease.next.Load()) // in [lo, hi) but for a view that changed
+func (l *lease) scanStart(lo, hi int) int {
+	start := int(l.next.Load()) // in [lo, hi) but for a view that changed
 	if start < lo || start >= hi {
 		start = lo
 	}
@@ -219,12 +219,12 @@ func (h *Handler) scanStart(lo, hi int) int {
 }
 
 // rotateAfter makes the next idle scan of [lo, hi) start after chosen.
-func (h *Handler) rotateAfter(chosen, lo, hi int) {
+func (l *lease) rotateAfter(chosen, lo, hi int) {
 	next := chosen + 1
 	if next == hi {
 		next = lo
 	}
-	h.lease.next.Store(uint64(next))
+	l.next.Store(uint64(next))
 }
 
 // nthTied finds the k-th backend (in scan order) whose load/weight equals

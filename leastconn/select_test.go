@@ -41,7 +41,7 @@ func newDiscoveredTestHandler(groups ...int) *Handler {
 func (h *Handler) viewed() []*Backend { return h.lease.view.Load().backends }
 
 // pickNow picks from the handler's current view.
-func (h *Handler) pickNow(tried *triedSet) int { return h.pick(h.lease.view.Load(), tried) }
+func (h *Handler) pickNow(tried *triedSet) int { return h.lease.pick(h.lease.view.Load(), tried) }
 
 // pickOneByOne makes n picks, each request done before the next is picked,
 // and counts them per backend.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/lbpool/lbpool/internal/resolve"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -174,7 +175,7 @@ func checkCookieDomain(domain string) error {
 	if net.ParseIP(domain) != nil {
 		return nil
 	}
-	if err := checkDNSName(strings.TrimPrefix(domain, ".")); err != nil {
+	if err := resolve.CheckName(strings.TrimPrefix(domain, ".")); err != nil {
 		return fmt.Errorf("domain: %w", err)
 	}
 	return nil
@@ -291,13 +292,13 @@ func (t *stickyTable) find(cookies []string, name string) int {
 	return -1
 }
 
-// stickyHome returns the view index of the backend the request's cookie
+// home returns the view index of the backend the request's cookie
 // names, with its active count raised, when that backend may take the
 // request: up, ready or draining, not leaving, and in the first priority
 // group that can take traffic. Otherwise -1: the pick decides, and the
 // response gets a new cookie.
-func (h *Handler) stickyHome(r *http.Request, v *view) int {
-	i := v.sticky.find(r.Header["Cookie"], h.sticky.name)
+func (s *stickyCookie) home(r *http.Request, v *view) int {
+	i := v.sticky.find(r.Header["Cookie"], s.name)
 	if i < 0 {
 		return -1
 	}

@@ -92,7 +92,7 @@ func TestStickyHomeFollowsTheCookieWhileTheBackendMayTakeIt(t *testing.T) {
 			b.flags.Store(tc.flags)
 			defer b.flags.Store(0)
 			before := b.sticky.Load()
-			got := h.stickyHome(stickyRequest(cookieFor(h, 1)), v)
+			got := h.sticky.home(stickyRequest(cookieFor(h, 1)), v)
 			if got != tc.want {
 				t.Fatalf("home %d, want %d", got, tc.want)
 			}
@@ -129,7 +129,7 @@ func TestStickyHomeIgnoresForgedStaleAndMalformedValues(t *testing.T) {
 		"xlb=" + good,
 		"lb =" + good,
 	} {
-		if got := h.stickyHome(stickyRequest(c), v); got != -1 {
+		if got := h.sticky.home(stickyRequest(c), v); got != -1 {
 			t.Errorf("Cookie %q: routed to %d, want no home", c, got)
 			v.backends[got].active.Add(-1)
 		}
@@ -141,7 +141,7 @@ func TestStickyHomeIgnoresForgedStaleAndMalformedValues(t *testing.T) {
 		{"a=1", "lb=" + good},
 		{"  lb=" + good + "  ;"},
 	} {
-		if got := h.stickyHome(stickyRequest(c...), v); got != 2 {
+		if got := h.sticky.home(stickyRequest(c...), v); got != 2 {
 			t.Errorf("Cookie %q: routed to %d, want 2", c, got)
 		} else {
 			v.backends[2].active.Add(-1)
@@ -154,12 +154,12 @@ func TestStickySessionOnABackupMemberMovesBackToThePrimaries(t *testing.T) {
 	v := h.lease.view.Load()
 	v.groups = []int{2, 4} // two primaries, two backups
 	r := stickyRequest(cookieFor(h, 3))
-	if got := h.stickyHome(r, v); got != -1 {
+	if got := h.sticky.home(r, v); got != -1 {
 		t.Fatalf("a backup member kept a session while the primaries are up (home %d)", got)
 	}
 	v.backends[0].flags.Store(flagDown)
 	v.backends[1].flags.Store(flagMaint)
-	if got := h.stickyHome(r, v); got != 3 {
+	if got := h.sticky.home(r, v); got != 3 {
 		t.Fatalf("with every primary out, the backup member lost its session (home %d)", got)
 	}
 }
@@ -230,7 +230,7 @@ func TestStickyLookupAllocatesNothing(t *testing.T) {
 		v := h.lease.view.Load()
 		r := stickyRequest("session=abc; " + cookieFor(h, n-1) + "; theme=dark")
 		allocs := testing.AllocsPerRun(1000, func() {
-			i := h.stickyHome(r, v)
+			i := h.sticky.home(r, v)
 			v.backends[i].active.Add(-1)
 		})
 		if allocs != 0 {
@@ -250,7 +250,7 @@ func benchmarkPickSticky(b *testing.B, n int) {
 	b.Run("session", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			i := h.stickyHome(withCookie, v)
+			i := h.sticky.home(withCookie, v)
 			v.backends[i].active.Add(-1)
 		}
 	})
@@ -258,7 +258,7 @@ func benchmarkPickSticky(b *testing.B, n int) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				i := h.stickyHome(withCookie, v)
+				i := h.sticky.home(withCookie, v)
 				v.backends[i].active.Add(-1)
 			}
 		})
@@ -266,10 +266,10 @@ func benchmarkPickSticky(b *testing.B, n int) {
 	b.Run("new", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			i := h.stickyHome(newSession, v)
+			i := h.sticky.home(newSession, v)
 			if i < 0 {
 				var tried triedSet
-				i = h.pick(v, &tried)
+				i = h.lease.pick(v, &tried)
 			}
 			v.backends[i].active.Add(-1)
 		}

@@ -2,70 +2,17 @@ package leastconn
 
 import (
 	"bufio"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptrace"
-	"sync"
 	"time"
 
-	"golang.org/x/net/http/httpguts"
+	"github.com/lbpool/lbpool/internal/upstream"
 )
 
 // A 101 Switching Protocols response (a websocket, say) turns the client's
-// connection and the backend's into one byte stream each way, and most such
-// tunnels sit idle most of their lives. An idle tunnel holds no copy
-// buffer: on a plain socket each direction waits for the socket to be
-// readable and only then takes a pooled buffer, for one read and one write
-// (see pipeSocket); other connections (TLS) read into a small buffer of
-// their own and take a large one while data keeps coming.
-
-// tunnelSmallBuffer is what a direction holds while it waits on a
-// connection that is not a plain socket.
-const tunnelSmallBuffer = 1 << 10
-
-// checkSwitch refuses a 101 to a protocol other than the one the request
-// asked for, or to a request that asked for none, as net/http's
-// ReverseProxy does: a backend must not turn the client's connection into
-// something the client did not ask for.
-func checkSwitch(asked, answered http.Header) error {
-	want, got := upgradeType(asked), upgradeType(answered)
-	if want == "" || !equalFoldASCII(want, got) {
-		return fmt.Errorf("backend tried to switch protocol %q when %q was requested", got, want)
-	}
-	return nil
-}
-
-// upgradeType is the protocol a request asks to switch to, or a 101
-// response switches to; "" for none.
-func upgradeType(h http.Header) string {
-	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
-		return ""
-	}
-	return h.Get("Upgrade")
-}
-
-// equalFoldASCII compares protocol tokens as HTTP does: ASCII letters
-// regardless of case, every other byte as it is.
-func equalFoldASCII(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range len(a) {
-		if lowerASCII(a[i]) != lowerASCII(b[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func lowerASCII(c byte) byte {
-	if 'A' <= c && c <= 'Z' {
-		return c + 'a' - 'A'
-	}
-	return c
-}
+// connection and the backend's into one byte stream each way; the copying
+// is internal/upstream's (Pipe, PipeFromBackend), which holds no buffer
+// while a tunnel sits idle.
 
 // tunnel hands a 101 Switching Protocols response to the client and copies
 // bytes both ways until either side closes. The backend stays counted as
@@ -86,7 +33,7 @@ func (h *Handler) tunnel(w http.ResponseWriter, resp *http.Response, b *Backend)
 	defer backConn.Close()
 
 	hdr := w.Header()
-	proto := upgradeType(resp.Header) // the one asked for (see checkSwitch)
+	proto := upstream.UpgradeType(resp.Header) // the one asked for (see upstream.CheckSwitch)
 	removeHopHeaders(resp.Header)
 	copyHeader(hdr, resp.Header)
 	hdr.Set("Connection", "Upgrade")
@@ -118,136 +65,24 @@ func (h *Handler) tunnel(w http.ResponseWriter, resp *http.Response, b *Backend)
 		t := time.AfterFunc(time.Duration(h.StreamTimeout), closeBoth)
 		defer t.Stop()
 	}
+	defer h.trackStream(b, closeBoth)() // stream_close_delay (streams.go)
 	up := make(chan struct{})
 	go func(pending []byte) {
 		defer close(up)
-		pipe(backConn, conn, pending)
+		h.pipeUp(backConn, conn, pending)
 		closeBoth()
 	}(pending)
-	pipeFromBackend(conn, backConn)
+	h.pipeDown(conn, backConn)
 	closeBoth()
 	<-up
 	return nil
 }
 
-// pipeFromBackend copies the backend's side of a tunnel to dst: first what
-// the Transport read past the response head, then from the socket itself
-// when the Transport said which one it is.
-func pipeFromBackend(dst io.Writer, body io.ReadWriteCloser) {
-	ub, ok := body.(*upgradedBody)
-	if !ok || !isSocket(ub.conn) {
-		pipe(dst, body, nil)
-		return
-	}
-	if err := ub.drain(dst); err != nil {
-		return
-	}
-	pipe(dst, ub.conn, nil)
-}
-
-// pipe writes pending to dst and then copies src to dst until either
-// fails; the error is not needed, as the tunnel ends either way.
-func pipe(dst io.Writer, src io.Reader, pending []byte) {
-	if len(pending) > 0 {
-		if _, err := dst.Write(pending); err != nil {
-			return
-		}
-	}
-	if c, ok := src.(net.Conn); ok && isSocket(c) {
-		pipeSocket(dst, c)
-		return
-	}
-	pipeBuffered(dst, src)
-}
-
-// pipeBuffered copies src to dst reading into a small buffer of its own;
-// a read that fills it takes a pooled large one for the next reads, until a
-// read leaves that one part empty too.
-func pipeBuffered(dst io.Writer, src io.Reader) {
-	small := make([]byte, tunnelSmallBuffer)
-	buf := small
-	var large *[]byte
-	defer func() {
-		if large != nil {
-			copyBufs.Put(large)
-		}
-	}()
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return
-			}
-		}
-		if rerr != nil {
-			return
-		}
-		switch {
-		case large == nil && n == len(buf):
-			large = copyBufs.Get().(*[]byte)
-			buf = *large
-		case large != nil && n < len(buf):
-			copyBufs.Put(large)
-			large, buf = nil, small
-		}
-	}
-}
-
-// upgradedBody is a 101 response's body together with the connection the
-// Transport read it from, so the tunnel can wait on that socket itself.
-type upgradedBody struct {
-	io.ReadWriteCloser // the Transport's body: what it read past the head, then the connection
-	conn               net.Conn
-}
-
-// drain writes to dst what the Transport read past the response head: its
-// body returns that before it reads the connection, which, with a read
-// deadline in the past, then fails at once.
-func (u *upgradedBody) drain(dst io.Writer) error {
-	if err := u.conn.SetReadDeadline(aLongTimeAgo); err != nil {
-		return err
-	}
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	for {
-		n, rerr := u.ReadWriteCloser.Read(*bp)
-		if n > 0 {
-			if _, err := dst.Write((*bp)[:n]); err != nil {
-				return err
-			}
-		}
-		if rerr != nil {
-			if !isTimeout(rerr) {
-				return rerr
-			}
-			return u.conn.SetReadDeadline(time.Time{})
-		}
-	}
-}
-
-// RoundTrip sends req through the shared Transport. For an upgrade it
-// notes the connection the request went on and, when the backend switches
-// protocols, hands it to the tunnel with the body.
+// RoundTrip sends req through the shared Transport; an upgrade keeps the
+// connection it went on for the tunnel (upstream.RoundTripUpgrade).
 func (t *sharedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.Header["Upgrade"] == nil {
 		return t.Transport.RoundTrip(req)
 	}
-	var mu sync.Mutex
-	var conn net.Conn
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		mu.Lock()
-		conn = info.Conn
-		mu.Unlock()
-	}}
-	resp, err := t.Transport.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		return resp, err
-	}
-	resp.Request = req // not the copy carrying the trace: the tunnel holds resp for its lifetime
-	mu.Lock()
-	defer mu.Unlock()
-	if body, ok := resp.Body.(io.ReadWriteCloser); ok && conn != nil {
-		resp.Body = &upgradedBody{ReadWriteCloser: body, conn: conn}
-	}
-	return resp, nil
+	return upstream.RoundTripUpgrade(t.Transport, req)
 }

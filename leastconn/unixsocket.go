@@ -1,22 +1,20 @@
 package leastconn
 
 import (
-	"encoding/hex"
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"github.com/lbpool/lbpool/internal/upstream"
 )
 
 // Unix-socket backends are written as reverse_proxy writes them:
-// unix//path/to/socket. They speak plain HTTP. A request URL needs a
-// host:port, so their requests carry a stand-in host that names the socket
-// (its path in hex, under a reserved domain); lbpool's dialers turn it back
-// into the path, and the Transport keeps each socket's connections apart.
-// The stand-in is never sent: proxied requests carry the client's Host, and
-// checks and stats fetches send Host: localhost, as reverse_proxy's do.
+// unix//path/to/socket. They speak plain HTTP; their requests carry a
+// stand-in host that names the socket (upstream.UnixHostport), never sent:
+// proxied requests carry the client's Host, and checks and stats fetches
+// send Host: localhost, as reverse_proxy's do.
 const (
 	unixPrefix       = "unix/"
-	unixHostSuffix   = ".unix.lbpool.invalid"
 	unixRequestHost  = "localhost"
 	unixSocketMaxLen = 4096
 )
@@ -37,7 +35,7 @@ func parseUnixBackend(raw, s string) (backendAddr, error) {
 	key := unixPrefix + path
 	return backendAddr{
 		scheme:     "http",
-		hostport:   hex.EncodeToString([]byte(path)) + unixHostSuffix + ":80",
+		hostport:   upstream.UnixHostport(path),
 		network:    "unix",
 		dial:       path,
 		key:        key,
@@ -46,17 +44,4 @@ func parseUnixBackend(raw, s string) (backendAddr, error) {
 		phHostport: path,
 		phHost:     path,
 	}, nil
-}
-
-// unixSocketOf returns the socket path a stand-in host:port names.
-func unixSocketOf(addr string) (string, bool) {
-	host, ok := strings.CutSuffix(addr, unixHostSuffix+":80")
-	if !ok {
-		return "", false
-	}
-	path, err := hex.DecodeString(host)
-	if err != nil {
-		return "", false
-	}
-	return string(path), true
 }

@@ -399,8 +399,19 @@ func NewBackend(t testing.TB, name string, handler http.HandlerFunc) *Backend {
 	return newBackendOn(t, name, l, handler)
 }
 
+// NewWatchedBackend is NewBackend whose server reports each change of a
+// connection's state to state (net/http's ConnState), set before it serves.
+func NewWatchedBackend(t testing.TB, name string, handler http.HandlerFunc, state func(net.Conn, http.ConnState)) *Backend {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newBackendOn(t, name, l, handler, state)
+}
+
 // newBackendOn is NewBackend on a listener of the caller's.
-func newBackendOn(t testing.TB, name string, l net.Listener, handler http.HandlerFunc) *Backend {
+func newBackendOn(t testing.TB, name string, l net.Listener, handler http.HandlerFunc, state ...func(net.Conn, http.ConnState)) *Backend {
 	t.Helper()
 	b := &Backend{Name: name}
 	b.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -431,6 +442,9 @@ func newBackendOn(t testing.TB, name string, l net.Listener, handler http.Handle
 	b.Server = httptest.NewUnstartedServer(b.handler)
 	b.Server.Listener.Close()
 	b.Server.Listener = l
+	if len(state) > 0 {
+		b.Server.Config.ConnState = state[0]
+	}
 	b.Server.Start()
 	b.addr = l.Addr().String()
 	t.Cleanup(b.Close)

@@ -1,6 +1,6 @@
 //go:build !unix
 
-package leastconn
+package upstream
 
 import "net"
 

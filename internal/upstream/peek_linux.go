@@ -1,4 +1,4 @@
-package leastconn
+package upstream
 
 import (
 	"unsafe"

@@ -1,4 +1,4 @@
-package leastconn
+package upstream
 
 import (
 	"bufio"
@@ -42,12 +42,12 @@ const writeGrace = 50 * time.Millisecond
 // refused an Expect: 100-continue request before it was asked for).
 var errBodyHalted = errors.New("lbpool: request body no longer sent")
 
-// requestBody is the client's body as every try reads it. It stays open
+// RequestBody is the client's body as every try reads it. It stays open
 // across tries (net/http's Transport closes a body when a try fails), and
 // it tells what happened to it: how much was taken from the client, whether
 // to its end, and whether reading the client failed (the client's fault,
 // not the backend's). A try that read nothing may hand it to the next one.
-type requestBody struct {
+type RequestBody struct {
 	rc      io.ReadCloser
 	state   atomic.Int32 // bodyIdle, bodyReading or bodyHalted
 	n       atomic.Int64 // bytes read from the client
@@ -64,7 +64,7 @@ const (
 	bodyHalted
 )
 
-func (b *requestBody) Read(p []byte) (int, error) {
+func (b *RequestBody) Read(p []byte) (int, error) {
 	if ch := b.proceed; ch != nil {
 		b.proceed = nil
 		if !<-ch {
@@ -85,17 +85,20 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Reset makes b the body of a new request, read from rc.
+func (b *RequestBody) Reset(rc io.ReadCloser) { b.rc = rc }
+
 // Close leaves the client's body open: the server closes it.
-func (*requestBody) Close() error { return nil }
+func (*RequestBody) Close() error { return nil }
 
 // halt stops the body being read any further and reports whether none of it
 // was taken from the client, so that another try may send it whole.
-func (b *requestBody) halt() bool {
+func (b *RequestBody) halt() bool {
 	return b.state.CompareAndSwap(bodyIdle, bodyHalted) && b.n.Load() == 0
 }
 
-// clientError is the error reading the client's body, or nil.
-func (b *requestBody) clientError() error {
+// ClientError is the error reading the client's body, or nil.
+func (b *RequestBody) ClientError() error {
 	if p := b.readErr.Load(); p != nil {
 		return *p
 	}
@@ -109,9 +112,9 @@ func (b *requestBody) clientError() error {
 // waits for it too before it closes the body), and must not find the
 // connection's buffers handed to another.
 type bodySend struct {
-	c       *h1Conn
+	c       *conn
 	out     *http.Request
-	body    *requestBody
+	body    *RequestBody
 	timeout time.Duration // the response-header timeout, from the body's end
 	proceed chan bool     // Expect: 100-continue; nil otherwise
 	expect  *time.Timer
@@ -127,7 +130,7 @@ func expectsContinue(out *http.Request) bool {
 }
 
 // startSend starts writing out, with its body, on c.
-func startSend(c *h1Conn, out *http.Request, body *requestBody, timeout time.Duration) *bodySend {
+func startSend(c *conn, out *http.Request, body *RequestBody, timeout time.Duration) *bodySend {
 	s := &bodySend{c: c, out: out, body: body, timeout: timeout, done: make(chan error, 1)}
 	s.refs.Store(2)
 	if expectsContinue(out) {
@@ -141,7 +144,7 @@ func startSend(c *h1Conn, out *http.Request, body *requestBody, timeout time.Dur
 
 func (s *bodySend) write() {
 	var w io.Writer = s.c.bw
-	if s.proceed == nil && s.out.ContentLength > 0 && s.out.ContentLength <= h1BufferSize {
+	if s.proceed == nil && s.out.ContentLength > 0 && s.out.ContentLength <= bufferSize {
 		w = headWithBody{s.c.bw}
 	}
 	err := s.out.Write(w)
@@ -149,7 +152,7 @@ func (s *bodySend) write() {
 		err = s.c.bw.Flush()
 	}
 	s.mu.Lock()
-	if s.body.clientError() != nil {
+	if s.body.ClientError() != nil {
 		// no answer is coming to a request the client broke off
 		_ = s.c.SetReadDeadline(aLongTimeAgo)
 	} else if !s.headed {
@@ -192,7 +195,7 @@ func (s *bodySend) headersIn() {
 	s.goAhead(false) // a refusal: the body is withheld, unless already sent
 	s.mu.Lock()
 	s.headed = true
-	if s.body.clientError() == nil {
+	if s.body.ClientError() == nil {
 		_ = s.c.SetReadDeadline(time.Time{})
 	}
 	s.mu.Unlock()
@@ -213,7 +216,7 @@ func (s *bodySend) abandon() {
 }
 
 // join closes the connection and waits for the writer, which must not be
-// reading the client's body (see requestBody.halt).
+// reading the client's body (see RequestBody.halt).
 func (s *bodySend) join() {
 	s.stopExpect()
 	_ = s.c.Conn.Close()
@@ -245,4 +248,4 @@ func (s *bodySend) finished() bool {
 }
 
 // resume lets a halted body be read again, by the next try.
-func (b *requestBody) resume() { b.state.Store(bodyIdle) }
+func (b *RequestBody) resume() { b.state.Store(bodyIdle) }

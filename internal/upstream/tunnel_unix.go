@@ -1,6 +1,6 @@
 //go:build unix
 
-package leastconn
+package upstream
 
 import (
 	"errors"
@@ -44,7 +44,7 @@ func pipeSocket(dst io.Writer, src net.Conn) {
 	// called at once, then each time the poller finds the socket readable;
 	// false waits again
 	readable := func(fd uintptr) bool {
-		bp = copyBufs.Get().(*[]byte)
+		bp = GetBuffer()
 		for {
 			n, rerr = unix.Read(int(fd), *bp)
 			if !errors.Is(rerr, unix.EINTR) {
@@ -52,7 +52,7 @@ func pipeSocket(dst io.Writer, src net.Conn) {
 			}
 		}
 		if errors.Is(rerr, unix.EAGAIN) {
-			copyBufs.Put(bp)
+			PutBuffer(bp)
 			bp = nil
 			return false
 		}
@@ -62,12 +62,12 @@ func pipeSocket(dst io.Writer, src net.Conn) {
 		err := raw.Read(readable)
 		if err != nil || rerr != nil || n <= 0 { // n == 0: the peer closed
 			if bp != nil {
-				copyBufs.Put(bp)
+				PutBuffer(bp)
 			}
 			return
 		}
 		_, werr := dst.Write((*bp)[:n])
-		copyBufs.Put(bp)
+		PutBuffer(bp)
 		bp = nil
 		if werr != nil {
 			return

@@ -1,6 +1,6 @@
 //go:build unix && !linux
 
-package leastconn
+package upstream
 
 import "golang.org/x/sys/unix"
 

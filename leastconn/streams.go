@@ -1,0 +1,117 @@
+package leastconn
+
+import (
+	"io"
+	"sync"
+	"time"
+
+	"github.com/lbpool/lbpool/internal/upstream"
+)
+
+// Long-lived streams (upgraded connections: websockets) and reverse_proxy's
+// stream_close_delay and stream_buffer_size.
+//
+// A stream to a backend that stays in the pool outlives any reload. One to
+// a backend that left it (a reload removed it, its pool was unloaded, or it
+// is gone from DNS) ends stream_close_delay after the backend left, the
+// delay of the handler that opened the stream; without a delay it runs
+// until it ends. Only streams with a delay are tracked: each registers its
+// close with its Backend, and the code that lets a backend go calls leave,
+// which schedules the closes. A member back in DNS before it left calls
+// stay, which cancels them.
+
+// streamSet is the tracked streams of one backend.
+type streamSet struct {
+	mu   sync.Mutex
+	open map[*stream]struct{}
+	left time.Time // when the backend left its pool; zero while in it
+}
+
+// stream is one tracked tunnel.
+type stream struct {
+	close func()
+	delay time.Duration
+	timer *time.Timer // set once the backend left
+}
+
+// noUntrack is what trackStream returns for a stream it does not track.
+func noUntrack() {}
+
+// trackStream registers an open tunnel to b with its close function when
+// the handler has a stream_close_delay; the tunnel calls the returned
+// func when it ends.
+func (h *Handler) trackStream(b *Backend, closeFn func()) (untrack func()) {
+	if h.StreamCloseDelay <= 0 {
+		return noUntrack
+	}
+	s := &stream{close: closeFn, delay: time.Duration(h.StreamCloseDelay)}
+	set := &b.streams
+	set.mu.Lock()
+	if set.open == nil {
+		set.open = make(map[*stream]struct{})
+	}
+	set.open[s] = struct{}{}
+	if !set.left.IsZero() {
+		// opened while the backend was leaving: the same deadline
+		s.timer = time.AfterFunc(time.Until(set.left.Add(s.delay)), s.close)
+	}
+	set.mu.Unlock()
+	return func() {
+		set.mu.Lock()
+		delete(set.open, s)
+		if s.timer != nil {
+			s.timer.Stop()
+		}
+		set.mu.Unlock()
+	}
+}
+
+// leave is called when b leaves its pool: each tracked stream ends its
+// delay from now. Leaving again keeps the first deadline.
+func (set *streamSet) leave() {
+	set.mu.Lock()
+	defer set.mu.Unlock()
+	if !set.left.IsZero() {
+		return
+	}
+	set.left = time.Now()
+	for s := range set.open {
+		s.timer = time.AfterFunc(s.delay, s.close)
+	}
+}
+
+// stay is called when a member that was leaving is back in DNS before it
+// left: its streams run on.
+func (set *streamSet) stay() {
+	set.mu.Lock()
+	defer set.mu.Unlock()
+	set.left = time.Time{}
+	for s := range set.open {
+		if s.timer != nil {
+			s.timer.Stop()
+			s.timer = nil
+		}
+	}
+}
+
+// pipeUp copies the client's side of a tunnel to the backend: through a
+// buffer of stream_buffer_size when set, otherwise with lbpool's own
+// buffers (none while the tunnel idles on a socket).
+func (h *Handler) pipeUp(dst io.Writer, src io.Reader, pending []byte) {
+	if h.StreamBufferSize > 0 {
+		upstream.PipeSized(dst, src, pending, h.StreamBufferSize)
+		return
+	}
+	upstream.Pipe(dst, src, pending)
+}
+
+// pipeDown copies the backend's side of a tunnel to the client, as pipeUp.
+func (h *Handler) pipeDown(dst io.Writer, back io.ReadWriteCloser) {
+	if h.StreamBufferSize > 0 {
+		// the body returns what was read past the response head, then
+		// reads the connection
+		upstream.PipeSized(dst, back, nil, h.StreamBufferSize)
+		return
+	}
+	upstream.PipeFromBackend(dst, back)
+}
