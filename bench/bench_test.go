@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -449,6 +450,39 @@ func TestProfileLoads(t *testing.T) {
 	for _, bad := range []string{"websockets", "quality", "nope"} {
 		if _, err := parseOptions([]string{"-profile-loads", bad}); err == nil {
 			t.Errorf("-profile-loads %s accepted", bad)
+		}
+	}
+}
+
+// The cache scenario's Caddyfiles adapt with the policy each names, and
+// its HAProxy configuration passes haproxy -c where haproxy is installed.
+func TestCacheScenarioConfigsAreValid(t *testing.T) {
+	addrs := []string{"127.0.0.1:9001", "127.0.0.1:9002"}
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	for _, cfg := range cacheConfigs {
+		if cfg.handler == "" {
+			bin, err := exec.LookPath("haproxy")
+			if err != nil {
+				t.Logf("haproxy is not installed: its configuration is not checked")
+				continue
+			}
+			file := filepath.Join(t.TempDir(), "haproxy.cfg")
+			if err := os.WriteFile(file, []byte(haproxyConfig("127.0.0.1:8080", addrs)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := exec.Command(bin, "-c", "-f", file).CombinedOutput(); err != nil {
+				t.Errorf("haproxy -c: %v\n%s", err, out)
+			}
+			continue
+		}
+		c := lbConfig{handler: func(siteSpec) string { return fmt.Sprintf(cfg.handler, strings.Join(addrs, " ")) }}
+		js, _, err := adapter.Adapt([]byte(caddyfile(c, 2019, 8080, siteSpec{})), nil)
+		if err != nil {
+			t.Errorf("%s: %v", cfg.name, err)
+			continue
+		}
+		if strings.Contains(cfg.name, "hash") && !strings.Contains(string(js), `"lb_policy":"header"`) {
+			t.Errorf("%s: no header policy in %s", cfg.name, js)
 		}
 	}
 }

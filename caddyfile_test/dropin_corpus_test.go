@@ -48,6 +48,10 @@ var rpToLB = []struct{ from, to string }{
 	{"dynamic_upstreams.resolver.addresses.", "dynamic.0.resolvers."},
 	{"dynamic_upstreams.versions.", "-"}, // checked as a list below
 	{"dynamic_upstreams.", "dynamic.0."},
+	{"load_balancing.selection_policy.policy", "lb_policy"},
+	{"load_balancing.selection_policy.key", "lb_policy_key"},   // query
+	{"load_balancing.selection_policy.field", "lb_policy_key"}, // header
+	{"load_balancing.selection_policy.fallback.policy", "lb_fallback"},
 }
 
 func TestReverseProxyCorpusAdaptsWithTheSameMeaning(t *testing.T) {

@@ -175,6 +175,7 @@ type Backend struct {
 	rampFrom atomic.Int64 // unix nanos of the last down→up change, while flagRamp
 	rampLen  atomic.Int64 // slow-start window in nanos
 	maxConns atomic.Int64 // max_conns while flagCapped
+	hashID   uint64       // the backend's id in hashing policies' key space (policy_hash.go)
 	peak     peakEWMA     // time to response headers, for least_time (leasttime.go)
 
 	// Counters.
@@ -230,6 +231,7 @@ func newBackend(p *Pool, a backendAddr) *Backend {
 		upSince: time.Now(),
 		kick:    make(chan struct{}, 1),
 		respec:  make(chan struct{}, 1),
+		hashID:  backendHashID(a.key),
 	}
 	b.setConfiguredWeight(a.weight)
 	if a.maxConns > 0 {

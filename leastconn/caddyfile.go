@@ -105,6 +105,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	p.applyTransportTLS()
+	if err := p.applyWeights(); err != nil {
+		return err
+	}
+	if err := p.checkPolicy(); err != nil {
+		return err
+	}
 
 	if len(h.Backends) == 0 && len(h.Dynamic) == 0 {
 		d.Reset()

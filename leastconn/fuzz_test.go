@@ -46,6 +46,10 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		"lbpool a:80 {\n\tsticky cookie srv {\n\t\tsecret k\n\t\tmax_age 1h\n\t\tpath /app\n\t\tdomain .example.com\n" +
 			"\t\tsecure\n\t\tsamesite none\n\t}\n}",
 		"lbpool a:80 {\n\tsticky cookie {\n\t\tmax_age 0.5s\n\t}\n}",
+		"lbpool a:80 b:80 {\n\tlb_policy hash {http.request.header.X}/{http.request.uri.path} {\n\t\tfallback random_choose 3\n\t}\n\thash_balance_factor 1.5\n}",
+		"lbpool {\n\tlb_policy weighted_round_robin 3 1\n\tto a:80 b:80\n}",
+		"lbpool a:80 {\n\tlb_policy cookie srv k {\n\t\tfallback first\n\t}\n}",
+		"lbpool a:80 {\n\tlb_policy header X-Key\n\thash_balance_factor off\n}",
 		"lbpool a:80 {\n\tsticky cookie \"a;b\"\n}",
 	} {
 		f.Add(seed)

@@ -189,10 +189,35 @@ type Handler struct {
 	// Selection.
 
 	// How a backend is picked: `least_conn` (the fewest active requests
-	// for its weight) or `least_time` (the lowest active requests for its
+	// for its weight), `least_time` (the lowest active requests for its
 	// weight times its recent time to response headers, so a slow backend
-	// gets little traffic). Default: `least_conn`.
+	// gets little traffic), reverse_proxy's `round_robin`,
+	// `weighted_round_robin` (the backends' weights), `random`,
+	// `random_choose`, `first`, `ip_hash`, `client_ip_hash`, `uri_hash`,
+	// `query` and `header`, or `hash` (a key with placeholders). The
+	// hashing ones are consistent and bounded by load
+	// (hash_balance_factor). Default: `least_conn`.
 	LBPolicy string `json:"lb_policy,omitempty"`
+
+	// The key of the `query` (a parameter's name), `header` (a field's
+	// name) and `hash` (text with placeholders, such as
+	// `{http.request.header.X-User-ID}`) policies.
+	LBPolicyKey string `json:"lb_policy_key,omitempty"`
+
+	// How many backends `random_choose` draws. Default: 2; at most 64.
+	LBChoose int `json:"lb_choose,omitempty"`
+
+	// The policy of a hashing policy's requests that have no key (an
+	// empty header, query parameter or placeholder): `least_conn`,
+	// `least_time`, `round_robin`, `random`, `random_choose` or `first`.
+	// Default: `least_conn`.
+	LBFallback string `json:"lb_fallback,omitempty"`
+
+	// The hashing policies pass over a backend for a key while its active
+	// requests would exceed ceil(factor × (the pool's active + 1) × its
+	// weight / total weight): a hot key spills over to the next backends in
+	// its order. From 1 to 100; 0 turns the bound off. Default: 1.25.
+	HashBalanceFactor *float64 `json:"hash_balance_factor,omitempty"`
 
 	// Retries and slow start.
 

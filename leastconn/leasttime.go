@@ -1,7 +1,6 @@
 package leastconn
 
 import (
-	"fmt"
 	"math"
 	"math/bits"
 	"math/rand/v2"
@@ -71,19 +70,6 @@ const (
 
 // epoch is the zero of the pool clocks.
 var epoch = time.Now()
-
-// provisionPolicy checks lb_policy and chooses the pick of spec's leases.
-func (h *Handler) provisionPolicy(spec *poolSpec) error {
-	switch h.LBPolicy {
-	case "", PolicyLeastConn:
-		spec.leastTime = false
-	case PolicyLeastTime:
-		spec.leastTime = true
-	default:
-		return fmt.Errorf("lbpool: lb_policy %q unknown (use %s or %s)", h.LBPolicy, PolicyLeastConn, PolicyLeastTime)
-	}
-	return nil
-}
 
 // observe records a try's time to response headers d, sent at start.
 // With leastTime it also feeds the peak-EWMA least_time picks by.

@@ -10,7 +10,7 @@ import (
 // 1, at pool clock 10 s.
 func newLeastTimeTestHandler(latencies ...int64) *Handler {
 	h := newTestHandler(make([]int, len(latencies))...)
-	h.lease.leastTime = true
+	h.lease.leastTime, h.lease.kind = true, kindLeastTime
 	const now = 10_000
 	h.lease.pool.clock.Store(now)
 	for i, b := range h.viewed() {
@@ -184,7 +184,7 @@ func TestLeastTimeAvoidsTheSlowBackend(t *testing.T) {
 		t.Fatalf("60 requests in flight went %v, want 30/30/0", counts)
 	}
 	// least_conn puts a third on it
-	h.lease.leastTime = false
+	h.lease.leastTime, h.lease.kind = false, kindLeastConn
 	for _, b := range h.viewed() {
 		b.active.Store(0)
 	}
@@ -309,7 +309,7 @@ func TestLeastConnDoesNotKeepLatencyEstimates(t *testing.T) {
 }
 
 func TestUnknownPolicyIsAnError(t *testing.T) {
-	for _, p := range []string{"round_robin", "LEAST_TIME", " least_time"} {
+	for _, p := range []string{"fastest", "LEAST_TIME", " least_time"} {
 		h := &Handler{LBPolicy: p}
 		if err := h.provisionPolicy(&poolSpec{}); err == nil {
 			t.Errorf("lb_policy %q accepted", p)

@@ -42,6 +42,8 @@ var (
 		"Requests that waited in the queue.", []string{"pool"}, nil)
 	descQueueTimeouts = prometheus.NewDesc("caddy_lbpool_queue_timeouts_total",
 		"Requests that waited past queue_timeout.", []string{"pool"}, nil)
+	descHashSpills = prometheus.NewDesc("caddy_lbpool_hash_spills_total",
+		"Requests a hashing policy sent past their key's first choice.", []string{"pool"}, nil)
 
 	checkDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy",
@@ -70,6 +72,7 @@ func (backendCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descQueueDepth
 	ch <- descQueued
 	ch <- descQueueTimeouts
+	ch <- descHashSpills
 }
 
 func (backendCollector) Collect(ch chan<- prometheus.Metric) {
@@ -107,6 +110,7 @@ func (backendCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descQueueDepth, prometheus.GaugeValue, float64(s.QueueDepth), s.Pool)
 		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.CounterValue, float64(s.QueuedTotal), s.Pool)
 		ch <- prometheus.MustNewConstMetric(descQueueTimeouts, prometheus.CounterValue, float64(s.QueueTimeoutsTotal), s.Pool)
+		ch <- prometheus.MustNewConstMetric(descHashSpills, prometheus.CounterValue, float64(s.HashSpillsTotal), s.Pool)
 	}
 }
 

@@ -34,6 +34,12 @@ type parser struct {
 	// HTTPS, except on these ports, as with reverse_proxy
 	transportTLS bool
 	exceptPorts  map[string]bool
+	// lb_policy weighted_round_robin's weights, given to the backends in
+	// order when the block ends, and where they were written
+	wrrWeights   []int
+	wrrToken     caddyfile.Token
+	factorToken  caddyfile.Token // where hash_balance_factor was written
+	cookiePolicy bool            // sticky came from lb_policy cookie
 }
 
 type option struct {
@@ -60,6 +66,7 @@ func init() {
 		"dynamic":                 {read: readDynamic},
 		"sticky":                  {read: readSticky},
 		"lb_policy":               {read: readPolicy},
+		"hash_balance_factor":     {read: readHashBalanceFactor},
 		"retries":                 {read: readRetries},
 		"slow_start":              {read: readDurationOrOff(func(h *Handler) *caddy.Duration { return &h.SlowStart })},
 		"state_sync":              {read: readStateSync},
@@ -525,22 +532,6 @@ func readStateSync(p *parser) error {
 		return p.d.Err(err.Error())
 	}
 	p.h.StateSync = v
-	return nil
-}
-
-func readPolicy(p *parser) error {
-	d := p.d
-	args := d.RemainingArgs()
-	if len(args) != 1 {
-		return d.Errf("lb_policy: want one of %s, %s; got %d arguments", PolicyLeastConn, PolicyLeastTime, len(args))
-	}
-	if args[0] != PolicyLeastConn && args[0] != PolicyLeastTime {
-		return d.Errf("lb_policy: unknown policy %q (use %s or %s)", args[0], PolicyLeastConn, PolicyLeastTime)
-	}
-	if d.NextBlock(d.Nesting()) {
-		return d.Err("lb_policy: takes no block")
-	}
-	p.h.LBPolicy = args[0]
 	return nil
 }
 

@@ -22,6 +22,9 @@ import (
 //	{http.lbpool.latency_ms}        time to the backend's response headers
 //	{http.lbpool.duration_ms}       time in lbpool, all tries and the body included
 //	{http.lbpool.retries}           tries after the first
+//	{http.lbpool.pick}              why the backend was chosen: the policy's name
+//	                                (least_conn, round_robin, ...), hash, hash_spill
+//	                                (past the key's first choice), sticky or retry
 //
 // The backend ones name the try under way, and once a backend answered,
 // the try that answered. Nothing is computed or copied until a placeholder
@@ -34,6 +37,7 @@ type proxyState struct {
 	pool    string
 	backend *Backend // the current or answering try's backend; nil before the first
 	tries   int
+	pick    string        // why the current try's backend was chosen (pickReason)
 	status  int           // 0 until a backend answered
 	latency time.Duration // of the answering try
 	start   time.Time
@@ -69,6 +73,11 @@ func (st *proxyState) placeholder(key string) (any, bool) {
 		return st.pool, true
 	case "retries":
 		return max(st.tries-1, 0), true
+	case "pick":
+		if st.pick == "" {
+			return nil, false
+		}
+		return st.pick, true
 	case "duration_ms":
 		end := st.end
 		if end.IsZero() {

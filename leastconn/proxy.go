@@ -46,6 +46,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	v := h.lease.view.Load() // one view for every try: indices stay valid
 	tried := newTriedSet(len(v.backends))
+	if h.lease.kind == kindHash {
+		tried.key, tried.keyed = h.lease.key.keyHash(r)
+	}
 	retries := h.retriesIn(v)
 	home := -1 // the backend the sticky cookie names, taken on the first try
 	if h.sticky != nil {
@@ -71,6 +74,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		tried.add(i)
 		b := v.backends[i]
+		st.pick = h.lease.pickReason(try, i == home, &tried)
+		if try == 0 && tried.spilled {
+			h.lease.pool.spills.Add(1)
+		}
 		restick := h.sticky != nil && i != home // a new session, or one moved
 		if restick {
 			h.sticky.setCookie(w, r, v, i)

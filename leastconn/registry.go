@@ -50,6 +50,7 @@ type Pool struct {
 	outMu    sync.Mutex                   // serialises taking backends out (ejections, flap holds)
 	fleet    atomic.Pointer[fleetSync]    // nil with state_sync off; written under registry.mu
 	clock    atomic.Int64                 // ms since epoch of the latest least_time response (leasttime.go)
+	spills   atomic.Uint64                // hashed requests sent past their key's first choice
 }
 
 // poolSpec is one handler's resolved pool configuration. The newest held
@@ -90,7 +91,8 @@ type poolSpec struct {
 	wire                  upstream.Settings // transport options beyond the timeouts and TLS
 	dialer                *net.Dialer       // the direct path's; the Transport makes its own
 	direct                bool              // plain-HTTP requests may take the direct path
-	leastTime             bool              // lb_policy least_time
+	leastTime             bool              // least_time picks (as the policy or a fallback): keep latencies
+	policy                policySpec        // the pick (policies.go)
 
 	sticky *stickyCookie // nil without sticky sessions
 
@@ -129,8 +131,11 @@ type lease struct {
 	sources  []*source
 	view     atomic.Pointer[view] // replaced whole when members change
 	next     atomic.Uint64        // where the pick's scan starts: just after the last pick
-	// leastTime: lb_policy least_time, the pick by pickLeastTime
-	leastTime bool
+	rr       atomic.Uint64        // round_robin's and weighted_round_robin's turn
+	// leastTime: least_time picks (the policy, or a hashing policy's
+	// fallback), so responses keep latency estimates
+	leastTime  bool
+	policySpec // the pick (policies.go)
 }
 
 // acquire attaches a handler's spec to its pool, creating the pool and any
@@ -172,7 +177,7 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 		hold(b)
 		out[i] = b
 	}
-	l := &lease{pool: p, spec: s, backends: out, leastTime: s.leastTime}
+	l := &lease{pool: p, spec: s, backends: out, leastTime: s.leastTime, policySpec: s.policy}
 	var newSources []*source
 	l.sources, newSources = p.acquireSources(s)
 	l.view.Store(l.buildView())

@@ -24,9 +24,16 @@ const weightScale = 1000
 
 // triedSet marks the backends (by index in the handler's list) already tried
 // for one request. Pools of up to 64 backends need no allocation.
+//
+// It is also the rest of one request's pick state: the hash of its key
+// under a hashing policy, and whether the last pick passed over the key's
+// first choice.
 type triedSet struct {
-	small uint64
-	big   []uint64
+	small   uint64
+	big     []uint64
+	key     uint64 // the request's key hash (policy_hash.go)
+	keyed   bool   // key is set: the request has a non-empty key
+	spilled bool   // the last pick is not the key's first choice
 }
 
 func newTriedSet(n int) triedSet {
@@ -77,13 +84,59 @@ type view struct {
 // returns its index in v, or -1 when no backend can take traffic. Only the
 // first priority group with a backend that can take traffic is used.
 func (l *lease) pick(v *view, tried *triedSet) int {
-	if l.leastTime {
+	if l.kind != kindLeastConn {
+		return l.pickPolicy(v, tried)
+	}
+	return l.pickLeastConn(v, tried)
+}
+
+// pickPolicy is the pick of every policy but least_conn: the hashing ones
+// fall back to their fallback policy for a request without a key.
+func (l *lease) pickPolicy(v *view, tried *triedSet) int {
+	kind := l.kind
+	if kind == kindHash && !tried.keyed {
+		kind = l.fallback
+	}
+	switch kind {
+	case kindLeastConn:
+		return l.pickLeastConn(v, tried)
+	case kindLeastTime:
 		return l.pickLeastTime(v, tried)
 	}
+	bs, lo := v.backends, 0
+	for _, hi := range v.groups {
+		if hi == lo {
+			continue // an empty group (no members found yet)
+		}
+		i := -1
+		switch kind {
+		case kindHash:
+			i, tried.spilled = l.pickHash(bs, lo, hi, tried, tried.key)
+		case kindRoundRobin:
+			i = l.pickRoundRobin(bs, lo, hi, tried)
+		case kindWeightedRoundRobin:
+			i = l.pickWeightedRoundRobin(bs, lo, hi, tried)
+		case kindRandom:
+			i = pickRandom(bs, lo, hi, tried)
+		case kindRandomChoose:
+			i = l.pickRandomChoose(bs, lo, hi, tried)
+		case kindFirst:
+			i = pickFirst(bs, lo, hi, tried)
+		}
+		if i >= 0 {
+			return i
+		}
+		lo = hi
+	}
+	return -1
+}
+
+// pickLeastConn is least_conn's pick.
+func (l *lease) pickLeastConn(v *view, tried *triedSet) int {
 	lo := 0
 	for _, hi := range v.groups {
 		if hi-lo > exactScanMax {
-			if i := l.pickSampled(v.backends[lo:hi], lo, tried); i >= 0 {
+			if i := pickSampled(v.backends[lo:hi], lo, tried, sampleSize); i >= 0 {
 				return i
 			}
 		}
@@ -202,29 +255,33 @@ func nthTied(bs []*Backend, lo, hi int, tried *triedSet, start, k int, load, wei
 	return def
 }
 
-// pickSampled takes the best of sampleSize backends drawn at random from
-// bs, which starts at index lo of the view; it returns a view index.
-func (l *lease) pickSampled(bs []*Backend, lo int, tried *triedSet) int {
+// pickSampled takes the best of draws backends drawn at random from bs,
+// which starts at index lo of the view; it returns a view index. It is
+// least_conn's pick in large pools (draws = sampleSize) and random_choose's.
+func pickSampled(bs []*Backend, lo int, tried *triedSet, draws int) int {
 	n := uint64(len(bs))
 	best := -1
 	var bestLoad, bestWeight, now int64
-	for range sampleSize / 2 {
-		r := rand.Uint64()
-		for _, half := range [2]uint64{r >> 32, r & 0xffffffff} {
-			j := int(half * n >> 32) // uniform in [0, n) without division
-			b := bs[j]
-			f := b.flags.Load()
-			if f&flagsUnavailable != 0 || tried.has(lo+j) || f&flagCapped != 0 && b.full() {
-				continue
-			}
-			w := b.weight.Load() * weightScale
-			if f&flagRamp != 0 {
-				w = b.rampedWeight(w, &now)
-			}
-			load := b.active.Load() + 1
-			if best < 0 || load*bestWeight < bestLoad*w {
-				best, bestLoad, bestWeight = j, load, w
-			}
+	var r uint64
+	for k := range draws {
+		if k%2 == 0 {
+			r = rand.Uint64() // two draws of 32 bits each
+		} else {
+			r <<= 32
+		}
+		j := int((r >> 32) * n >> 32) // uniform in [0, n) without division
+		b := bs[j]
+		f := b.flags.Load()
+		if f&flagsUnavailable != 0 || tried.has(lo+j) || f&flagCapped != 0 && b.full() {
+			continue
+		}
+		w := b.weight.Load() * weightScale
+		if f&flagRamp != 0 {
+			w = b.rampedWeight(w, &now)
+		}
+		load := b.active.Load() + 1
+		if best < 0 || load*bestWeight < bestLoad*w {
+			best, bestLoad, bestWeight = j, load, w
 		}
 	}
 	if best < 0 {

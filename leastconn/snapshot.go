@@ -120,6 +120,11 @@ type PoolStats struct {
 
 	// Backends ejected now.
 	Ejected int64 `json:"ejected"`
+
+	// Requests a hashing policy sent past their key's first choice: its
+	// backend was over the bound (hash_balance_factor) or could not take
+	// them (down, drained, full).
+	HashSpillsTotal uint64 `json:"hash_spills_total"`
 }
 
 // Pools returns the queue and ejection figures of every pool, by name.
@@ -141,6 +146,7 @@ func (p *Pool) stats() PoolStats {
 		QueuedTotal:        p.queue.queued.Load(),
 		QueueTimeoutsTotal: p.queue.timeouts.Load(),
 		Ejected:            p.ejected.Load(),
+		HashSpillsTotal:    p.spills.Load(),
 	}
 }
 
