@@ -200,6 +200,30 @@ type Handler struct {
 	// at most 1000.
 	Retries *int `json:"retries,omitempty"`
 
+	// The retry budget: a retry starts only while the pool's retries in
+	// flight are fewer than max(min, percent × the pool's requests in
+	// flight). Default: 20% min 3; `{"off": true}` turns it off.
+	RetryBudget *RetryBudget `json:"retry_budget,omitempty"`
+
+	// How long a request may keep trying: when no backend can take it
+	// (none up and ready, or every one tried) it waits for one to come
+	// back, within queue_size. reverse_proxy's lb_try_duration.
+	// Default: 0 (no waiting).
+	TryDuration caddy.Duration `json:"try_duration,omitempty"`
+
+	// The longest pause between two tries under try_duration.
+	// reverse_proxy's lb_try_interval. Default: 250ms.
+	TryInterval caddy.Duration `json:"try_interval,omitempty"`
+
+	// Which failed tries are retried, as reverse_proxy's lb_retry_match:
+	// matcher sets with an expression reading the response
+	// ({rp.status_code}, {rp.header.*}) retry answers they match; the
+	// others (and those) decide which requests are retried after a
+	// connection broke ({rp.is_transport_error}). Default: answers are
+	// not retried; broken connections only for GET, HEAD, OPTIONS and
+	// TRACE without a body.
+	RetryMatchRaw caddyhttp.RawMatcherSets `json:"retry_match,omitempty" caddy:"namespace=http.matchers"`
+
 	// After a backend comes back up, its weight ramps linearly from 10% to
 	// 100% over this duration. Default: 0 (off).
 	SlowStart caddy.Duration `json:"slow_start,omitempty"`
@@ -403,12 +427,17 @@ type Handler struct {
 	headerDown *headers.RespHeaderOps // nil without header_down
 	trusted    []netip.Prefix         // trusted_proxies; nil without
 
-	spec      *poolSpec
-	retries   int           // the retries option; -1 when unset (every other backend)
-	sticky    *stickyCookie // nil without the sticky option
-	leastTime bool          // lb_policy least_time: pick with pickLeastTime
-	released  bool
-	logger    *zap.Logger
+	spec    *poolSpec
+	retries int    // the retries option; -1 when unset (every other backend)
+	budget  budget // retry_budget resolved
+	// try_interval, resolved
+	tryInterval   time.Duration
+	retryMatch    caddyhttp.MatcherSets // retry_match; nil without
+	responseMatch caddyhttp.MatcherSets // its sets that read the response
+	sticky        *stickyCookie         // nil without the sticky option
+	leastTime     bool                  // lb_policy least_time: pick with pickLeastTime
+	released      bool
+	logger        *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -446,6 +475,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionOverload(spec); err != nil {
 		return err
 	}
+	if err := h.provisionRetries(ctx); err != nil {
+		return err
+	}
 	if spec.flap, err = h.flapSpec(); err != nil {
 		return err
 	}
@@ -458,10 +490,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.lease, h.spec = l, spec
 	h.loadFleet()
-	h.retries = -1
-	if h.Retries != nil {
-		h.retries = *h.Retries
-	}
 	registerMetrics(ctx, h.logger)
 	return nil
 }

@@ -93,25 +93,40 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		h.Rewrite.Rewrite(out, r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer))
 	}
 	v := h.lease.view.Load() // one view for every try: indices stay valid
-	tried := newTriedSet(len(v.backends))
-	retries := h.retriesIn(v)
+	st.tried = newTriedSet(len(v.backends))
+	tried := &st.tried
+	rr := &st.retry
+	h.startRetries(rr, v, st.start)
+	defer h.endRetries(rr)
 	home := -1 // the backend the sticky cookie names, taken on the first try
 	if h.sticky != nil {
 		home = h.stickyHome(r, v)
 	}
 	var lastErr error
-	for try := 0; try <= retries; try++ {
+	for try := 0; ; try++ {
+		if try > 0 && !h.next(r.Context(), rr) {
+			break // no tries left, or the budget is spent
+		}
 		i := home
 		if try > 0 || i < 0 {
-			i = h.pick(v, &tried)
+			i = h.pick(v, tried)
 		}
-		if i < 0 && v.someFull(&tried) {
+		if i < 0 && v.someFull(tried) {
 			var err error
-			if i, err = h.wait(r.Context(), v, &tried); err != nil {
+			if i, err = h.wait(r.Context(), v, tried); err != nil {
 				return h.fail(w, r, http.StatusServiceUnavailable, err)
 			}
 			if i < 0 {
 				return nil // the client went away while queued
+			}
+		}
+		if i < 0 && !rr.deadline.IsZero() {
+			var err error
+			if i, err = h.await(r.Context(), rr, tried); err != nil {
+				return h.fail(w, r, http.StatusServiceUnavailable, err)
+			}
+			if i < 0 && r.Context().Err() != nil {
+				return nil // the client went away while waiting
 			}
 		}
 		if i < 0 {
@@ -119,6 +134,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		tried.add(i)
 		b := v.backends[i]
+		if try > 0 {
+			b.retries.Add(1)
+		}
 		restick := h.sticky != nil && i != home // a new session, or one moved
 		if restick {
 			h.sticky.setCookie(w, r, v, i)
@@ -138,6 +156,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return err
 		}
 		lastErr = fail.err
+		if fail.answered {
+			continue // an answer lb_retry_match matched, read and discarded
+		}
 		b.failures.Add(1)
 		if o := h.spec.outlier; o != nil {
 			o.fail(h, b, failReason(fail.err))
@@ -149,11 +170,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if !fail.connFault {
 			b.passiveFailure(fail.err, v)
 		}
-		if fail.reached && !retryableAfterConnect(r, out) {
+		rr.free = !fail.reached || fail.connFault
+		if fail.reached && !h.retryTransportError(r, out, st) {
 			break
-		}
-		if try < retries {
-			b.retries.Add(1)
 		}
 	}
 	if lastErr == nil {
@@ -173,6 +192,7 @@ type tryError struct {
 	reached   bool // the connection was made: the backend may have seen the request
 	timeout   bool // no response headers in time
 	connFault bool // a kept-alive connection broke: not held against the backend
+	answered  bool // the backend answered, and lb_retry_match sent the request on
 }
 
 func (e *tryError) Error() string { return e.err.Error() }
@@ -372,6 +392,10 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		done(false)
 	}()
 
+	if h.responseMatch != nil && h.retryAnswer(r, out, resp, st) {
+		clean = discardAnswer(resp)
+		return &tryError{err: fmt.Errorf("backend answered %d, matched by lb_retry_match", resp.StatusCode), reached: true, answered: true}
+	}
 	if h.headerDown != nil {
 		h.applyHeaderDown(r, resp)
 	}

@@ -49,6 +49,10 @@ type Pool struct {
 	outMu    sync.Mutex                   // serialises taking backends out (ejections, flap holds)
 	fleet    atomic.Pointer[fleetSync]    // nil with state_sync off; written under registry.mu
 	clock    atomic.Int64                 // ms since epoch of the latest least_time response (leasttime.go)
+
+	retrying        atomic.Int64  // retries in flight (retry.go)
+	retriesTotal    atomic.Uint64 // retries started
+	budgetExhausted atomic.Uint64 // retries the budget refused
 }
 
 // poolSpec is one handler's resolved pool configuration. The newest held

@@ -120,6 +120,12 @@ type PoolStats struct {
 
 	// Backends ejected now.
 	Ejected int64 `json:"ejected"`
+
+	// Retries started, ever.
+	RetriesTotal uint64 `json:"retries_total"`
+
+	// Retries the retry budget refused: the request got its last answer.
+	RetryBudgetExhaustedTotal uint64 `json:"retry_budget_exhausted_total"`
 }
 
 // Pools returns the queue and ejection figures of every pool, by name.
@@ -141,6 +147,9 @@ func (p *Pool) stats() PoolStats {
 		QueuedTotal:        p.queue.queued.Load(),
 		QueueTimeoutsTotal: p.queue.timeouts.Load(),
 		Ejected:            p.ejected.Load(),
+
+		RetriesTotal:              p.retriesTotal.Load(),
+		RetryBudgetExhaustedTotal: p.budgetExhausted.Load(),
 	}
 }
 
