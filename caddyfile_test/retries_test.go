@@ -2,7 +2,10 @@ package caddyfile_test
 
 import (
 	"fmt"
+	"io"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,4 +67,82 @@ func TestRetryBudgetCapsAStorm(t *testing.T) {
 	if off < 3 {
 		t.Errorf("without the budget: %.2f backend requests per client request, want about 4", off)
 	}
+}
+
+// restartRun sends GETs from 4 clients while b closes its listener and
+// opens it again 1.5s later, until 20 requests after the restart were
+// answered, and returns the failures and the longest answer.
+func restartRun(t *testing.T, c *lbtest.Caddy, b *lbtest.Backend) (sent, failed int64, longest time.Duration) {
+	t.Helper()
+	var restarted, after atomic.Int64
+	var mu sync.Mutex
+	b.Close()
+	reopened := time.AfterFunc(1500*time.Millisecond, func() { b.Restart(t); restarted.Store(1) })
+	defer reopened.Stop()
+	var wg sync.WaitGroup
+	var nSent, nFailed atomic.Int64
+	deadline := time.Now().Add(20 * time.Second)
+	for range 4 {
+		wg.Go(func() {
+			for after.Load() < 20 && time.Now().Before(deadline) && nSent.Add(1) < 10_000 {
+				start := time.Now()
+				code := getStatus(c, "/")
+				took := time.Since(start)
+				mu.Lock()
+				longest = max(longest, took)
+				mu.Unlock()
+				if code != http.StatusOK {
+					nFailed.Add(1)
+				}
+				if restarted.Load() == 1 {
+					after.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return nSent.Load(), nFailed.Load(), longest
+}
+
+func TestTryDurationRidesOutARestart(t *testing.T) {
+	c := lbtest.Start(t)
+	b := lbtest.NewBackend(t, "app", nil)
+
+	c.Load(t, site(c, "", b))
+	waitAlive(t, c, b)
+	offSent, offFailed, _ := restartRun(t, c, b)
+	waitAlive(t, c, b)
+
+	c.Load(t, site(c, "lb_try_duration 5s", b))
+	waitAlive(t, c, b)
+	sent, failed, longest := restartRun(t, c, b)
+	t.Logf("a restart of 1.5s: without lb_try_duration %d of %d requests failed; with lb_try_duration 5s %d of %d, the longest took %v",
+		offFailed, offSent, failed, sent, longest.Round(time.Millisecond))
+	if failed > 0 {
+		t.Errorf("with lb_try_duration 5s: %d of %d requests failed", failed, sent)
+	}
+	if longest > 3*time.Second {
+		t.Errorf("with lb_try_duration 5s: a request took %v, want at most 3s", longest)
+	}
+	if offFailed == 0 {
+		t.Error("without lb_try_duration no request failed: the run shows nothing")
+	}
+}
+
+func waitAlive(t *testing.T, c *lbtest.Caddy, bs ...*lbtest.Backend) {
+	t.Helper()
+	for _, b := range bs {
+		lbtest.Eventually(t, 10*time.Second, b.Name+" up", func() bool { return c.Backend(t, "web", b.URL()).Alive })
+	}
+}
+
+// getStatus GETs path and returns the status, 0 when the request failed.
+func getStatus(c *lbtest.Caddy, path string) int {
+	resp, err := c.Client().Get(c.URL(path))
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
 }
