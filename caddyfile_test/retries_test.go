@@ -146,3 +146,26 @@ func getStatus(c *lbtest.Caddy, path string) int {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	return resp.StatusCode
 }
+
+func TestRetryOn503HidesABackendsOccasional503s(t *testing.T) {
+	c := lbtest.Start(t)
+	var n atomic.Int64
+	flaky := lbtest.NewBackend(t, "flaky", func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1)%20 == 0 { // 5% of its requests
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "flaky")
+	})
+	bs := []*lbtest.Backend{flaky, lbtest.NewBackend(t, "b1", nil), lbtest.NewBackend(t, "b2", nil), lbtest.NewBackend(t, "b3", nil)}
+	c.Load(t, site(c, "lb_retry_match `{rp.status_code} == 503`", bs...))
+	waitAlive(t, c, bs...)
+	sent, failed := c.Traffic(8, 8000, "/", nil)
+	t.Logf("%d of %d requests failed; the flaky backend answered 503 %d times", failed, sent, n.Load()/20)
+	if n.Load() < 400 {
+		t.Fatalf("the flaky backend got %d requests: too few to answer 503 at all often", n.Load())
+	}
+	if float64(failed) > 0.001*float64(sent) {
+		t.Errorf("%d of %d requests failed, want at most 0.1%%", failed, sent)
+	}
+}

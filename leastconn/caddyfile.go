@@ -391,18 +391,24 @@ func backendIndex(d *caddyfile.Dispenser, keys map[string]int, opt, raw string) 
 // parseCount reads one whole number: positive, or also zero when zeroOK,
 // and at most the option's limit in countLimits.
 func parseCount(d *caddyfile.Dispenser, zeroOK bool) (int, error) {
+	return parseCountOf(d, d.Val(), zeroOK)
+}
+
+// parseCountOf is parseCount for an option whose limit is under the name
+// field (an alias's JSON field).
+func parseCountOf(d *caddyfile.Dispenser, field string, zeroOK bool) (int, error) {
 	opt := d.Val()
 	var v string
 	if !d.AllArgs(&v) {
 		return 0, d.ArgErr()
 	}
 	n, err := atoi(v)
-	if err != nil || n < 0 || (n == 0 && !zeroOK) || n > countLimits[opt] {
+	if err != nil || n < 0 || (n == 0 && !zeroOK) || n > countLimits[field] {
 		what := "a positive whole number"
 		if zeroOK {
 			what = "a whole number, 0 or more"
 		}
-		return 0, d.Errf("%s: %q is not %s (at most %d)", opt, v, what, countLimits[opt])
+		return 0, d.Errf("%s: %q is not %s (at most %d)", opt, v, what, countLimits[field])
 	}
 	return n, nil
 }

@@ -1,6 +1,9 @@
 package leastconn
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"regexp"
@@ -508,7 +511,7 @@ func readPoolMaxConns(p *parser) error {
 }
 
 func readRetries(p *parser) error {
-	n, err := parseCount(p.d, true)
+	n, err := parseCountOf(p.d, "retries", true)
 	if err != nil {
 		return err
 	}
@@ -521,7 +524,23 @@ func readRetries(p *parser) error {
 func readRetryMatch(p *parser) error {
 	set, err := caddyhttp.ParseCaddyfileNestedMatcherSet(p.d)
 	if err != nil {
+		if strings.Contains(err.Error(), ", at "+p.d.File()+":") {
+			return fmt.Errorf("lb_retry_match: %w", err) // it names the line already
+		}
 		return p.d.Errf("lb_retry_match: %v", err)
+	}
+	if raw, ok := set["expression"]; ok {
+		// compiled now, so a mistake is an error naming the line
+		var expr caddyhttp.MatchExpression
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		defer cancel()
+		if err := json.Unmarshal(raw, &expr); err != nil {
+			return p.d.Errf("lb_retry_match: %v", err)
+		}
+		if err := expr.Provision(ctx); err != nil {
+			first, _, _ := strings.Cut(err.Error(), "\n") // CEL draws the spot on more lines
+			return p.d.Errf("lb_retry_match: %s", first)
+		}
 	}
 	p.h.RetryMatchRaw = append(p.h.RetryMatchRaw, set)
 	return nil
