@@ -382,7 +382,7 @@ func backendIndex(d *caddyfile.Dispenser, keys map[string]int, opt, raw string) 
 		i, ok = keys["https://"+a.hostport]
 	}
 	if !ok {
-		verb := map[string]string{"weight": "weighting", "max_conns": "capping"}[opt]
+		verb := map[string]string{"weight": "weighting", "max_conns": "capping", "backup": "naming"}[opt]
 		return 0, d.Errf("%s: backend %s is not in this pool (list it before %s it)", opt, a.display, verb)
 	}
 	return i, nil

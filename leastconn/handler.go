@@ -109,6 +109,12 @@ type BackendConfig struct {
 	// The most requests the backend holds at once; overrides the handler's
 	// max_conns. Default: the handler's max_conns.
 	MaxConns int `json:"max_conns,omitempty"`
+
+	// A backup backend gets no traffic while any other backend is usable
+	// (up, ready, not ejected, not full), and takes it when none is: a
+	// priority group after every other, as an SRV record of a lower
+	// priority. Default: false.
+	Backup bool `json:"backup,omitempty"`
 }
 
 // Handler is the lbpool load balancer. It picks the backend that minimises
@@ -605,6 +611,7 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 			return nil, fmt.Errorf("lbpool: backend %s: weight %d out of range 1-%d", addr.display, bc.Weight, MaxWeight)
 		}
 		addr.weight = w
+		addr.backup = bc.Backup
 		addr.maxConns = bc.MaxConns
 		if addr.maxConns == 0 {
 			addr.maxConns = h.MaxConns

@@ -54,6 +54,7 @@ func init() {
 		// backends and the pool
 		"to":                      {read: readTo},
 		"weight":                  {read: readWeight},
+		"backup":                  {read: readBackup},
 		"name":                    {read: readName},
 		"max_conns":               {read: readMaxConns},
 		"unhealthy_request_count": {read: readPoolMaxConns}, // reverse_proxy's name; lbpool queues beyond it
@@ -458,6 +459,23 @@ func readWeight(p *parser) error {
 		return d.Errf("weight: %q is not a whole number from 1 to %d", n, MaxWeight)
 	}
 	p.h.Backends[i].Weight = w
+	return nil
+}
+
+// readBackup reads `backup <backend>...`: backends listed before.
+func readBackup(p *parser) error {
+	d := p.d
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.ArgErr()
+	}
+	for _, raw := range args {
+		i, err := backendIndex(d, p.keys, "backup", raw)
+		if err != nil {
+			return err
+		}
+		p.h.Backends[i].Backup = true
+	}
 	return nil
 }
 

@@ -170,6 +170,7 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 			started = append(started, b)
 		}
 		hold(b)
+		b.backup.Store(a.backup)
 		out[i] = b
 	}
 	l := &lease{pool: p, spec: s, backends: out}

@@ -57,8 +57,12 @@ type BackendStats struct {
 	ConsecutivePasses int        `json:"consecutive_passes"`
 	ConsecutiveFails  int        `json:"consecutive_fails"`
 	RetriesTotal      uint64     `json:"retries_total"`
-	LatencyEWMAMS     float64    `json:"latency_ewma_ms"`
-	SlowStartPercent  float64    `json:"slow_start_percent,omitempty"`
+
+	// A backup backend: it gets traffic only when no other backend can
+	// take it.
+	Backup           bool    `json:"backup"`
+	LatencyEWMAMS    float64 `json:"latency_ewma_ms"`
+	SlowStartPercent float64 `json:"slow_start_percent,omitempty"`
 
 	// Requests routed to the backend by their sticky session cookie (a
 	// subset of the requests); on a draining backend, the sessions left.
@@ -226,6 +230,7 @@ func (b *Backend) snapshot(pool string, static bool, now time.Time) BackendStats
 		RequestsTotal:       b.requests.Load(),
 		FailuresTotal:       b.failures.Load(),
 		RetriesTotal:        b.retries.Load(),
+		Backup:              static && b.backup.Load(),
 		StickyRequestsTotal: b.sticky.Load(),
 		LatencyEWMAMS:       ms(b.latency.value()),
 		SlowStartPercent:    roundTo(b.rampPercent(now), 1),

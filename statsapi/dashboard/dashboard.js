@@ -227,6 +227,7 @@ function updateRow(r, s, t) {
   // a member found through DNS says so, and that it is leaving once it left DNS
   const notes = [];
   if (s.source === "dns") notes.push(s.leaving ? "dns · leaving" : "dns");
+  if (s.backup) notes.push("backup");
   if (s.ejected) notes.push(s.ejected_reason ? `ejected: ${s.ejected_reason}` : "ejected");
   if (s.held) notes.push(`held ${formatAge(-secondsSince(s.held_until))} more (hold ${s.holds_in_a_row} in a row): ${s.hold_reason}`);
   if (s.max_conns) notes.push(`max ${integer.format(s.max_conns)}`);
