@@ -33,7 +33,12 @@
 //   - options: small GETs with lbpool's request-path options all on
 //     (lbpool_options: least_time, max_conns, sticky cookie kept by each
 //     client, header_up with placeholders, an access log with log_append),
-//     beside plain lbpool.
+//     beside plain lbpool;
+//   - retry_storm: three backends that start answering 503 to every other
+//     request half-way through; backend requests per client request and
+//     the clients' success rate for lbpool with its retry budget and
+//     without, reverse_proxy with lb_retries 2 and the same lb_retry_match,
+//     and HAProxy (retry-on 503, retries 3) when installed (retrystorm.go).
 //
 // The configurations are lbpool (lb_policy least_conn and least_time, and
 // lbpool_options in the options scenario), reverse_proxy with lb_policy
@@ -295,7 +300,7 @@ const (
 
 // scenarioNames are the scenarios -scenarios takes, in the order of a
 // default run.
-var scenarioNames = []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, "https", scOptions}
+var scenarioNames = []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, "https", scOptions, scRetryStorm}
 
 // postBodyBytes is the size of the post scenario's JSON body.
 const postBodyBytes = 1024
@@ -511,6 +516,11 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		res.Runs = append(res.Runs, runs...)
+	}
+	if slices.Contains(o.Scenarios, scRetryStorm) {
+		if res.RetryStorm, err = h.runRetryStorm(ctx); err != nil {
+			return err
+		}
 	}
 	for _, load := range o.profileLoads {
 		for _, name := range o.profile {
