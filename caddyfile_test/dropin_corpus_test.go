@@ -48,6 +48,10 @@ var rpToLB = []struct{ from, to string }{
 	{"dynamic_upstreams.resolver.addresses.", "dynamic.0.resolvers."},
 	{"dynamic_upstreams.versions.", "-"}, // checked as a list below
 	{"dynamic_upstreams.", "dynamic.0."},
+	{"load_balancing.retries", "retries"},
+	{"load_balancing.try_duration", "try_duration"},
+	{"load_balancing.try_interval", "try_interval"},
+	{"load_balancing.retry_match.", "retry_match."},
 }
 
 func TestReverseProxyCorpusAdaptsWithTheSameMeaning(t *testing.T) {
@@ -196,10 +200,10 @@ func hasValue(flat map[string]string, prefix, v string) bool {
 // mapPath is lbpool's path for one of reverse_proxy's.
 func mapPath(k string) string {
 	parts := strings.Split(k, ".") // indices as #, to match the rules
-	idx := ""
+	var idx []string
 	for i, p := range parts {
 		if p != "" && strings.Trim(p, "0123456789") == "" {
-			parts[i], idx = "#", p
+			parts[i], idx = "#", append(idx, p)
 		}
 	}
 	generic := strings.Join(parts, ".")
@@ -217,7 +221,10 @@ func mapPath(k string) string {
 		return "-"
 	}
 	out := r.to + strings.TrimPrefix(generic, r.from)
-	return strings.Replace(out, "#", idx, -1)
+	for _, i := range idx { // in order: each rule keeps the indices it names
+		out = strings.Replace(out, "#", i, 1)
+	}
+	return out
 }
 
 // flatten turns JSON into path → value text; an empty object is "{}".
