@@ -28,6 +28,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	lbpool [<backend>...] {
 //	    to <backend>...
 //	    weight <backend> <n>
+//	    backup <backend>...
 //	    name <pool>
 //	    health_uri <path>
 //	    health_interval <duration>
@@ -42,7 +43,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    stats_uri <path>
 //	    stats_workers <n>
 //	    lb_policy least_conn|least_time
-//	    retries <n>
+//	    retries <n>                     (or lb_retries)
+//	    lb_try_duration <duration>
+//	    lb_try_interval <duration>
+//	    lb_retry_match <matchers>       (or a block of them)
+//	    retry_budget <percent>% [min <n>] | off
 //	    slow_start <duration>
 //	    dial_timeout <duration>
 //	    response_header_timeout <duration>
