@@ -77,14 +77,15 @@ func restartRun(t *testing.T, c *lbtest.Caddy, b *lbtest.Backend) (sent, failed 
 	var restarted, after atomic.Int64
 	var mu sync.Mutex
 	b.Close()
-	reopened := time.AfterFunc(1500*time.Millisecond, func() { b.Restart(t); restarted.Store(1) })
-	defer reopened.Stop()
+	up := make(chan struct{})
+	time.AfterFunc(1500*time.Millisecond, func() { b.Restart(t); restarted.Store(1); close(up) })
+	defer func() { <-up }() // the backend is back however the run ended
 	var wg sync.WaitGroup
 	var nSent, nFailed atomic.Int64
 	deadline := time.Now().Add(20 * time.Second)
 	for range 4 {
 		wg.Go(func() {
-			for after.Load() < 20 && time.Now().Before(deadline) && nSent.Add(1) < 10_000 {
+			for after.Load() < 20 && time.Now().Before(deadline) && nSent.Add(1) < 1_000_000 {
 				start := time.Now()
 				code := getStatus(c, "/")
 				took := time.Since(start)
