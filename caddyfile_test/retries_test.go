@@ -1,6 +1,7 @@
 package caddyfile_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -169,4 +170,23 @@ func TestRetryOn503HidesABackendsOccasional503s(t *testing.T) {
 	if float64(failed) > 0.001*float64(sent) {
 		t.Errorf("%d of %d requests failed, want at most 0.1%%", failed, sent)
 	}
+}
+
+func TestTryDurationWaiterLeavesWithItsClient(t *testing.T) {
+	c := lbtest.Start(t)
+	b := lbtest.NewBackend(t, "app", nil)
+	c.Load(t, site(c, "lb_try_duration 30s\n\t\tqueue_size 1", b))
+	waitAlive(t, c, b)
+	b.Close() // the first try finds it gone, and the request waits
+
+	ctx, cancel := context.WithCancel(context.Background())
+	first := sendGet(ctx, c, "/")
+	lbtest.Eventually(t, 5*time.Second, "the request waiting", func() bool { return poolStats(t, c).QueueDepth == 1 })
+	// queue_size bounds the waiters: one more gets 503 at once
+	if a := <-sendGet(context.Background(), c, "/"); a.status != http.StatusServiceUnavailable {
+		t.Errorf("with the queue full: status %d, want 503", a.status)
+	}
+	cancel()
+	<-first
+	lbtest.Eventually(t, 5*time.Second, "the waiter gone with its client", func() bool { return poolStats(t, c).QueueDepth == 0 })
 }

@@ -113,7 +113,8 @@ type BackendStats struct {
 type PoolStats struct {
 	Pool string `json:"pool"`
 
-	// Requests waiting for a slot now (every usable backend full).
+	// Requests waiting for a slot now (every usable backend full), or under
+	// try_duration for a backend to come back.
 	QueueDepth int64 `json:"queue_depth"`
 
 	// Requests that waited in the queue, ever.
