@@ -406,6 +406,24 @@ func TestCaddyfilesOfEveryScenarioAdapt(t *testing.T) {
 	}
 }
 
+func TestRetryStormCaddyfilesAdapt(t *testing.T) {
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	for _, c := range stormConfigs {
+		if c.handler == "" {
+			continue // HAProxy
+		}
+		text := stormCaddyfile(2019, 8080, c.handler, []string{"127.0.0.1:9001", "127.0.0.1:9002"})
+		js, _, err := adapter.Adapt([]byte(text), nil)
+		if err != nil {
+			t.Errorf("%s: %v\n%s", c.name, err, text)
+			continue
+		}
+		if !strings.Contains(string(js), `"retry_match"`) {
+			t.Errorf("%s: no retry_match in the adapted config\n%s", c.name, js)
+		}
+	}
+}
+
 // configMarks are strings the adapted JSON of a configuration in a
 // scenario must hold.
 func configMarks(sc scenario, config string) []string {
@@ -467,7 +485,7 @@ func TestCacheScenarioConfigsAreValid(t *testing.T) {
 				continue
 			}
 			file := filepath.Join(t.TempDir(), "haproxy.cfg")
-			if err := os.WriteFile(file, []byte(haproxyConfig("127.0.0.1:8080", addrs)), 0o644); err != nil {
+			if err := os.WriteFile(file, []byte(haproxyHashConfig("127.0.0.1:8080", addrs)), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			if out, err := exec.Command(bin, "-c", "-f", file).CombinedOutput(); err != nil {

@@ -261,7 +261,7 @@ func (h *harness) startCacheBalancer(ctx context.Context, cfg cacheConfig, addrs
 		if lookErr != nil {
 			return "", nil, "haproxy is not installed (apt-get install haproxy)", nil
 		}
-		text = haproxyConfig(site, addrs)
+		text = haproxyHashConfig(site, addrs)
 		file := filepath.Join(h.tmp, "haproxy.cfg")
 		if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
 			return "", nil, "", err
@@ -296,9 +296,9 @@ func (h *harness) startCacheBalancer(ctx context.Context, cfg cacheConfig, addrs
 	return site, func() { h.procs.stop(p) }, "", nil
 }
 
-// haproxyConfig is HAProxy's bounded consistent hash on the header, on
+// haproxyHashConfig is HAProxy's bounded consistent hash on the header, on
 // 127.0.0.1 only.
-func haproxyConfig(site string, addrs []string) string {
+func haproxyHashConfig(site string, addrs []string) string {
 	var servers strings.Builder
 	for i, a := range addrs {
 		fmt.Fprintf(&servers, "\tserver s%d %s\n", i, a)

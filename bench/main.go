@@ -39,6 +39,11 @@
 //     p50/p99 and each backend's peak in flight for lbpool hash (bounded
 //     and not), lbpool least_conn, reverse_proxy lb_policy header and
 //     HAProxy's bounded consistent hash (see cache.go).
+//   - retry_storm: three backends that start answering 503 to every other
+//     request half-way through; backend requests per client request and
+//     the clients' success rate for lbpool with its retry budget and
+//     without, reverse_proxy with lb_retries 2 and the same lb_retry_match,
+//     and HAProxy (retry-on 503, retries 3) when installed (retrystorm.go).
 //
 // The configurations are lbpool (lb_policy least_conn and least_time, and
 // lbpool_options in the options scenario), reverse_proxy with lb_policy
@@ -300,7 +305,7 @@ const (
 
 // scenarioNames are the scenarios -scenarios takes, in the order of a
 // default run.
-var scenarioNames = []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, "https", scOptions, scCache}
+var scenarioNames = []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, "https", scOptions, scCache, scRetryStorm}
 
 // postBodyBytes is the size of the post scenario's JSON body.
 const postBodyBytes = 1024
@@ -525,6 +530,11 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		res.Runs = append(res.Runs, runs...)
+	}
+	if slices.Contains(o.Scenarios, scRetryStorm) {
+		if res.RetryStorm, err = h.runRetryStorm(ctx); err != nil {
+			return err
+		}
 	}
 	for _, load := range o.profileLoads {
 		for _, name := range o.profile {

@@ -298,8 +298,10 @@ type results struct {
 	Ratios    []ratio      `json:"ratios"`
 	Targets   []target     `json:"targets"`
 	Profiles  []profileTop `json:"profiles,omitempty"`
-	Warnings  []string     `json:"warnings,omitempty"`
-	Discarded []runRecord  `json:"discarded_runs,omitempty"` // of repeats that ran again for being noisy
+	// RetryStorm is the retry_storm scenario's figures (retrystorm.go).
+	RetryStorm []stormRecord `json:"retry_storm,omitempty"`
+	Warnings   []string      `json:"warnings,omitempty"`
+	Discarded  []runRecord   `json:"discarded_runs,omitempty"` // of repeats that ran again for being noisy
 }
 
 // find returns the run of a configuration in a repeat of a scenario.

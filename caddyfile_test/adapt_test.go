@@ -116,6 +116,15 @@ lbpool a:80 b:80 { \n
 	tls_server_name c.internal \n
 	tls_timeout 5s \n
 	flap_hold 10s max 1m \n
+	backup b:80 \n
+	retry_budget 25% min 5 \n
+	lb_retries 2 \n
+	lb_try_duration 5s \n
+	lb_try_interval 100ms \n
+	lb_retry_match { \n
+		method GET \n
+		expression ` + "`{rp.status_code}==503`" + ` \n
+	} \n
 	sticky cookie srv { \n
 		secret k \n
 		max_age 1h \n
@@ -135,12 +144,15 @@ var fuzzOptions = []string{
 	"tls_server_name", "tls_timeout", "unix//run/a.sock", "+X-A", "-X-A",
 	"sticky", "cookie", "secret", "max_age", "path", "domain", "secure", "samesite", "lax", "none",
 	"flap_hold", "max", "off",
+	"backup", "retry_budget", "min", "lb_retries", "lb_try_duration", "lb_try_interval",
+	"lb_retry_match", "method", "expression",
 }
 
 var fuzzValues = []string{
 	"0", "-1", "1", "1.5", "+5", "10001", "99999999999999999999", "abc", "2x", "5xx", "700",
 	"(", "[a-", "/", "//x", "/%zz", "", " ", "a:80", "A:80", "a:99999", "a:0", ":80",
 	"ftp://a", "http://", "http://a:80/x", "https://[::1]:443", "[::1", "%zz", "u:p@a:80",
+	"20%", "1001%", "%", "`{rp.status_code}==503`", "`{rp.status_code}===`", "`",
 	"{", "}", "\n", "1ms", "1ns", "-1s", "1d", "0s", "*", "/api/*", "@api", "{env.X}",
 }
 

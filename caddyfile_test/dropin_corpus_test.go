@@ -52,6 +52,10 @@ var rpToLB = []struct{ from, to string }{
 	{"load_balancing.selection_policy.key", "lb_policy_key"},   // query
 	{"load_balancing.selection_policy.field", "lb_policy_key"}, // header
 	{"load_balancing.selection_policy.fallback.policy", "lb_fallback"},
+	{"load_balancing.retries", "retries"},
+	{"load_balancing.try_duration", "try_duration"},
+	{"load_balancing.try_interval", "try_interval"},
+	{"load_balancing.retry_match.", "retry_match."},
 }
 
 func TestReverseProxyCorpusAdaptsWithTheSameMeaning(t *testing.T) {
@@ -200,10 +204,10 @@ func hasValue(flat map[string]string, prefix, v string) bool {
 // mapPath is lbpool's path for one of reverse_proxy's.
 func mapPath(k string) string {
 	parts := strings.Split(k, ".") // indices as #, to match the rules
-	idx := ""
+	var idx []string
 	for i, p := range parts {
 		if p != "" && strings.Trim(p, "0123456789") == "" {
-			parts[i], idx = "#", p
+			parts[i], idx = "#", append(idx, p)
 		}
 	}
 	generic := strings.Join(parts, ".")
@@ -221,7 +225,10 @@ func mapPath(k string) string {
 		return "-"
 	}
 	out := r.to + strings.TrimPrefix(generic, r.from)
-	return strings.Replace(out, "#", idx, -1)
+	for _, i := range idx { // in order: each rule keeps the indices it names
+		out = strings.Replace(out, "#", i, 1)
+	}
+	return out
 }
 
 // flatten turns JSON into path → value text; an empty object is "{}".

@@ -53,7 +53,8 @@ type backendAddr struct {
 	display  string // key with credentials redacted: what stats and logs show
 	raw      string // as configured
 	weight   int
-	maxConns int // max_conns; 0: no limit
+	maxConns int  // max_conns; 0: no limit
+	backup   bool // a backup backend: a priority group after every other
 
 	// what the placeholders {http.lbpool.backend.hostport}, .host and .port
 	// show: the socket's path, the path and "" for a unix socket
@@ -177,6 +178,8 @@ type Backend struct {
 	maxConns atomic.Int64 // max_conns while flagCapped
 	hashID   uint64       // the backend's id in hashing policies' key space (policy_hash.go)
 	peak     peakEWMA     // time to response headers, for least_time (leasttime.go)
+
+	backup atomic.Bool // a backup backend in its newest config, as stats show it
 
 	// Counters.
 	requests atomic.Uint64

@@ -29,6 +29,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	lbpool [<backend>...] {
 //	    to <backend>...
 //	    weight <backend> <n>
+//	    backup <backend>...
 //	    name <pool>
 //	    health_uri <path>
 //	    health_interval <duration>
@@ -43,7 +44,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    stats_uri <path>
 //	    stats_workers <n>
 //	    lb_policy least_conn|least_time
-//	    retries <n>
+//	    retries <n>                     (or lb_retries)
+//	    lb_try_duration <duration>
+//	    lb_try_interval <duration>
+//	    lb_retry_match <matchers>       (or a block of them)
+//	    retry_budget <percent>% [min <n>] | off
 //	    slow_start <duration>
 //	    dial_timeout <duration>
 //	    response_header_timeout <duration>
@@ -389,7 +394,7 @@ func backendIndex(d *caddyfile.Dispenser, keys map[string]int, opt, raw string) 
 		i, ok = keys["https://"+a.hostport]
 	}
 	if !ok {
-		verb := map[string]string{"weight": "weighting", "max_conns": "capping"}[opt]
+		verb := map[string]string{"weight": "weighting", "max_conns": "capping", "backup": "naming"}[opt]
 		return 0, d.Errf("%s: backend %s is not in this pool (list it before %s it)", opt, a.display, verb)
 	}
 	return i, nil
@@ -398,18 +403,24 @@ func backendIndex(d *caddyfile.Dispenser, keys map[string]int, opt, raw string) 
 // parseCount reads one whole number: positive, or also zero when zeroOK,
 // and at most the option's limit in countLimits.
 func parseCount(d *caddyfile.Dispenser, zeroOK bool) (int, error) {
+	return parseCountOf(d, d.Val(), zeroOK)
+}
+
+// parseCountOf is parseCount for an option whose limit is under the name
+// field (an alias's JSON field).
+func parseCountOf(d *caddyfile.Dispenser, field string, zeroOK bool) (int, error) {
 	opt := d.Val()
 	var v string
 	if !d.AllArgs(&v) {
 		return 0, d.ArgErr()
 	}
 	n, err := atoi(v)
-	if err != nil || n < 0 || (n == 0 && !zeroOK) || n > countLimits[opt] {
+	if err != nil || n < 0 || (n == 0 && !zeroOK) || n > countLimits[field] {
 		what := "a positive whole number"
 		if zeroOK {
 			what = "a whole number, 0 or more"
 		}
-		return 0, d.Errf("%s: %q is not %s (at most %d)", opt, v, what, countLimits[opt])
+		return 0, d.Errf("%s: %q is not %s (at most %d)", opt, v, what, countLimits[field])
 	}
 	return n, nil
 }

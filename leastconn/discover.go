@@ -586,14 +586,14 @@ func (l *lease) buildView() *view {
 
 // members is the view without its sticky table.
 func (l *lease) members() *view {
-	if len(l.sources) == 0 {
+	if len(l.sources) == 0 && !l.spec.hasBackup() {
 		return &view{backends: l.backends, groups: []int{len(l.backends)}}
 	}
 	ms := make([]member, 0, len(l.backends))
 	at := make(map[*Backend]int, len(l.backends))
-	for _, b := range l.backends {
+	for i, b := range l.backends {
 		at[b] = len(ms)
-		ms = append(ms, member{b: b})
+		ms = append(ms, member{b: b, priority: l.spec.priorityOf(i)})
 	}
 	for _, src := range l.sources {
 		for _, m := range src.members {

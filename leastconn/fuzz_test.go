@@ -35,6 +35,10 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 			"\ttls_server_name b.internal\n\ttls_timeout 3s\n}",
 		"lbpool a:80 {\n\tweight a:80 10000\n\thealth_status 503\n}",
 		"lbpool a:80 {\n\tweight a:80 0\n}",
+		"lbpool a:80 b:80 {\n\tbackup b:80\n\tretry_budget 25% min 5\n\tlb_retries 2\n\tlb_try_duration 5s\n" +
+			"\tlb_try_interval 100ms\n\tlb_retry_match `{rp.status_code} == 503`\n\tlb_retry_match {\n\t\tmethod GET\n" +
+			"\t\texpression `{rp.header.X-Retry} == \"yes\"`\n\t}\n}",
+		"lbpool a:80 {\n\tretry_budget off\n\tlb_retry_match path /api/*\n}",
 		"lbpool a:80 a:80",
 		"lbpool ftp://a",
 		"lbpool a:80 {\n\thealth_headers x\n}",

@@ -110,6 +110,12 @@ type BackendConfig struct {
 	// The most requests the backend holds at once; overrides the handler's
 	// max_conns. Default: the handler's max_conns.
 	MaxConns int `json:"max_conns,omitempty"`
+
+	// A backup backend gets no traffic while any other backend is usable
+	// (up, ready, not ejected, not full), and takes it when none is: a
+	// priority group after every other, as an SRV record of a lower
+	// priority. Default: false.
+	Backup bool `json:"backup,omitempty"`
 }
 
 // Handler is the lbpool load balancer. It picks the backend that minimises
@@ -225,6 +231,30 @@ type Handler struct {
 	// Default (unset): every other backend in the pool. 0 turns retries off;
 	// at most 1000.
 	Retries *int `json:"retries,omitempty"`
+
+	// The retry budget: a retry starts only while the pool's retries in
+	// flight are fewer than max(min, percent × the pool's requests in
+	// flight). Default: 20% min 3; `{"off": true}` turns it off.
+	RetryBudget *RetryBudget `json:"retry_budget,omitempty"`
+
+	// How long a request may keep trying: when no backend can take it
+	// (none up and ready, or every one tried) it waits for one to come
+	// back, within queue_size. reverse_proxy's lb_try_duration.
+	// Default: 0 (no waiting).
+	TryDuration caddy.Duration `json:"try_duration,omitempty"`
+
+	// The longest pause between two tries under try_duration.
+	// reverse_proxy's lb_try_interval. Default: 250ms.
+	TryInterval caddy.Duration `json:"try_interval,omitempty"`
+
+	// Which failed tries are retried, as reverse_proxy's lb_retry_match:
+	// matcher sets with an expression reading the response
+	// ({rp.status_code}, {rp.header.*}) retry answers they match; the
+	// others (and those) decide which requests are retried after a
+	// connection broke ({rp.is_transport_error}). Default: answers are
+	// not retried; broken connections only for GET, HEAD, OPTIONS and
+	// TRACE without a body.
+	RetryMatchRaw caddyhttp.RawMatcherSets `json:"retry_match,omitempty" caddy:"namespace=http.matchers"`
 
 	// After a backend comes back up, its weight ramps linearly from 10% to
 	// 100% over this duration. Default: 0 (off).
@@ -431,11 +461,16 @@ type Handler struct {
 	headerDown *headers.RespHeaderOps // nil without header_down
 	trusted    []netip.Prefix         // trusted_proxies; nil without
 
-	spec     *poolSpec
-	retries  int           // the retries option; -1 when unset (every other backend)
-	sticky   *stickyCookie // nil without the sticky option
-	released bool
-	logger   *zap.Logger
+	spec    *poolSpec
+	retries int    // the retries option; -1 when unset (every other backend)
+	budget  budget // retry_budget resolved
+	// try_interval, resolved
+	tryInterval   time.Duration
+	retryMatch    caddyhttp.MatcherSets // retry_match; nil without
+	responseMatch caddyhttp.MatcherSets // its sets that read the response
+	sticky        *stickyCookie         // nil without the sticky option
+	released      bool
+	logger        *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -473,6 +508,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionOverload(spec); err != nil {
 		return err
 	}
+	if err := h.provisionRetries(ctx); err != nil {
+		return err
+	}
 	if spec.flap, err = h.flapSpec(); err != nil {
 		return err
 	}
@@ -485,10 +523,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.lease, h.spec = l, spec
 	h.loadFleet()
-	h.retries = -1
-	if h.Retries != nil {
-		h.retries = *h.Retries
-	}
 	registerMetrics(ctx, h.logger)
 	return nil
 }
@@ -604,6 +638,7 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 			return nil, fmt.Errorf("lbpool: backend %s: weight %d out of range 1-%d", addr.display, bc.Weight, MaxWeight)
 		}
 		addr.weight = w
+		addr.backup = bc.Backup
 		addr.maxConns = bc.MaxConns
 		if addr.maxConns == 0 {
 			addr.maxConns = h.MaxConns

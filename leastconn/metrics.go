@@ -45,6 +45,13 @@ var (
 	descHashSpills = prometheus.NewDesc("caddy_lbpool_hash_spills_total",
 		"Requests a hashing policy sent past their key's first choice.", []string{"pool"}, nil)
 
+	descPoolRetries = prometheus.NewDesc("caddy_lbpool_retries_total",
+		"Retries started.", []string{"pool"}, nil)
+	descBudgetExhausted = prometheus.NewDesc("caddy_lbpool_retry_budget_exhausted_total",
+		"Retries the retry budget refused.", []string{"pool"}, nil)
+	descBackendRetries = prometheus.NewDesc("caddy_lbpool_backend_retries_total",
+		"Tries sent to the backend that were retries.", []string{"pool", "backend"}, nil)
+
 	checkDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy",
 		Subsystem: "lbpool",
@@ -73,6 +80,9 @@ func (backendCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descQueued
 	ch <- descQueueTimeouts
 	ch <- descHashSpills
+	ch <- descPoolRetries
+	ch <- descBudgetExhausted
+	ch <- descBackendRetries
 }
 
 func (backendCollector) Collect(ch chan<- prometheus.Metric) {
@@ -86,6 +96,7 @@ func (backendCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(b.active.Load()), p.name, b.URL())
 			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(b.requests.Load()), p.name, b.URL())
 			ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(b.failures.Load()), p.name, b.URL())
+			ch <- prometheus.MustNewConstMetric(descBackendRetries, prometheus.CounterValue, float64(b.retries.Load()), p.name, b.URL())
 			ch <- prometheus.MustNewConstMetric(descSticky, prometheus.CounterValue, float64(b.sticky.Load()), p.name, b.URL())
 			f := b.flags.Load()
 			capped, ejected := 0.0, 0.0
@@ -111,6 +122,8 @@ func (backendCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.CounterValue, float64(s.QueuedTotal), s.Pool)
 		ch <- prometheus.MustNewConstMetric(descQueueTimeouts, prometheus.CounterValue, float64(s.QueueTimeoutsTotal), s.Pool)
 		ch <- prometheus.MustNewConstMetric(descHashSpills, prometheus.CounterValue, float64(s.HashSpillsTotal), s.Pool)
+		ch <- prometheus.MustNewConstMetric(descPoolRetries, prometheus.CounterValue, float64(s.RetriesTotal), s.Pool)
+		ch <- prometheus.MustNewConstMetric(descBudgetExhausted, prometheus.CounterValue, float64(s.RetryBudgetExhaustedTotal), s.Pool)
 	}
 }
 

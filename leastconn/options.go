@@ -1,6 +1,9 @@
 package leastconn
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"regexp"
@@ -10,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 	"github.com/dustin/go-humanize"
@@ -58,6 +62,7 @@ func init() {
 		// backends and the pool
 		"to":                      {read: readTo},
 		"weight":                  {read: readWeight},
+		"backup":                  {read: readBackup},
 		"name":                    {read: readName},
 		"max_conns":               {read: readMaxConns},
 		"unhealthy_request_count": {read: readPoolMaxConns}, // reverse_proxy's name; lbpool queues beyond it
@@ -68,6 +73,11 @@ func init() {
 		"lb_policy":               {read: readPolicy},
 		"hash_balance_factor":     {read: readHashBalanceFactor},
 		"retries":                 {read: readRetries},
+		"lb_retries":              {read: readRetries}, // reverse_proxy's name
+		"lb_try_duration":         {read: h(func(h *Handler) *caddy.Duration { return &h.TryDuration })},
+		"lb_try_interval":         {read: h(func(h *Handler) *caddy.Duration { return &h.TryInterval })},
+		"lb_retry_match":          {read: readRetryMatch},
+		"retry_budget":            {read: readRetryBudget},
 		"slow_start":              {read: readDurationOrOff(func(h *Handler) *caddy.Duration { return &h.SlowStart })},
 		"state_sync":              {read: readStateSync},
 		"stats_uri":               {read: readURI(func(h *Handler) *string { return &h.StatsURI })},
@@ -152,10 +162,6 @@ var notHere = map[string]string{
 	"replace_status":    "replace_status goes with handle_response: use reverse_proxy for that site",
 	"health_upstream":   "health_upstream checks another address: lbpool checks each backend itself (health_port changes the port)",
 	"verbose_logs":      "verbose_logs: lbpool logs status changes and failures itself; raise the log level to debug for more",
-	"lb_retries":        "lb_retries: use lbpool's retries <n> (every other backend by default)",
-	"lb_try_duration":   "lb_try_duration: lbpool does not wait for a backend to come up; use max_conns with queue_timeout to hold requests, or retries <n>",
-	"lb_try_interval":   "lb_try_interval: lbpool does not wait for a backend to come up; use max_conns with queue_timeout to hold requests, or retries <n>",
-	"lb_retry_match":    "lb_retry_match: lbpool retries requests that could not reach a backend, and idempotent ones that broke off; use reverse_proxy for other retry rules",
 	"proxy_protocol":    "proxy_protocol: lbpool does not send PROXY headers; use reverse_proxy for that backend",
 	"forward_proxy_url": "forward_proxy_url: lbpool connects to backends directly; use reverse_proxy to go through a forward proxy",
 	"network_proxy":     "network_proxy: lbpool connects to backends directly; use reverse_proxy to go through a forward proxy",
@@ -465,6 +471,23 @@ func readWeight(p *parser) error {
 	return nil
 }
 
+// readBackup reads `backup <backend>...`: backends listed before.
+func readBackup(p *parser) error {
+	d := p.d
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.ArgErr()
+	}
+	for _, raw := range args {
+		i, err := backendIndex(d, p.keys, "backup", raw)
+		if err != nil {
+			return err
+		}
+		p.h.Backends[i].Backup = true
+	}
+	return nil
+}
+
 func readName(p *parser) error {
 	if !p.d.AllArgs(&p.h.Name) {
 		return p.d.ArgErr()
@@ -515,11 +538,66 @@ func readPoolMaxConns(p *parser) error {
 }
 
 func readRetries(p *parser) error {
-	n, err := parseCount(p.d, true)
+	n, err := parseCountOf(p.d, "retries", true)
 	if err != nil {
 		return err
 	}
 	p.h.Retries = &n
+	return nil
+}
+
+// readRetryMatch reads one matcher set, in reverse_proxy's syntax: request
+// matchers and expressions, on the line or in a block.
+func readRetryMatch(p *parser) error {
+	set, err := caddyhttp.ParseCaddyfileNestedMatcherSet(p.d)
+	if err != nil {
+		if strings.Contains(err.Error(), ", at "+p.d.File()+":") {
+			return fmt.Errorf("lb_retry_match: %w", err) // it names the line already
+		}
+		return p.d.Errf("lb_retry_match: %v", err)
+	}
+	if raw, ok := set["expression"]; ok {
+		// compiled now, so a mistake is an error naming the line
+		var expr caddyhttp.MatchExpression
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		defer cancel()
+		if err := json.Unmarshal(raw, &expr); err != nil {
+			return p.d.Errf("lb_retry_match: %v", err)
+		}
+		if err := expr.Provision(ctx); err != nil {
+			first, _, _ := strings.Cut(err.Error(), "\n") // CEL draws the spot on more lines
+			return p.d.Errf("lb_retry_match: %s", first)
+		}
+	}
+	p.h.RetryMatchRaw = append(p.h.RetryMatchRaw, set)
+	return nil
+}
+
+// readRetryBudget reads `retry_budget <percent>% [min <n>]` or
+// `retry_budget off`.
+func readRetryBudget(p *parser) error {
+	d := p.d
+	args := d.RemainingArgs()
+	if len(args) == 1 && args[0] == "off" {
+		p.h.RetryBudget = &RetryBudget{Off: true}
+		return nil
+	}
+	if len(args) != 1 && len(args) != 3 {
+		return d.Err("retry_budget: expected <percent>% [min <n>], or off")
+	}
+	pct, err := atoi(strings.TrimSuffix(args[0], "%"))
+	if err != nil || !strings.HasSuffix(args[0], "%") || pct < 0 || pct > 1000 {
+		return d.Errf("retry_budget: %q is not a percentage from 0%% to 1000%%", args[0])
+	}
+	rb := &RetryBudget{Percent: &pct}
+	if len(args) == 3 {
+		n, err := atoi(args[2])
+		if args[1] != "min" || err != nil || n < 0 || n > 1000000 {
+			return d.Errf("retry_budget: expected min <n> (a whole number up to 1000000) after the percentage, got %q %q", args[1], args[2])
+		}
+		rb.Min = &n
+	}
+	p.h.RetryBudget = rb
 	return nil
 }
 

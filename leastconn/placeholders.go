@@ -48,6 +48,9 @@ type proxyState struct {
 	out    http.Request // the request sent to backends (see outgoing)
 	outURL url.URL
 	body   upstream.RequestBody // out's body, when there is one
+
+	tried triedSet // the backends tried (see ServeHTTP)
+	retry retryRun // the retries' state (retry.go)
 }
 
 // track starts the request's state and offers it to the request's replacer.

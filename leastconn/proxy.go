@@ -45,28 +45,43 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		h.Rewrite.Rewrite(out, r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer))
 	}
 	v := h.lease.view.Load() // one view for every try: indices stay valid
-	tried := newTriedSet(len(v.backends))
+	st.tried = newTriedSet(len(v.backends))
+	tried := &st.tried
 	if h.lease.kind == kindHash {
 		tried.key, tried.keyed = h.lease.key.keyHash(r)
 	}
-	retries := h.retriesIn(v)
+	rr := &st.retry
+	h.startRetries(rr, v, st.start)
+	defer h.endRetries(rr)
 	home := -1 // the backend the sticky cookie names, taken on the first try
 	if h.sticky != nil {
 		home = h.sticky.home(r, v)
 	}
 	var lastErr error
-	for try := 0; try <= retries; try++ {
+	for try := 0; ; try++ {
+		if try > 0 && !h.next(r.Context(), rr) {
+			break // no tries left, or the budget is spent
+		}
 		i := home
 		if try > 0 || i < 0 {
-			i = h.lease.pick(v, &tried)
+			i = h.lease.pick(v, tried)
 		}
-		if i < 0 && v.someFull(&tried) {
+		if i < 0 && v.someFull(tried) {
 			var err error
-			if i, err = h.lease.wait(r.Context(), v, &tried); err != nil {
+			if i, err = h.lease.wait(r.Context(), v, tried); err != nil {
 				return h.fail(w, r, http.StatusServiceUnavailable, err)
 			}
 			if i < 0 {
 				return nil // the client went away while queued
+			}
+		}
+		if i < 0 && !rr.deadline.IsZero() {
+			var err error
+			if i, err = h.await(r.Context(), rr, tried); err != nil {
+				return h.fail(w, r, http.StatusServiceUnavailable, err)
+			}
+			if i < 0 && r.Context().Err() != nil {
+				return nil // the client went away while waiting
 			}
 		}
 		if i < 0 {
@@ -74,9 +89,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		tried.add(i)
 		b := v.backends[i]
-		st.pick = h.lease.pickReason(try, i == home, &tried)
+		st.pick = h.lease.pickReason(try, i == home, tried)
 		if try == 0 && tried.spilled {
 			h.lease.pool.spills.Add(1)
+		}
+		if try > 0 {
+			b.retries.Add(1)
 		}
 		restick := h.sticky != nil && i != home // a new session, or one moved
 		if restick {
@@ -97,6 +115,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return err
 		}
 		lastErr = fail.err
+		if fail.answered {
+			continue // an answer lb_retry_match matched, read and discarded
+		}
 		b.failures.Add(1)
 		if o := h.spec.outlier; o != nil {
 			o.fail(h, b, failReason(fail.err))
@@ -108,11 +129,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if !fail.connFault {
 			b.passiveFailure(fail.err, v)
 		}
-		if fail.reached && !retryableAfterConnect(r, out) {
+		rr.free = !fail.reached || fail.connFault
+		if fail.reached && !h.retryTransportError(r, out, st) {
 			break
-		}
-		if try < retries {
-			b.retries.Add(1)
 		}
 	}
 	if lastErr == nil {
@@ -132,6 +151,7 @@ type tryError struct {
 	reached   bool // the connection was made: the backend may have seen the request
 	timeout   bool // no response headers in time
 	connFault bool // a kept-alive connection broke: not held against the backend
+	answered  bool // the backend answered, and lb_retry_match sent the request on
 }
 
 func (e *tryError) Error() string { return e.err.Error() }
@@ -320,6 +340,10 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		done(false)
 	}()
 
+	if h.responseMatch != nil && h.retryAnswer(r, out, resp, st) {
+		clean = discardAnswer(resp)
+		return &tryError{err: fmt.Errorf("backend answered %d, matched by lb_retry_match", resp.StatusCode), reached: true, answered: true}
+	}
 	if h.headerDown != nil {
 		h.applyHeaderDown(r, resp)
 	}

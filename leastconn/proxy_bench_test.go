@@ -142,3 +142,58 @@ func BenchmarkProxyPOST(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkProxyRetryBudget is the request path with the retry budget on
+// (the default) and off, no retry happening: the budget costs a request
+// nothing until it retries.
+//
+//	go test -run '^$' -bench ProxyRetryBudget -benchmem ./leastconn
+func BenchmarkProxyRetryBudget(b *testing.B) {
+	addrs := benchBackends(b)
+	ctx := benchContext(b)
+	handler := func(name string, rb *RetryBudget) *Handler {
+		h := &Handler{Name: name, HealthInterval: caddy.Duration(3600e9), RetryBudget: rb}
+		for _, a := range addrs {
+			h.Backends = append(h.Backends, BackendConfig{URL: a})
+		}
+		if err := h.Provision(ctx); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = h.Cleanup() })
+		return h
+	}
+	on, off := handler("budget-on", nil), handler("budget-off", &RetryBudget{Off: true})
+	for _, tc := range []struct {
+		name string
+		h    *Handler
+	}{{"on", on}, {"off", off}} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				serveLikeCaddy(b, tc.h, nil)
+			}
+		})
+	}
+}
+
+// BenchmarkRetryBookkeeping is what the retry budget adds to a request
+// that does not retry: setting up its retry state and, at its end, finding
+// no budget slot to give back.
+func BenchmarkRetryBookkeeping(b *testing.B) {
+	addrs := benchBackends(b)
+	h := &Handler{Name: "bookkeeping", HealthInterval: caddy.Duration(3600e9)}
+	for _, a := range addrs {
+		h.Backends = append(h.Backends, BackendConfig{URL: a})
+	}
+	if err := h.Provision(benchContext(b)); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = h.Cleanup() })
+	v := h.lease.view.Load()
+	var st proxyState
+	b.ReportAllocs()
+	for b.Loop() {
+		h.startRetries(&st.retry, v, st.start)
+		h.endRetries(&st.retry)
+	}
+}

@@ -196,16 +196,25 @@ type queueSettings struct {
 // an error when the queue is full or the wait timed out, and -1 with no
 // error when the client went away.
 func (l *lease) wait(ctx context.Context, v *view, tried *triedSet) (int, error) {
+	return l.queueFor(ctx, v, tried, l.spec.queue.timeout, true)
+}
+
+// queueFor is wait with a timeout. A request that is not queued for a slot
+// (queued false: it waits under try_duration for a backend to come back)
+// is not counted as queued, and returns errTryWoken when woken by a status
+// change or when the timeout passed, to try every backend again.
+func (l *lease) queueFor(ctx context.Context, v *view, tried *triedSet, timeout time.Duration, queued bool) (int, error) {
 	q := &l.pool.queue
-	qs := l.spec.queue
 	w := &waiter{slot: make(chan *Backend, 1)}
-	timer := time.NewTimer(qs.timeout)
+	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
-		if !q.push(w, qs.size) {
+		if !q.push(w, l.spec.queue.size) {
 			return -1, errQueueFull
 		}
-		q.queued.Add(1)
+		if queued {
+			q.queued.Add(1)
+		}
 		// listed first, picked again second: a slot freed meanwhile is
 		// either seen here or handed to us (see release)
 		if i := l.pick(v, tried); i >= 0 {
@@ -229,6 +238,9 @@ func (l *lease) wait(ctx context.Context, v *view, tried *triedSet) (int, error)
 				}
 				b.release()
 			}
+			if !queued {
+				return -1, errTryWoken
+			}
 			q.timeouts.Add(1)
 			return -1, errQueueTimeout
 		}
@@ -240,6 +252,9 @@ func (l *lease) wait(ctx context.Context, v *view, tried *triedSet) (int, error)
 		}
 		if i := l.pick(v, tried); i >= 0 {
 			return i, nil
+		}
+		if !queued {
+			return -1, errTryWoken
 		}
 		q.queued.Add(^uint64(0)) // queued again below: counted once
 	}

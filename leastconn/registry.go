@@ -51,6 +51,10 @@ type Pool struct {
 	fleet    atomic.Pointer[fleetSync]    // nil with state_sync off; written under registry.mu
 	clock    atomic.Int64                 // ms since epoch of the latest least_time response (leasttime.go)
 	spills   atomic.Uint64                // hashed requests sent past their key's first choice
+
+	retrying        atomic.Int64  // retries in flight (retry.go)
+	retriesTotal    atomic.Uint64 // retries started
+	budgetExhausted atomic.Uint64 // retries the budget refused
 }
 
 // poolSpec is one handler's resolved pool configuration. The newest held
@@ -175,6 +179,7 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 			started = append(started, b)
 		}
 		hold(b)
+		b.backup.Store(a.backup)
 		out[i] = b
 	}
 	l := &lease{pool: p, spec: s, backends: out, leastTime: s.leastTime, policySpec: s.policy}

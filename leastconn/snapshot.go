@@ -57,8 +57,12 @@ type BackendStats struct {
 	ConsecutivePasses int        `json:"consecutive_passes"`
 	ConsecutiveFails  int        `json:"consecutive_fails"`
 	RetriesTotal      uint64     `json:"retries_total"`
-	LatencyEWMAMS     float64    `json:"latency_ewma_ms"`
-	SlowStartPercent  float64    `json:"slow_start_percent,omitempty"`
+
+	// A backup backend: it gets traffic only when no other backend can
+	// take it.
+	Backup           bool    `json:"backup"`
+	LatencyEWMAMS    float64 `json:"latency_ewma_ms"`
+	SlowStartPercent float64 `json:"slow_start_percent,omitempty"`
 
 	// Requests routed to the backend by their sticky session cookie (a
 	// subset of the requests); on a draining backend, the sessions left.
@@ -109,7 +113,8 @@ type BackendStats struct {
 type PoolStats struct {
 	Pool string `json:"pool"`
 
-	// Requests waiting for a slot now (every usable backend full).
+	// Requests waiting for a slot now (every usable backend full), or under
+	// try_duration for a backend to come back.
 	QueueDepth int64 `json:"queue_depth"`
 
 	// Requests that waited in the queue, ever.
@@ -125,6 +130,11 @@ type PoolStats struct {
 	// backend was over the bound (hash_balance_factor) or could not take
 	// them (down, drained, full).
 	HashSpillsTotal uint64 `json:"hash_spills_total"`
+	// Retries started, ever.
+	RetriesTotal uint64 `json:"retries_total"`
+
+	// Retries the retry budget refused: the request got its last answer.
+	RetryBudgetExhaustedTotal uint64 `json:"retry_budget_exhausted_total"`
 }
 
 // Pools returns the queue and ejection figures of every pool, by name.
@@ -147,6 +157,9 @@ func (p *Pool) stats() PoolStats {
 		QueueTimeoutsTotal: p.queue.timeouts.Load(),
 		Ejected:            p.ejected.Load(),
 		HashSpillsTotal:    p.spills.Load(),
+
+		RetriesTotal:              p.retriesTotal.Load(),
+		RetryBudgetExhaustedTotal: p.budgetExhausted.Load(),
 	}
 }
 
@@ -223,6 +236,7 @@ func (b *Backend) snapshot(pool string, static bool, now time.Time) BackendStats
 		RequestsTotal:       b.requests.Load(),
 		FailuresTotal:       b.failures.Load(),
 		RetriesTotal:        b.retries.Load(),
+		Backup:              static && b.backup.Load(),
 		StickyRequestsTotal: b.sticky.Load(),
 		LatencyEWMAMS:       ms(b.latency.value()),
 		SlowStartPercent:    roundTo(b.rampPercent(now), 1),

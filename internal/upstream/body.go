@@ -97,6 +97,10 @@ func (b *RequestBody) halt() bool {
 	return b.state.CompareAndSwap(bodyIdle, bodyHalted) && b.n.Load() == 0
 }
 
+// Untouched tells whether none of the body was read from the client yet,
+// so that another try may send it whole.
+func (b *RequestBody) Untouched() bool { return b.n.Load() == 0 }
+
 // ClientError is the error reading the client's body, or nil.
 func (b *RequestBody) ClientError() error {
 	if p := b.readErr.Load(); p != nil {

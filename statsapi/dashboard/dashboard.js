@@ -227,6 +227,7 @@ function updateRow(r, s, t) {
   // a member found through DNS says so, and that it is leaving once it left DNS
   const notes = [];
   if (s.source === "dns") notes.push(s.leaving ? "dns · leaving" : "dns");
+  if (s.backup) notes.push("backup");
   if (s.ejected) notes.push(s.ejected_reason ? `ejected: ${s.ejected_reason}` : "ejected");
   if (s.held) notes.push(`held ${formatAge(-secondsSince(s.held_until))} more (hold ${s.holds_in_a_row} in a row): ${s.hold_reason}`);
   if (s.max_conns) notes.push(`max ${integer.format(s.max_conns)}`);
@@ -319,6 +320,14 @@ function queueWords(q) {
     `${integer.format(q.queue_timeouts_total || 0)} timed out`;
 }
 
+// retryWords is a pool's retries for its info line, or "" when it never
+// retried: retries started, and those the retry budget refused.
+function retryWords(q) {
+  if (!q || !(q.retries_total || q.retry_budget_exhausted_total)) return "";
+  return `${integer.format(q.retries_total || 0)} retries · ` +
+    `${integer.format(q.retry_budget_exhausted_total || 0)} over budget`;
+}
+
 // render draws the stats; queues maps a pool's name to its GET /lbpool/pools
 // object (empty when that could not be read).
 function render(stats, queues, t) {
@@ -357,8 +366,9 @@ function render(stats, queues, t) {
     reorder(pool.tbody, pool.rows.map((r) => r.tr));
     drawBars(pool);
     const queue = queueWords(queues.get(name));
+    const retried = retryWords(queues.get(name));
     pool.info.textContent = `${list.length} backends · ${countWords(poolCounts)} · ${formatRate(poolRate)} req/s` +
-      (queue ? ` · ${queue}` : "");
+      (queue ? ` · ${queue}` : "") + (retried ? ` · ${retried}` : "");
   }
   for (const key of rows.keys()) if (!seen.has(key)) rows.delete(key);
   for (const name of pools.keys()) if (!byPool.has(name)) pools.delete(name);
