@@ -83,7 +83,7 @@ var bufPool = struct{ r, w sync.Pool }{}
 // again if the connection failed, and for the others only after the
 // connection sat idle for peekAfter. Under load connections come back
 // within microseconds and a broken one costs an idempotent request only a
-// resend on a new connection (see roundTripDirect).
+// resend on a new connection (see RoundTrip).
 func (p *Pool) get(now time.Time, idempotent bool) *conn {
 	for {
 		c := p.pop()
@@ -190,7 +190,7 @@ func (c *conn) takeBuffers() {
 }
 
 // releaseBuffers gives c's reader and writer back to bufPool; the reader
-// holds nothing unread (see roundTripDirect).
+// holds nothing unread (see RoundTrip).
 func (c *conn) releaseBuffers() {
 	if c.br == nil {
 		return

@@ -6,7 +6,7 @@ import "net"
 
 // idlePeeker is a no-op where MSG_PEEK is not to be had: a reused
 // connection that turns out to be broken is then caught by the retry on a
-// fresh one (see roundTripDirect).
+// fresh one (see RoundTrip).
 type idlePeeker struct{}
 
 func (*idlePeeker) init(net.Conn) {}
