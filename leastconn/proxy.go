@@ -89,7 +89,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		tried.add(i)
 		b := v.backends[i]
-		st.pick = h.lease.pickReason(try, i == home, tried)
+		st.pick = h.lease.pickReason(b, try, i == home, tried)
 		if try == 0 && tried.spilled {
 			h.lease.pool.spills.Add(1)
 		}
