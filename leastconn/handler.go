@@ -471,6 +471,7 @@ type Handler struct {
 	sticky        *stickyCookie         // nil without the sticky option
 	released      bool
 	logger        *zap.Logger
+	accessLogger  *zap.Logger // Caddy's, for the lines of upgraded connections (accesslog.go)
 }
 
 // CaddyModule returns the Caddy module information.
@@ -485,6 +486,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // handler to its pool in the registry.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.accessLogger = ctx.Logger(httpAppLogger{}).Named("log.access")
 	spec, err := h.poolSpec()
 	if err != nil {
 		return err
