@@ -69,12 +69,13 @@ func (h *Handler) startTunnelLog(r *http.Request, status int, hdr http.Header) *
 		l.userID, _ = repl.GetString("http.auth.user.id")
 	}
 	creds := srv.Logs.ShouldLogCredentials
-	orig, ok := ctx.Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
-	if !ok {
-		orig = *r
+	// the request as it came, before rewrites; encoded now, so the line
+	// holds no reference to it
+	req := *r
+	if orig, ok := ctx.Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok {
+		req.Method, req.RequestURI, req.URL = orig.Method, orig.RequestURI, orig.URL
 	}
-	// encoded now, so the line holds no reference to the request
-	base := h.accessLogger.With(zap.Object("request", caddyhttp.LoggableHTTPRequest{Request: &orig, ShouldLogCredentials: creds}))
+	base := h.accessLogger.With(zap.Object("request", caddyhttp.LoggableHTTPRequest{Request: &req, ShouldLogCredentials: creds}))
 	for _, name := range loggerNames(srv.Logs, r) {
 		if name == "" {
 			l.loggers = append(l.loggers, base)
