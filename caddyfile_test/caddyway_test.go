@@ -54,6 +54,7 @@ type accessEntry struct {
 	Status   int     `json:"status"`
 	Duration float64 `json:"duration"` // seconds
 	Size     int     `json:"size"`
+	Read     int     `json:"bytes_read"`
 	Request  struct {
 		Method string `json:"method"`
 		URI    string `json:"uri"`
@@ -556,7 +557,8 @@ func TestWebsocketAccessLogLineIsWrittenWhenItClosesWithItsDuration(t *testing.T
 	conn, br := dialWebsocket(t, c)
 	const held = 500 * time.Millisecond
 	deadline := time.Now().Add(held)
-	for time.Now().Before(deadline) {
+	pings := 1 // dialWebsocket's
+	for ; time.Now().Before(deadline); pings++ {
 		if !echoes(conn, br) {
 			t.Fatal("the websocket stopped echoing")
 		}
@@ -572,9 +574,11 @@ func TestWebsocketAccessLogLineIsWrittenWhenItClosesWithItsDuration(t *testing.T
 		t.Fatalf("%d access log lines for the websocket, want 1", len(got))
 	}
 	e := got[0]
-	if e.Status != http.StatusSwitchingProtocols || e.Duration < held.Seconds() || e.Size == 0 || e.RespHeaders.Get("Upgrade") != "websocket" {
-		t.Fatalf("the websocket's access log line: status %d, duration %.3fs, size %d, want 101, at least %v, the bytes sent down and the 101's headers:\n%s",
-			e.Status, e.Duration, e.Size, held, e.raw)
+	// the client sent "ping\n" once a loop; the greeting and each echo came back
+	if e.Status != http.StatusSwitchingProtocols || e.Duration < held.Seconds() || e.Read < 5*pings || e.Size < 10*pings ||
+		e.RespHeaders.Get("Upgrade") != "websocket" {
+		t.Fatalf("the websocket's access log line: status %d, duration %.3fs, bytes_read %d, size %d after %d pings; want 101, at least %v, the bytes each way and the 101's headers:\n%s",
+			e.Status, e.Duration, e.Read, e.Size, pings, held, e.raw)
 	}
 	t.Logf("the websocket's line: %s", e.raw)
 }

@@ -19,7 +19,7 @@ import (
 // opened, with the handshake's duration. lbpool skips that line and writes
 // Caddy's own when the tunnel ends: the same loggers (the server's logs
 // settings, log_name, log_skip, log_level), message and fields, with the
-// tunnel's whole duration and the bytes sent down it. Fields that other
+// tunnel's whole duration and the bytes it carried. Fields that other
 // handlers add after the proxy returns (log_append) are not on it.
 
 // httpAppLogger names the http app's logger, which Caddy's access loggers
@@ -87,15 +87,16 @@ func (h *Handler) startTunnelLog(r *http.Request, status int, hdr http.Header) *
 	return l
 }
 
-// end writes the line: the tunnel's duration from the request's start, and
-// size, the bytes sent to the client after the response head.
-func (l *tunnelLog) end(size int64) {
+// end writes the line: the tunnel's duration from the request's start,
+// read the bytes the client sent through it, and size the bytes sent to
+// the client, the response head included, as Caddy counts them.
+func (l *tunnelLog) end(read, size int64) {
 	if l == nil {
 		return
 	}
 	for _, lg := range l.loggers {
 		if c := lg.Check(l.level, "handled request"); c != nil {
-			c.Write(zap.Int("bytes_read", 0), zap.String("user_id", l.userID),
+			c.Write(zap.Int64("bytes_read", read), zap.String("user_id", l.userID),
 				zap.Duration("duration", time.Since(l.start)), zap.Int64("size", size),
 				zap.Int("status", l.status), l.headers)
 		}

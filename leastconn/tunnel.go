@@ -41,7 +41,8 @@ func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, resp *http.Resp
 	head := *resp // the head alone; the body is the backend's side of the tunnel
 	head.Header = hdr
 	head.Body = nil
-	if err := head.Write(brw); err != nil {
+	out := &countingWriter{w: brw} // the bytes sent to the client, as Caddy's access log counts them
+	if err := head.Write(out); err != nil {
 		conn.Close()
 		return false
 	}
@@ -66,15 +67,16 @@ func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, resp *http.Resp
 		timeout = time.AfterFunc(time.Duration(h.StreamTimeout), closeBoth)
 	}
 	untrack := h.trackStream(b, closeBoth) // stream_close_delay (streams.go)
+	in := &countingWriter{w: backConn}     // the bytes the client sent
 	up := make(chan struct{})
 	go func(pending []byte) {
 		defer close(up)
-		h.pipeUp(backConn, conn, pending)
+		h.pipeUp(in, conn, pending)
 		closeBoth()
 	}(pending)
 	go func() {
-		down := &countingWriter{w: conn}
-		h.pipeDown(down, backConn)
+		out.w = conn
+		h.pipeDown(out, backConn)
 		closeBoth()
 		<-up
 		if timeout != nil {
@@ -83,7 +85,7 @@ func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, resp *http.Resp
 		untrack()
 		h.spec.transport.used()
 		b.release()
-		log.end(down.n)
+		log.end(in.n, out.n)
 	}()
 	return true
 }
