@@ -11,17 +11,18 @@ import (
 	"go.uber.org/zap"
 )
 
-// Long-lived streams (upgraded connections: websockets) and reverse_proxy's
+// Long-lived streams (upgraded connections such as websockets, and
+// server-sent event responses) and reverse_proxy's stream_timeout,
 // stream_close_delay and stream_buffer_size.
 //
 // A stream to a backend that stays in the pool outlives any reload. One to
 // a backend that left it (a reload removed it, its pool was unloaded, or it
 // is gone from DNS) ends stream_close_delay after the backend left, the
-// delay of the handler that opened the stream; without a delay it runs
-// until it ends. Only streams with a delay are tracked: each registers its
-// close with its Backend, and the code that lets a backend go calls leave,
-// which schedules the closes. A member back in DNS before it left calls
-// stay, which cancels them.
+// delay of the handler that opened the stream, jittered; without a delay
+// it runs until it ends. Only streams with a delay are tracked: each
+// registers its close with its Backend, and the code that lets a backend
+// go calls leave, which schedules the closes. A backend listed again, or a
+// member back in DNS, before it went calls stay, which cancels them.
 
 // streamSet is the tracked streams of one backend.
 type streamSet struct {
@@ -70,9 +71,10 @@ func (h *Handler) trackStream(b *Backend, closeFn func()) (untrack func()) {
 	}
 }
 
-// leave is called when b leaves its pool: each tracked stream ends its
-// delay from now, give or take closeJitter, and the first close is logged
-// with how many there are. Leaving again keeps the first deadline.
+// leave is called when b leaves its pool: when the shortest delay of its
+// tracked streams has passed, closeNow logs how many there are and each
+// ends at its own delay, give or take closeJitter. Leaving again keeps the
+// first deadline.
 func (set *streamSet) leave(log *zap.Logger, backend string) {
 	set.mu.Lock()
 	defer set.mu.Unlock()
@@ -82,20 +84,31 @@ func (set *streamSet) leave(log *zap.Logger, backend string) {
 	set.left = time.Now()
 	first := time.Duration(-1)
 	for s := range set.open {
-		s.timer = time.AfterFunc(s.delay+closeJitter(s.delay), s.close)
 		if first < 0 || s.delay < first {
 			first = s.delay
 		}
 	}
 	if first >= 0 {
-		set.announce = time.AfterFunc(first, func() { set.logClose(log, backend) })
+		set.announce = time.AfterFunc(first, func() { set.closeNow(log, backend, first) })
 	}
 }
 
-// logClose says how many streams of a backend that left are being closed.
-func (set *streamSet) logClose(log *zap.Logger, backend string) {
+// closeNow schedules the closes of the streams open when the first delay
+// passed, and logs how many, once; streams opened since the backend left
+// have theirs (trackStream).
+func (set *streamSet) closeNow(log *zap.Logger, backend string, passed time.Duration) {
 	set.mu.Lock()
-	n := len(set.open)
+	if set.left.IsZero() {
+		set.mu.Unlock()
+		return // it stayed
+	}
+	n := 0
+	for s := range set.open {
+		if s.timer == nil {
+			s.timer = time.AfterFunc(s.delay-passed+closeJitter(s.delay), s.close)
+		}
+		n++
+	}
 	set.mu.Unlock()
 	if n > 0 {
 		log.Info("closing the streams of a backend that left (stream_close_delay)",
