@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
@@ -196,7 +197,12 @@ func TestStreamTimeoutEndsAWebsocketAtItsTime(t *testing.T) {
 // eventStream is a backend that sends an event every 100ms until the
 // client goes; open counts the streams it serves.
 func eventStream(t *testing.T, name string, open *atomic.Int32) *lbtest.Backend {
-	return lbtest.NewBackend(t, name, func(w http.ResponseWriter, r *http.Request) {
+	return lbtest.NewBackend(t, name, eventStreamHandler(name, open))
+}
+
+// eventStreamHandler is eventStream's handler.
+func eventStreamHandler(name string, open *atomic.Int32) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/events" {
 			_, _ = io.WriteString(w, name)
 			return
@@ -217,7 +223,7 @@ func eventStream(t *testing.T, name string, open *atomic.Int32) *lbtest.Backend 
 			case <-tick.C:
 			}
 		}
-	})
+	}
 }
 
 // openEvents starts an event stream through Caddy and reads its first
@@ -278,6 +284,59 @@ func TestStreamLimitsEndEventStreams(t *testing.T) {
 		}
 	})
 	lbtest.Eventually(t, 5*time.Second, "the backends' streams to end", func() bool { return open.Load() == 0 })
+}
+
+// An event stream from an HTTP/2 backend is one HTTP/2 stream of a shared
+// connection: the limits end that stream (the backend sees its request
+// cancelled) and leave the connection to the others.
+func TestStreamLimitsEndEventStreamsFromAnHTTP2Backend(t *testing.T) {
+	c := lbtest.Start(t)
+	var open atomic.Int32
+	var protos sync.Map
+	handler := eventStreamHandler("h2", &open)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		protos.Store(r.Proto, true)
+		handler(w, r)
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	other := eventStream(t, "other", &open)
+	h2Site := func(opts string, withH2 bool) string {
+		backends := other.URL()
+		if withH2 {
+			backends = "https://" + srv.Listener.Addr().String()
+		}
+		return fmt.Sprintf(":%d {\n\tlbpool %s {\n\t\tname web\n\t\ttls_insecure_skip_verify\n\t\t%s\n\t}\n}", c.HTTPPort, backends, opts)
+	}
+
+	c.Load(t, h2Site("stream_timeout 1s", true))
+	start := time.Now()
+	first, _ := spread(start, endTimes(t, []websocket{openEvents(t, c)}, 10*time.Second))
+	if first < time.Second || first > 3*time.Second {
+		t.Fatalf("the event stream ended %v after it began, want about 1s (stream_timeout 1s)", first)
+	}
+	lbtest.Eventually(t, 5*time.Second, "the backend to see its stream end", func() bool { return open.Load() == 0 })
+	if _, ok := protos.Load("HTTP/2.0"); !ok {
+		t.Fatal("the backend was not reached over HTTP/2")
+	}
+
+	c.Load(t, h2Site("stream_close_delay 1s", true))
+	evs := []websocket{openEvents(t, c), openEvents(t, c)}
+	start = time.Now()
+	c.Load(t, h2Site("stream_close_delay 1s", false)) // the HTTP/2 backend leaves
+	loaded := time.Since(start)
+	if s := statsOf(t, c, "https://"+srv.Listener.Addr().String()); len(s) != 1 || !s[0].Leaving || s[0].ActiveConnections != 2 {
+		t.Fatalf("the removed HTTP/2 backend in the stats: %+v, want leaving with 2 active", s)
+	}
+	first, last := spread(start, endTimes(t, evs, 10*time.Second))
+	if first < time.Second || last > loaded+1500*time.Millisecond {
+		t.Fatalf("the event streams ended %v to %v after the reload began (it took %v), want 1s to 1.25s on", first, last, loaded)
+	}
+	lbtest.Eventually(t, 5*time.Second, "the backend to see its streams end", func() bool { return open.Load() == 0 })
+	lbtest.Eventually(t, 10*time.Second, "the removed backend gone", func() bool {
+		return len(statsOf(t, c, "https://"+srv.Listener.Addr().String())) == 0
+	})
 }
 
 func netDial(c *lbtest.Caddy) (net.Conn, error) {
