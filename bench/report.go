@@ -263,8 +263,11 @@ var targets = []targetDef{
 	pairedTarget(perfIssue, scPost, "lbpool", baseline, metricLBCPU, 0.5),
 	pairedTarget(perfIssue, scClients, "lbpool", baseline, metricLBCPU, 0.5),
 	pairedTarget(perfIssue, scClients, "lbpool", baseline, metricPeakRSS, 0.6),
-	runTarget(perfIssue, scWebsockets, "lbpool", "Caddy's RSS per websocket", 25, " KiB", func(sc scenario, r *runRecord) *float64 {
+	runTarget(perfIssue, scWebsockets, "lbpool", "Caddy's RSS per websocket", 20, " KiB", func(sc scenario, r *runRecord) *float64 {
 		return finite(metricWSRSS.value(r, sc.Slow))
+	}),
+	runTarget(perfIssue, scWebsockets, "lbpool", "Caddy's goroutines per websocket", 2, "", func(sc scenario, r *runRecord) *float64 {
+		return finite(metricWSGoroutines.value(r, sc.Slow))
 	}),
 	pairedTarget(perfIssue, scOptions, optionsConfig, "lbpool", metricLBCPU, 1.15),
 }

@@ -434,7 +434,7 @@ func (r *registry) stopBackends(p *Pool, stopped []*Backend) {
 	for _, b := range stopped {
 		b.stopChecker()
 		forgetMetrics(p.name, b)
-		b.streams.leave()
+		b.streams.leave(p.spec.Load().logger, b.URL())
 	}
 }
 
@@ -442,6 +442,7 @@ func (r *registry) stopBackends(p *Pool, stopped []*Backend) {
 // leaving stays.
 func hold(b *Backend) {
 	b.refs++
+	b.pool.stays(b)
 	b.clearFlag(flagLeaving)
 	b.streams.stay()
 }
@@ -514,7 +515,7 @@ func (r *registry) applyAnswer(src *source, answer []found, log *zap.Logger) {
 		log.Info("member joined", zap.String("backend", b.URL()))
 	}
 	for _, b := range left {
-		b.streams.leave()
+		b.streams.leave(log, b.URL())
 		log.Info("member gone from dns; draining", zap.String("backend", b.URL()), zap.Int64("active", b.active.Load()))
 	}
 }

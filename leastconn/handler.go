@@ -369,13 +369,15 @@ type Handler struct {
 	// destination_unavailable).
 	ProxyStatusName string `json:"proxy_status_name,omitempty"`
 
-	// Upgraded connections (websockets) end after this long. Default: none.
+	// Streams (upgraded connections such as websockets, and server-sent
+	// event responses) end this long after they opened. Default: none.
 	StreamTimeout caddy.Duration `json:"stream_timeout,omitempty"`
 
-	// Upgraded connections to a backend that left the pool (a reload
-	// removed it, its pool was unloaded, or it is gone from DNS) end this
-	// long after it left; connections to backends that stay are kept
-	// across reloads. Default: they run until they end.
+	// Streams to a backend that left the pool (a reload removed it, its
+	// pool was unloaded, or it is gone from DNS) are closed this long after
+	// it left, spread over up to a quarter of it more; streams to backends
+	// that stay are kept across reloads. A backend that left shows as
+	// leaving until its streams end. Default: they run until they end.
 	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
 
 	// The buffer each direction of an upgraded connection copies through,
@@ -471,6 +473,7 @@ type Handler struct {
 	sticky        *stickyCookie         // nil without the sticky option
 	released      bool
 	logger        *zap.Logger
+	accessLogger  *zap.Logger // Caddy's, for the lines of upgraded connections (accesslog.go)
 }
 
 // CaddyModule returns the Caddy module information.
@@ -485,6 +488,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // handler to its pool in the registry.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.accessLogger = ctx.Logger(httpAppLogger{}).Named("log.access")
 	spec, err := h.poolSpec()
 	if err != nil {
 		return err

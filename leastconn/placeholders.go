@@ -49,6 +49,8 @@ type proxyState struct {
 	outURL url.URL
 	body   upstream.RequestBody // out's body, when there is one
 
+	endStream func() // ends the request's stream; nil without stream limits (streams.go)
+
 	tried triedSet // the backends tried (see ServeHTTP)
 	retry retryRun // the retries' state (retry.go)
 }

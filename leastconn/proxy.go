@@ -1,6 +1,7 @@
 package leastconn
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -41,6 +43,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		h.bufferRequest(r)
 	}
 	out := h.outgoing(r, st)
+	if h.StreamTimeout > 0 || h.StreamCloseDelay > 0 {
+		// a stream's limits end it through its request (streams.go)
+		ctx, cancel := context.WithCancel(out.Context())
+		defer cancel()
+		out = out.WithContext(ctx)
+		st.endStream = cancel
+	}
 	if h.Rewrite != nil {
 		h.Rewrite.Rewrite(out, r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer))
 	}
@@ -279,7 +288,12 @@ var emptyValue = []string{""}
 // proxyTo sends one try to b and, if the backend answers, streams the
 // response to the client. A *tryError means the client was sent nothing.
 func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend, st *proxyState) error {
-	defer b.release()
+	tunneled := false // a tunnel took b's slot and the response over (tunnel.go)
+	defer func() {
+		if !tunneled {
+			b.release()
+		}
+	}()
 	out.URL.Scheme = b.addr.scheme
 	out.URL.Host = b.addr.hostport
 	out.Host = r.Host
@@ -324,6 +338,9 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	}
 	clean := false // the body was read to its end: the connection can be reused
 	defer func() {
+		if tunneled {
+			return
+		}
 		if done == nil {
 			resp.Body.Close()
 			h.spec.transport.used()
@@ -351,7 +368,8 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		h.bufferResponse(resp)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
-		return h.tunnel(w, resp, b)
+		tunneled = h.tunnel(w, r, resp, b)
+		return nil
 	}
 	hdr := w.Header()
 	removeHopHeaders(resp.Header)
@@ -366,7 +384,16 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	}
 	w.WriteHeader(resp.StatusCode)
 
+	var limited *atomic.Bool // set when stream_timeout or stream_close_delay ended the stream
+	if st.endStream != nil && isEventStream(resp) {
+		var stop func()
+		stop, limited = h.limitStream(b, st.endStream)
+		defer stop()
+	}
 	if err := copyBody(w, resp, h.FlushInterval != 0 || flushesAtOnce(resp)); err != nil {
+		if limited != nil && limited.Load() {
+			return nil // the response ends here, as a stream the backend ended would
+		}
 		if errors.Is(err, errBackendRead) && r.Context().Err() == nil {
 			b.failures.Add(1) // the backend broke off (not the client leaving)
 			// what did arrive reaches the client before the abort, so it
@@ -482,11 +509,12 @@ func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (
 // flushesAtOnce: server-sent events and bodies of unknown length reach the
 // client as the backend writes them.
 func flushesAtOnce(resp *http.Response) bool {
-	if resp.ContentLength == -1 {
-		return true
-	}
-	ct := resp.Header.Get("Content-Type")
-	return strings.HasPrefix(ct, "text/event-stream")
+	return resp.ContentLength == -1 || isEventStream(resp)
+}
+
+// isEventStream: a response of server-sent events.
+func isEventStream(resp *http.Response) bool {
+	return strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 }
 
 var errBackendRead = errors.New("reading the backend's response")

@@ -38,11 +38,13 @@ var defaultRegistry = &registry{
 // Pool is a named set of backends shared by every handler with that name.
 type Pool struct {
 	name     string
-	refs     int                 // handlers holding the pool
-	backends map[string]*Backend // by backend key, every backend any handler or source holds
-	sources  map[string]*source  // DNS sources by key; see discover.go
-	leases   map[*lease]struct{} // every handler's lease, to give each a new view
-	specs    map[*poolSpec]int   // held specs and their holders
+	refs     int                    // handlers holding the pool
+	backends map[string]*Backend    // by backend key, every backend any handler or source holds
+	sources  map[string]*source     // DNS sources by key; see discover.go
+	leaving  map[*Backend]time.Time // static backends a reload removed, their requests finishing; when (leaving.go)
+	draining bool                   // drainStatic runs
+	leases   map[*lease]struct{}    // every handler's lease, to give each a new view
+	specs    map[*poolSpec]int      // held specs and their holders
 	spec     atomic.Pointer[poolSpec]
 	fetcher  atomic.Pointer[statsFetcher] // nil without stats_uri; written under registry.mu
 	queue    queue                        // requests waiting for a slot (queue.go)
@@ -207,9 +209,14 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 func (r *registry) release(l *lease) {
 	p, spec := l.pool, l.spec
 	r.mu.Lock()
-	var stopped []*Backend
+	var stopped, leaving []*Backend
 	for _, b := range l.backends {
-		if r.unref(b) {
+		b.refs--
+		switch {
+		case b.refs > 0:
+		case r.leaveOrStop(p, b, p.refs > 1):
+			leaving = append(leaving, b)
+		default:
 			stopped = append(stopped, b)
 		}
 	}
@@ -245,6 +252,11 @@ func (r *registry) release(l *lease) {
 	stopFetcher()
 	stopFleet()
 	r.stopBackends(p, stopped)
+	for _, b := range leaving {
+		b.streams.leave(spec.logger, b.URL())
+		spec.logger.Info("backend removed by a reload; draining", zap.String("pool", p.name),
+			zap.String("backend", b.URL()), zap.Int64("active", b.active.Load()))
+	}
 	for _, src := range ended {
 		r.stopSource(src)
 	}
@@ -342,6 +354,7 @@ func (p *Pool) current() (backends []*Backend, static int) {
 			out = append(out, b)
 		}
 	}
+	out = p.leavingStatic(out)
 	static = len(out)
 	if len(s.dynamic) > 0 {
 		out = p.discoveredBackends(s, out)

@@ -224,9 +224,11 @@ function updateRow(r, s, t) {
   r.tr.classList.toggle("changed", changed);
   r.flag.hidden = !changed;
 
-  // a member found through DNS says so, and that it is leaving once it left DNS
+  // a member found through DNS says so, and that it is leaving once it left DNS;
+  // a backend a reload removed is leaving until its requests and streams end
   const notes = [];
   if (s.source === "dns") notes.push(s.leaving ? "dns · leaving" : "dns");
+  else if (s.leaving) notes.push("leaving");
   if (s.backup) notes.push("backup");
   if (s.ejected) notes.push(s.ejected_reason ? `ejected: ${s.ejected_reason}` : "ejected");
   if (s.held) notes.push(`held ${formatAge(-secondsSince(s.held_until))} more (hold ${s.holds_in_a_row} in a row): ${s.hold_reason}`);
