@@ -245,7 +245,7 @@ func newBackend(p *Pool, a backendAddr) *Backend {
 		b.flags.Store(flagCapped)
 	}
 	b.memoryBytes.Store(-1)
-	b.responseTime = responseTimeOf(p.name, b)
+	b.responseTime = responseTimeOf(p, b)
 	return b
 }
 

@@ -164,7 +164,12 @@ func forgetMetrics(pool string, b *Backend) {
 	responseTime.DeleteLabelValues(pool, b.URL())
 }
 
-// responseTimeOf is the backend's series of response times.
-func responseTimeOf(pool string, b *Backend) prometheus.Observer {
+// responseTimeOf is the backend's series of response times in its pool
+// (none: a backend made alone, in a test).
+func responseTimeOf(p *Pool, b *Backend) prometheus.Observer {
+	pool := ""
+	if p != nil {
+		pool = p.name
+	}
 	return responseTime.WithLabelValues(pool, b.URL())
 }

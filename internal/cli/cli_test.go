@@ -47,7 +47,7 @@ func buildCaddy(t *testing.T) string {
 			return
 		}
 		caddyBinary.dir = dir
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
 		out := filepath.Join(dir, "caddy")
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/caddy")
@@ -67,9 +67,12 @@ func buildCaddy(t *testing.T) string {
 // lbpoolCmd runs `caddy lbpool <args>` and returns its output and exit code.
 func lbpoolCmd(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	bin := buildCaddy(t)
+	// generous: the command answers in a second, but on a loaded machine
+	// starting a process can take many
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, buildCaddy(t), append([]string{"lbpool"}, args...)...)
+	cmd := exec.CommandContext(ctx, bin, append([]string{"lbpool"}, args...)...)
 	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
@@ -91,7 +94,7 @@ func threeBackends(t *testing.T) (c *lbtest.Caddy, up []*lbtest.Backend, down st
 	up = []*lbtest.Backend{lbtest.NewBackend(t, "a", nil), lbtest.NewBackend(t, "b", nil)}
 	down = fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
 	c.Load(t, c.SiteAt("health_interval 200ms", up[0].Addr(), up[1].Addr(), down))
-	lbtest.Eventually(t, 10*time.Second, "the closed backend down", func() bool {
+	lbtest.Eventually(t, 30*time.Second, "the closed backend down", func() bool {
 		return !c.Backend(t, "web", "http://"+down).Alive
 	})
 	return c, up, down
@@ -179,7 +182,7 @@ func TestStatusMeasuresRequestsPerSecond(t *testing.T) {
 		})
 	}()
 	defer func() { close(stop); <-done }()
-	out, errOut, code := lbpoolCmd(t, "status", "--json", "--interval=500ms", addressOf(c).flag())
+	out, errOut, code := lbpoolCmd(t, "status", "--json", "--interval=1s", addressOf(c).flag())
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -253,9 +256,10 @@ func TestErrorsAreOneLineNamingTheAdminAddress(t *testing.T) {
 }
 
 func TestHelpNamesTheSubcommands(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	bin := buildCaddy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, buildCaddy(t), "help", "lbpool").CombinedOutput()
+	out, err := exec.CommandContext(ctx, bin, "help", "lbpool").CombinedOutput()
 	if err != nil {
 		t.Fatalf("caddy help lbpool: %v\n%s", err, out)
 	}

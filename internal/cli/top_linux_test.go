@@ -78,9 +78,10 @@ func terminalModes(t *testing.T, tty *os.File) (lflag, iflag uint32) {
 // session, tty its controlling terminal) and collects its screen from main.
 func startTop(t *testing.T, c *lbtest.Caddy, main, tty *os.File) (exited <-chan error, out *screen) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	bin := buildCaddy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	cmd := exec.CommandContext(ctx, buildCaddy(t), "lbpool", "top", addressOf(c).flag())
+	cmd := exec.CommandContext(ctx, bin, "lbpool", "top", addressOf(c).flag())
 	cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "TERM=xterm")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
@@ -104,7 +105,7 @@ func TestTopShowsThePoolDrainsOnItsKeyAndQuitsRestoringTheTerminal(t *testing.T)
 
 	exited, out := startTop(t, c, main, tty)
 
-	lbtest.Eventually(t, 20*time.Second, "top shows every backend", func() bool {
+	lbtest.Eventually(t, 60*time.Second, "top shows every backend", func() bool {
 		s := out.String()
 		return strings.Contains(s, up[0].Addr()) && strings.Contains(s, up[1].Addr()) && strings.Contains(s, down)
 	})
@@ -112,19 +113,19 @@ func TestTopShowsThePoolDrainsOnItsKeyAndQuitsRestoringTheTerminal(t *testing.T)
 	if _, err := main.WriteString("j"); err != nil {
 		t.Fatal(err)
 	}
-	lbtest.Eventually(t, 10*time.Second, "the second backend selected", func() bool {
+	lbtest.Eventually(t, 30*time.Second, "the second backend selected", func() bool {
 		return strings.Contains(out.String(), "\x1b[7mweb   http://"+up[1].Addr())
 	})
 	if _, err := main.WriteString("d"); err != nil {
 		t.Fatal(err)
 	}
-	lbtest.Eventually(t, 10*time.Second, "the second backend drained", func() bool {
+	lbtest.Eventually(t, 30*time.Second, "the second backend drained", func() bool {
 		return c.Backend(t, "web", "http://"+up[1].Addr()).State == "drain"
 	})
 	if s := c.Backend(t, "web", "http://"+up[0].Addr()).State; s != "ready" {
 		t.Fatalf("the first backend is %s; only the selected one should change", s)
 	}
-	lbtest.Eventually(t, 10*time.Second, "top shows the drain", func() bool {
+	lbtest.Eventually(t, 30*time.Second, "top shows the drain", func() bool {
 		return strings.Contains(out.String(), "DRAIN")
 	})
 	if _, err := main.WriteString("q"); err != nil {
@@ -135,13 +136,13 @@ func TestTopShowsThePoolDrainsOnItsKeyAndQuitsRestoringTheTerminal(t *testing.T)
 		if err != nil {
 			t.Fatalf("top exited with %v; output:\n%q", err, out.String())
 		}
-	case <-time.After(20 * time.Second):
+	case <-time.After(60 * time.Second):
 		t.Fatalf("top did not quit on q; output:\n%q", out.String())
 	}
 	if l, i := terminalModes(t, tty); l != lflag || i != iflag {
 		t.Errorf("terminal not restored: lflag %#x iflag %#x, were %#x %#x", l, i, lflag, iflag)
 	}
-	lbtest.Eventually(t, 5*time.Second, "the screen and cursor given back", func() bool {
+	lbtest.Eventually(t, 30*time.Second, "the screen and cursor given back", func() bool {
 		return strings.HasSuffix(out.String(), "\x1b[?25h\x1b[?1049l")
 	})
 }
@@ -151,7 +152,7 @@ func TestTopQuitsOnCtrlC(t *testing.T) {
 	main, tty := openPTY(t)
 	lflag, _ := terminalModes(t, tty)
 	exited, out := startTop(t, c, main, tty)
-	lbtest.Eventually(t, 20*time.Second, "top shows the pool", func() bool {
+	lbtest.Eventually(t, 60*time.Second, "top shows the pool", func() bool {
 		return strings.Contains(out.String(), up[0].Addr())
 	})
 	if _, err := main.Write([]byte{3}); err != nil {
@@ -162,7 +163,7 @@ func TestTopQuitsOnCtrlC(t *testing.T) {
 		if err != nil {
 			t.Fatalf("top exited with %v after Ctrl-C", err)
 		}
-	case <-time.After(20 * time.Second):
+	case <-time.After(60 * time.Second):
 		t.Fatalf("top did not quit on Ctrl-C; output:\n%q", out.String())
 	}
 	if l, _ := terminalModes(t, tty); l != lflag {
