@@ -269,3 +269,23 @@ func TestHelpNamesTheSubcommands(t *testing.T) {
 		}
 	}
 }
+
+// Without --address the admin address is found as `caddy reload` finds
+// it: the admin address of the --config file, else CADDY_ADMIN.
+func TestAdminAddressComesFromTheConfigElseCaddyAdmin(t *testing.T) {
+	c, up, _ := threeBackends(t)
+	config := filepath.Join(t.TempDir(), "Caddyfile")
+	site := fmt.Sprintf("{\n\tadmin localhost:%d\n}\n:8080 {\n\trespond ok\n}\n", c.AdminPort)
+	if err := os.WriteFile(config, []byte(site), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := lbpoolCmd(t, "status", "--interval=0", "--config="+config, "--adapter=caddyfile")
+	if code != 0 || !strings.Contains(out, up[0].Addr()) {
+		t.Errorf("--config: exit %d, out %q, err %q", code, out, errOut)
+	}
+	t.Setenv("CADDY_ADMIN", string(addressOf(c)))
+	out, errOut, code = lbpoolCmd(t, "status", "--interval=0")
+	if code != 0 || !strings.Contains(out, up[0].Addr()) {
+		t.Errorf("CADDY_ADMIN: exit %d, out %q, err %q", code, out, errOut)
+	}
+}
