@@ -128,6 +128,15 @@ func TestTopShowsThePoolDrainsOnItsKeyAndQuitsRestoringTheTerminal(t *testing.T)
 	lbtest.Eventually(t, 30*time.Second, "top shows the drain", func() bool {
 		return strings.Contains(out.String(), "DRAIN")
 	})
+	// m and r: maintenance, then back in rotation
+	for _, step := range []struct{ key, state string }{{"m", "maint"}, {"r", "ready"}} {
+		if _, err := main.WriteString(step.key); err != nil {
+			t.Fatal(err)
+		}
+		lbtest.Eventually(t, 30*time.Second, "the second backend "+step.state, func() bool {
+			return c.Backend(t, "web", "http://"+up[1].Addr()).State == step.state
+		})
+	}
 	if _, err := main.WriteString("q"); err != nil {
 		t.Fatal(err)
 	}
