@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/lbpool/lbpool/internal/upstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // MaxWeight is the largest weight a backend may have.
@@ -188,6 +189,8 @@ type Backend struct {
 	sticky   atomic.Uint64 // requests routed here by their sticky cookie
 	latency  ewma          // of proxied requests' time to response headers
 
+	responseTime prometheus.Observer // its caddy_lbpool_backend_response_time_seconds (metrics.go)
+
 	h1 upstream.Pool // kept-alive connections of the direct path
 
 	streams streamSet // upgraded connections to end after stream_close_delay (streams.go)
@@ -242,6 +245,7 @@ func newBackend(p *Pool, a backendAddr) *Backend {
 		b.flags.Store(flagCapped)
 	}
 	b.memoryBytes.Store(-1)
+	b.responseTime = responseTimeOf(p, b)
 	return b
 }
 

@@ -75,6 +75,7 @@ var epoch = time.Now()
 // With leastTime it also feeds the peak-EWMA least_time picks by.
 func (b *Backend) observe(start time.Time, d time.Duration, leastTime bool) {
 	b.latency.observe(d)
+	b.responseTime.Observe(d.Seconds())
 	if leastTime {
 		now := int64(start.Sub(epoch)+d) / int64(time.Millisecond)
 		b.peak.observe(d, now)
