@@ -418,6 +418,7 @@ var kindNames = [...]string{
 const (
 	pickSticky    = "sticky"
 	pickRetry     = "retry"
+	pickBackup    = "backup"
 	pickHashSpill = "hash_spill"
 )
 
