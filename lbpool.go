@@ -1,6 +1,7 @@
 // Package lbpool registers lbpool's Caddy modules: the http.handlers.lbpool
-// load-balancing handler and the admin.api.lbpool admin routes. Build a Caddy
-// with both by adding this module path to xcaddy:
+// load-balancing handler, the admin.api.lbpool admin routes and the
+// http.handlers.lbpool_dashboard handler (the dashboard on a site route).
+// Build a Caddy with them by adding this module path to xcaddy:
 //
 //	xcaddy build --with github.com/lbpool/lbpool
 package lbpool
