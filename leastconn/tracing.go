@@ -6,12 +6,14 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/contrib/propagators/autoprop"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -32,6 +34,31 @@ var propagator = sync.OnceValue(func() propagation.TextMapPropagator {
 	return autoprop.NewTextMapPropagator()
 })
 
+// sdkTracer is lbpool's tracer of Caddy's tracer provider, kept while the
+// provider lasts (Caddy keeps one while any config traces): asking the
+// provider takes its lock.
+var sdkTracer atomic.Pointer[providerTracer]
+
+type providerTracer struct {
+	provider *sdktrace.TracerProvider
+	tracer   trace.Tracer
+}
+
+// tracerOf returns lbpool's tracer of span's provider.
+func tracerOf(span trace.Span) trace.Tracer {
+	tp := span.TracerProvider()
+	sdk, ok := tp.(*sdktrace.TracerProvider)
+	if !ok {
+		return tp.Tracer(tracerName)
+	}
+	if c := sdkTracer.Load(); c != nil && c.provider == sdk {
+		return c.tracer
+	}
+	t := sdk.Tracer(tracerName)
+	sdkTracer.Store(&providerTracer{sdk, t})
+	return t
+}
+
 // requestTrace is a traced request's tracing state; nil when the request
 // is not traced.
 type requestTrace struct {
@@ -49,7 +76,7 @@ func traceOf(r *http.Request) *requestTrace {
 	if !span.SpanContext().IsValid() {
 		return nil
 	}
-	return &requestTrace{ctx: r.Context(), tracer: span.TracerProvider().Tracer(tracerName)}
+	return &requestTrace{ctx: r.Context(), tracer: tracerOf(span)}
 }
 
 // wait records a wait that began at start (kind: queue, or try_duration
