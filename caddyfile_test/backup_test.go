@@ -28,7 +28,7 @@ func TestBackupServesOnlyWhenNoPrimaryCan(t *testing.T) {
 	c := lbtest.Start(t)
 	p1, p2 := lbtest.NewBackend(t, "p1", nil), lbtest.NewBackend(t, "p2", nil)
 	backup := lbtest.NewBackend(t, "backup", nil)
-	c.Load(t, site(c, "backup "+backup.Addr()+"\n\t\thealth_down_interval 200ms", p1, p2, backup))
+	c.Load(t, site(c, "backup "+backup.Addr()+"\n\t\thealth_down_interval 200ms\n\t\theader_down X-Pick {http.lbpool.pick}", p1, p2, backup))
 	waitAlive(t, c, p1, p2, backup)
 	if s := c.Backend(t, "web", backup.URL()); !s.Backup {
 		t.Errorf("stats of the backup backend: backup %v, want true", s.Backup)
@@ -56,6 +56,16 @@ func TestBackupServesOnlyWhenNoPrimaryCan(t *testing.T) {
 	if took > time.Second {
 		t.Errorf("the backup served %v after both primaries went down, want within 1s", took)
 	}
+
+	// once both primaries are down, a first try goes to the backup, and says why
+	lbtest.Eventually(t, 5*time.Second, "X-Pick: backup on the backup's answer", func() bool {
+		resp, err := c.Client().Get(c.URL("/"))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.Header.Get("X-Pick") == "backup"
+	})
 
 	p1.Restart(t)
 	lbtest.Eventually(t, 10*time.Second, "p1 serving again", func() bool { return getBody(c) == "p1" })
