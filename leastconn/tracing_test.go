@@ -2,7 +2,12 @@ package leastconn
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -40,4 +45,17 @@ func BenchmarkProxyTraced(b *testing.B) {
 			span.End()
 		}
 	})
+}
+
+// BenchmarkTraceOfUntraced is what a request without tracing pays: the
+// look for a span in a context as deep as Caddy's server makes it.
+func BenchmarkTraceOfUntraced(b *testing.B) {
+	req := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
+	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), httptest.NewRecorder(), benchServer)
+	b.ReportAllocs()
+	for b.Loop() {
+		if traceOf(req) != nil {
+			b.Fatal("a span in an untraced request")
+		}
+	}
 }
