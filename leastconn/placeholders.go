@@ -25,7 +25,7 @@ import (
 //	{http.lbpool.pick}              why the backend was chosen: the policy's name
 //	                                (least_conn, round_robin, ...), hash, hash_spill
 //	                                (past the key's first choice), sticky, retry or
-//	                                backup (a backup backend, on the first try)
+//	                                backup (a backup backend)
 //
 // The backend ones name the try under way, and once a backend answered,
 // the try that answered. Nothing is computed or copied until a placeholder

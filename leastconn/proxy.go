@@ -100,10 +100,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		tried.add(i)
 		b := v.backends[i]
-		st.pick = h.lease.pickReason(try, i == home, tried)
-		if b.addr.backup && try == 0 && i != home {
-			st.pick = pickBackup
-		}
+		st.pick = h.lease.pickReason(b, try, i == home, tried)
 		if try == 0 && tried.spilled {
 			h.lease.pool.spills.Add(1)
 		}
