@@ -242,6 +242,7 @@ func TestTracingOneClientSpanPerTry(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	t.Logf("traceparent the backends got: hangs %s, answers %s", seen["hangs"], seen["answers"])
 	for i, name := range []string{"hangs", "answers"} {
 		if got, want := traceparentSpan(seen[name]), hex.EncodeToString(spans[i+2].SpanId); got != want {
 			t.Errorf("backend %s got traceparent %q, want it to name its try's span %s", name, seen[name], want)
