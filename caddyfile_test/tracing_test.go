@@ -195,9 +195,10 @@ func TestTracingOneClientSpanPerTry(t *testing.T) {
 		health_uri /health
 		lb_policy first
 	}`, refuses.Addr(), hangs.Addr(), answers.Addr())))
-	lbtest.Eventually(t, 10*time.Second, "every backend up", func() bool {
+	// each backend passed its first check; the next is health_interval (20s) away
+	lbtest.Eventually(t, 10*time.Second, "every backend up and checked", func() bool {
 		for _, s := range c.Stats(t, "traced") {
-			if !s.Alive {
+			if !s.Alive || s.LastCheck == nil || s.LastCheck.Error != "" {
 				return false
 			}
 		}
@@ -264,7 +265,10 @@ func TestTracingRecordsTheQueueWait(t *testing.T) {
 		health_uri /health
 		max_conns 1
 	}`, b.Addr())))
-	lbtest.Eventually(t, 10*time.Second, "the backend up", func() bool { return c.Stats(t, "traced")[0].Alive })
+	lbtest.Eventually(t, 10*time.Second, "the backend up and checked", func() bool {
+		s := c.Stats(t, "traced")[0]
+		return s.Alive && s.LastCheck != nil
+	})
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
