@@ -24,7 +24,8 @@ import (
 //	{http.lbpool.retries}           tries after the first
 //	{http.lbpool.pick}              why the backend was chosen: the policy's name
 //	                                (least_conn, round_robin, ...), hash, hash_spill
-//	                                (past the key's first choice), sticky or retry
+//	                                (past the key's first choice), sticky, retry or
+//	                                backup (a backup backend)
 //
 // The backend ones name the try under way, and once a backend answered,
 // the try that answered. Nothing is computed or copied until a placeholder
@@ -53,6 +54,8 @@ type proxyState struct {
 
 	tried triedSet // the backends tried (see ServeHTTP)
 	retry retryRun // the retries' state (retry.go)
+
+	trace *requestTrace // nil unless Caddy's tracing handler traces the request
 }
 
 // track starts the request's state and offers it to the request's replacer.

@@ -39,6 +39,7 @@ var directBodies = true
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	st := h.track(r)
 	defer st.done()
+	st.trace = traceOf(r)
 	if h.RequestBuffers != 0 {
 		h.bufferRequest(r)
 	}
@@ -77,7 +78,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		if i < 0 && v.someFull(tried) {
 			var err error
-			if i, err = h.lease.wait(r.Context(), v, tried); err != nil {
+			queued := time.Now()
+			i, err = h.lease.wait(r.Context(), v, tried)
+			if st.trace != nil {
+				st.trace.wait("queue", st.pool, queued)
+			}
+			if err != nil {
 				return h.fail(w, r, http.StatusServiceUnavailable, err)
 			}
 			if i < 0 {
@@ -86,7 +92,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		if i < 0 && !rr.deadline.IsZero() {
 			var err error
-			if i, err = h.await(r.Context(), rr, tried); err != nil {
+			waited := time.Now()
+			i, err = h.await(r.Context(), rr, tried)
+			if st.trace != nil {
+				st.trace.wait("try_duration wait", st.pool, waited)
+			}
+			if err != nil {
 				return h.fail(w, r, http.StatusServiceUnavailable, err)
 			}
 			if i < 0 && r.Context().Err() != nil {
@@ -287,7 +298,7 @@ var emptyValue = []string{""}
 
 // proxyTo sends one try to b and, if the backend answers, streams the
 // response to the client. A *tryError means the client was sent nothing.
-func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend, st *proxyState) error {
+func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend, st *proxyState) (err error) {
 	tunneled := false // a tunnel took b's slot and the response over (tunnel.go)
 	defer func() {
 		if !tunneled {
@@ -305,10 +316,13 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		setBackendAuth(r, out, b)
 	}
 
-	start := time.Now()
 	var resp *http.Response
+	if rt := st.trace; rt != nil {
+		rt.startTry(out, b, st)
+		defer func() { rt.endTry(err, resp) }()
+	}
+	start := time.Now()
 	var done func(reuse bool) // set on the direct path: gives the connection back
-	var err error
 	if h.spec.direct && directOK(out, b) {
 		resp, done, err = upstream.RoundTrip(w, &b.h1, h.spec.dialer, b.addr.network, b.addr.dial, out, h.spec.responseHeaderTimeout)
 	} else {
@@ -393,6 +407,9 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	if err := copyBody(w, resp, h.FlushInterval != 0 || flushesAtOnce(resp)); err != nil {
 		if limited != nil && limited.Load() {
 			return nil // the response ends here, as a stream the backend ended would
+		}
+		if st.trace != nil {
+			st.trace.broke(err)
 		}
 		if errors.Is(err, errBackendRead) && r.Context().Err() == nil {
 			b.failures.Add(1) // the backend broke off (not the client leaving)
