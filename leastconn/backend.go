@@ -173,6 +173,7 @@ type Backend struct {
 	flags    atomic.Uint32
 	active   atomic.Int64
 	weight   atomic.Int64 // the weight in effect: run-time, else configured
+	scaled   atomic.Int64 // weight × learned weight (loadreports.go), weightScale fixed point: what the picks weigh
 	rampFrom atomic.Int64 // unix nanos of the last down→up change, while flagRamp
 	rampLen  atomic.Int64 // slow-start window in nanos
 	maxConns atomic.Int64 // max_conns while flagCapped
@@ -217,6 +218,7 @@ type Backend struct {
 	joining      bool // a discovered member not checked yet: its first check decides
 
 	memoryBytes atomic.Int64 // as the backend reports it; -1 while unknown
+	load        loadState    // its load reports and learned weight (loadreports.go)
 
 	outlier outlierState // response-based ejection (outlier.go)
 	flap    flapState    // holds after failures soon after coming back (flap.go)
@@ -236,6 +238,7 @@ func newBackend(p *Pool, a backendAddr) *Backend {
 		respec:  make(chan struct{}, 1),
 		hashID:  backendHashID(a.key),
 	}
+	b.load.learned.Store(weightScale)
 	b.setConfiguredWeight(a.weight)
 	if a.maxConns > 0 {
 		b.maxConns.Store(int64(a.maxConns))

@@ -116,6 +116,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := p.checkPolicy(); err != nil {
 		return err
 	}
+	if lr := h.LoadReports; lr != nil && lr.Source == ReportsFromStats && h.StatsURI == "" {
+		return tokenErr(p.reportsToken, "load_reports stats reads the backends' stats_uri: set stats_uri")
+	}
 
 	if len(h.Backends) == 0 && len(h.Dynamic) == 0 {
 		d.Reset()

@@ -192,6 +192,13 @@ type Handler struct {
 	// most 1000.
 	StatsWorkers int `json:"stats_workers,omitempty"`
 
+	// Weights learned from the backends' own load reports (ORCA
+	// endpoint-load-metrics, or stats_uri): each backend's weight is
+	// multiplied by qps / (utilization + error_penalty × eps / qps),
+	// normalised to a mean of 1, as gRPC's weighted_round_robin does. Off
+	// when unset.
+	LoadReports *LoadReports `json:"load_reports,omitempty"`
+
 	// Selection.
 
 	// How a backend is picked: `least_conn` (the fewest active requests
@@ -650,6 +657,9 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		names = append(names, addr.display)
 	}
 	var err error
+	if s.reports, err = h.reportSpec(); err != nil {
+		return nil, err
+	}
 	if s.wire, err = h.wireSettings(); err != nil {
 		return nil, err
 	}

@@ -251,7 +251,7 @@ func (l *lease) pickTimeExact(bs []*Backend, lo, hi int, tried *triedSet, now in
 		if f&flagsUnavailable != 0 || tried.has(j) || f&flagCapped != 0 && b.full() {
 			continue
 		}
-		w := b.weight.Load() * weightScale
+		w := b.scaled.Load()
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &wall)
 		}
@@ -299,7 +299,7 @@ func nthTiedTime(bs []*Backend, lo, hi int, tried *triedSet, start, k int, cost,
 		if f&flagsUnavailable != 0 || tried.has(j) || f&flagCapped != 0 && b.full() {
 			continue
 		}
-		w := b.weight.Load() * weightScale
+		w := b.scaled.Load()
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &wall)
 		}
@@ -330,7 +330,7 @@ func (l *lease) pickTimeSampled(bs []*Backend, lo int, tried *triedSet, now int6
 			if f&flagsUnavailable != 0 || tried.has(lo+j) || f&flagCapped != 0 && b.full() {
 				continue
 			}
-			w := b.weight.Load() * weightScale
+			w := b.scaled.Load()
 			if f&flagRamp != 0 {
 				w = b.rampedWeight(w, &wall)
 			}

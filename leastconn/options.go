@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -43,6 +44,7 @@ type parser struct {
 	wrrWeights   []int
 	wrrToken     caddyfile.Token
 	factorToken  caddyfile.Token // where hash_balance_factor was written
+	reportsToken caddyfile.Token // where load_reports was written
 	cookiePolicy bool            // sticky came from lb_policy cookie
 }
 
@@ -82,6 +84,7 @@ func init() {
 		"state_sync":              {read: readStateSync},
 		"stats_uri":               {read: readURI(func(h *Handler) *string { return &h.StatsURI })},
 		"stats_workers":           {read: readCount(func(h *Handler) *int { return &h.StatsWorkers }, false)},
+		"load_reports":            {read: readLoadReports},
 
 		// active health checks
 		"health_uri":              {read: readURI(func(h *Handler) *string { return &h.HealthURI })},
@@ -631,6 +634,64 @@ func readFlapHold(p *parser) error {
 		return err
 	}
 	p.h.FlapHold = fh
+	return nil
+}
+
+// readLoadReports reads `load_reports [header|stats] { metric <name>
+// blackout <d> expiry <d> error_penalty <f> }`.
+func readLoadReports(p *parser) error {
+	d := p.d
+	if p.h.LoadReports != nil {
+		return d.Err("load_reports is set twice")
+	}
+	lr := &LoadReports{}
+	p.reportsToken = d.Token()
+	if d.NextArg() {
+		if v := d.Val(); v != ReportsFromHeader && v != ReportsFromStats {
+			return d.Errf("load_reports: %q is neither header nor stats", v)
+		}
+		lr.Source = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		opt := "load_reports " + name
+		var v string
+		switch name {
+		case "metric", "blackout", "expiry", "error_penalty":
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("load_reports: unknown option %q (want metric, blackout, expiry or error_penalty)", d.Val())
+		}
+		var err error
+		switch name {
+		case "metric":
+			if !metricName.MatchString(v) {
+				return d.Errf("%s: %q is not a metric name (letters, digits, _ . -)", opt, v)
+			}
+			lr.Metric = v
+		case "blackout":
+			lr.Blackout, err = positiveDuration(d, opt, v)
+		case "expiry":
+			if lr.Expiry, err = positiveDuration(d, opt, v); err == nil && time.Duration(lr.Expiry) <= weighEvery {
+				return d.Errf("%s: %s must be longer than %v, how often weights are recomputed", opt, v, weighEvery)
+			}
+		case "error_penalty":
+			f, perr := strconv.ParseFloat(v, 64)
+			if perr != nil || !(f >= 0 && f <= 100) {
+				return d.Errf("%s: %q is not a number from 0 to 100", opt, v)
+			}
+			lr.ErrorPenalty = &f
+		}
+		if err != nil {
+			return err
+		}
+	}
+	p.h.LoadReports = lr
 	return nil
 }
 

@@ -319,6 +319,11 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	st.status = resp.StatusCode
 	b.observe(start, st.latency, h.lease.leastTime)
 	b.requests.Add(1)
+	if rs := h.spec.reports; rs != nil {
+		at := start.UnixNano() + int64(st.latency)
+		b.takeLoadReport(rs, resp.Header, at)
+		b.takeLoadReport(rs, resp.Trailer, at) // announced names: not passed on
+	}
 	if o := h.spec.outlier; o != nil {
 		o.observe(h, b, resp.StatusCode, st.latency)
 	}
@@ -378,6 +383,9 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		panic(http.ErrAbortHandler)
 	}
 	clean = true
+	if rs := h.spec.reports; rs != nil && len(resp.Trailer) > 0 {
+		b.takeLoadReport(rs, resp.Trailer, time.Now().UnixNano())
+	}
 	if len(resp.Trailer) == announced {
 		for k, vv := range resp.Trailer {
 			hdr[k] = vv

@@ -49,6 +49,7 @@ type Pool struct {
 	ejected  atomic.Int64                 // backends ejected now (outlier.go)
 	outMu    sync.Mutex                   // serialises taking backends out (ejections, flap holds)
 	fleet    atomic.Pointer[fleetSync]    // nil with state_sync off; written under registry.mu
+	weigher  *weigher                     // nil without load_reports; guarded by registry.mu (loadreports.go)
 	clock    atomic.Int64                 // ms since epoch of the latest least_time response (leasttime.go)
 	spills   atomic.Uint64                // hashed requests sent past their key's first choice
 
@@ -85,6 +86,7 @@ type poolSpec struct {
 	statsURI     string
 	statsWorkers int
 	slowStart    time.Duration
+	reports      *reportSettings // nil without load_reports
 
 	stateSync time.Duration     // 0: off
 	storage   certmagic.Storage // the config's storage; nil when off
@@ -189,10 +191,12 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 	p.leases[l] = struct{}{}
 	stopFetcher := p.apply(s)
 	stopFleet := p.applyFleet(r, s)
+	stopWeigher := p.applyReports(r, s)
 	r.mu.Unlock()
 
 	stopFetcher()
 	stopFleet()
+	stopWeigher()
 	for _, b := range started {
 		b.startChecker()
 	}
@@ -215,7 +219,7 @@ func (r *registry) release(l *lease) {
 	}
 	delete(p.leases, l)
 	ended := p.releaseSources(l.sources)
-	stopFetcher, stopFleet := func() {}, func() {}
+	stopFetcher, stopFleet, stopWeigher := func() {}, func() {}, func() {}
 	p.specs[spec]--
 	if p.specs[spec] == 0 {
 		delete(p.specs, spec)
@@ -228,6 +232,7 @@ func (r *registry) release(l *lease) {
 			stopFetcher = f.stop
 		}
 		stopFleet = p.applyFleet(r, nil)
+		stopWeigher = p.applyReports(r, nil)
 	} else if p.spec.Load() == spec && p.specs[spec] == 0 {
 		// the current spec went away (a failed reload): fall back to the
 		// newest one still held
@@ -239,11 +244,13 @@ func (r *registry) release(l *lease) {
 		}
 		stopFetcher = p.apply(newest)
 		stopFleet = p.applyFleet(r, newest)
+		stopWeigher = p.applyReports(r, newest)
 	}
 	r.mu.Unlock()
 
 	stopFetcher()
 	stopFleet()
+	stopWeigher()
 	r.stopBackends(p, stopped)
 	for _, src := range ended {
 		r.stopSource(src)

@@ -174,7 +174,7 @@ func (l *lease) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
 		if f&flagsUnavailable != 0 || tried.has(j) || f&flagCapped != 0 && b.full() {
 			continue
 		}
-		w := b.weight.Load() * weightScale
+		w := b.scaled.Load()
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &now)
 		}
@@ -241,7 +241,7 @@ func nthTied(bs []*Backend, lo, hi int, tried *triedSet, start, k int, load, wei
 		if f&flagsUnavailable != 0 || tried.has(j) || f&flagCapped != 0 && b.full() {
 			continue
 		}
-		w := b.weight.Load() * weightScale
+		w := b.scaled.Load()
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &now)
 		}
@@ -275,7 +275,7 @@ func pickSampled(bs []*Backend, lo int, tried *triedSet, draws int) int {
 		if f&flagsUnavailable != 0 || tried.has(lo+j) || f&flagCapped != 0 && b.full() {
 			continue
 		}
-		w := b.weight.Load() * weightScale
+		w := b.scaled.Load()
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &now)
 		}

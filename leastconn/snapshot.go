@@ -96,6 +96,16 @@ type BackendStats struct {
 	// Times the backend was held out.
 	HoldsTotal uint64 `json:"holds_total"`
 
+	// Load reports (load_reports): the utilization in the backend's last
+	// report and its age in seconds (null before any), the weight learned
+	// from the reports (1: the mean, and always 1 with load_reports off;
+	// the pick uses weight × learned_weight), and the reports refused as
+	// unreadable (bad numbers, too long, unknown format).
+	ReportedUtilization *float64 `json:"reported_utilization"`
+	ReportAgeSeconds    *float64 `json:"report_age_seconds"`
+	LearnedWeight       float64  `json:"learned_weight"`
+	BadReportsTotal     uint64   `json:"bad_reports_total"`
+
 	// Run-time changes (fleetstate.go): where the admin state and the
 	// weight came from ("local" or "storage"), when and from which instance
 	// they were set at run time (null and "" while the configured value
@@ -249,6 +259,7 @@ func (b *Backend) snapshot(pool string, static bool, now time.Time) BackendStats
 		t := since.UTC()
 		s.Ejected, s.EjectedSince, s.EjectedReason = true, &t, why
 	}
+	b.loadStats(&s, now)
 	if mem := b.memoryBytes.Load(); mem >= 0 {
 		s.MemoryBytes = &mem
 		s.MemoryUsage = FormatBytes(mem)
