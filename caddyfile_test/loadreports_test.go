@@ -3,9 +3,13 @@ package caddyfile_test
 import (
 	"encoding/base64"
 	"fmt"
+	"go/parser"
+	"go/token"
 	"io"
 	"math"
 	"net/http"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,7 +19,9 @@ import (
 	v3orcapb "github.com/cncf/xds/go/xds/data/orca/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/lbpool/lbpool/internal/docblocks"
 	"github.com/lbpool/lbpool/internal/lbtest"
+	"github.com/lbpool/lbpool/internal/orca"
 )
 
 // reporter is a backend that reports the load it really has: its
@@ -201,4 +207,46 @@ func TestLoadReportsFromStatsURI(t *testing.T) {
 		u := c.Backend(t, "web", be.URL()).ReportedUtilization
 		return u != nil && *u == 7
 	})
+}
+
+// reportTemplate finds the TEXT report a snippet writes, with the
+// utilization's formatting expression in it.
+var reportTemplate = regexp.MustCompile("TEXT [^\"`]*")
+
+// reportFormat matches the formatting expressions of the snippets: Go's
+// verb, Python's f-string field, JavaScript's template field.
+var reportFormat = regexp.MustCompile(`%\.3f|\{utilization\(\):\.3f\}|\$\{utilization\(\)\.toFixed\(3\)\}`)
+
+// The Go, Python and Node snippets of docs/load-reports.md set the header
+// lbpool reads, with a report it accepts once the figure is filled in; the
+// Go one parses as Go.
+func TestDocLoadReportSnippetsSendAGoodReport(t *testing.T) {
+	blocks, err := docblocks.Read(filepath.Join(repoRoot, "docs", "load-reports.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, b := range blocks {
+		if b.Lang != "go" && b.Lang != "python" && b.Lang != "javascript" {
+			continue
+		}
+		seen[b.Lang] = true
+		if !strings.Contains(b.Text, `"Endpoint-Load-Metrics"`) {
+			t.Errorf("%s: no Endpoint-Load-Metrics header", b.Where(0))
+		}
+		tmpl := reportTemplate.FindString(b.Text)
+		report := reportFormat.ReplaceAllString(tmpl, "0.500")
+		if r, err := orca.ParseHeader(report, ""); err != nil || r.Utilization("") != 0.5 {
+			t.Errorf("%s: the report %q (from %q) reads as %+v, %v", b.Where(0), report, tmpl, r, err)
+		}
+		if b.Lang == "go" {
+			src := "package p\nfunc f() {\n" + b.Text + "}\n"
+			if _, err := parser.ParseFile(token.NewFileSet(), "snippet.go", src, 0); err != nil {
+				t.Errorf("%s: %v", b.Where(0), err)
+			}
+		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("snippets found for %v, want go, python and javascript", seen)
+	}
 }

@@ -2,6 +2,7 @@ package leastconn
 
 import (
 	"errors"
+	"math"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -39,9 +40,9 @@ var (
 	descLearnedWeight = prometheus.NewDesc("caddy_lbpool_backend_learned_weight",
 		"The weight learned from the backend's load reports (1: the mean; 1 without load_reports).", []string{"pool", "backend"}, nil)
 	descReportedUtilization = prometheus.NewDesc("caddy_lbpool_backend_reported_utilization",
-		"The utilization in the backend's last load report (absent before any).", []string{"pool", "backend"}, nil)
+		"The utilization in the backend's last load report (NaN before any).", []string{"pool", "backend"}, nil)
 	descReportAge = prometheus.NewDesc("caddy_lbpool_backend_report_age_seconds",
-		"The age of the backend's last load report (absent before any).", []string{"pool", "backend"}, nil)
+		"The age of the backend's last load report (NaN before any).", []string{"pool", "backend"}, nil)
 	descBadReports = prometheus.NewDesc("caddy_lbpool_backend_bad_reports_total",
 		"Load reports refused: unreadable, too long, bad numbers, unknown format.", []string{"pool", "backend"}, nil)
 	descQueueDepth = prometheus.NewDesc("caddy_lbpool_queue_depth",
@@ -146,10 +147,12 @@ func collectLoad(ch chan<- prometheus.Metric, pool string, b *Backend) {
 	b.loadStats(&s, time.Now())
 	ch <- prometheus.MustNewConstMetric(descLearnedWeight, prometheus.GaugeValue, s.LearnedWeight, pool, b.URL())
 	ch <- prometheus.MustNewConstMetric(descBadReports, prometheus.CounterValue, float64(s.BadReportsTotal), pool, b.URL())
+	util, age := math.NaN(), math.NaN() // before any report: unknown
 	if s.ReportedUtilization != nil {
-		ch <- prometheus.MustNewConstMetric(descReportedUtilization, prometheus.GaugeValue, *s.ReportedUtilization, pool, b.URL())
-		ch <- prometheus.MustNewConstMetric(descReportAge, prometheus.GaugeValue, *s.ReportAgeSeconds, pool, b.URL())
+		util, age = *s.ReportedUtilization, *s.ReportAgeSeconds
 	}
+	ch <- prometheus.MustNewConstMetric(descReportedUtilization, prometheus.GaugeValue, util, pool, b.URL())
+	ch <- prometheus.MustNewConstMetric(descReportAge, prometheus.GaugeValue, age, pool, b.URL())
 }
 
 // registerMetrics adds the collectors to the config's metrics registry.

@@ -13,9 +13,9 @@ import (
 // would). The chosen backend's active count is raised at once,
 // before the request is sent, so concurrent picks see it.
 //
-// The pick takes no lock and allocates nothing: per backend it reads two
-// atomics (flags and active count) and, only while a slow start is running,
-// the ramp start. A backend with a cap (max_conns, flagCapped) that is full
+// The pick takes no lock and allocates nothing: per backend it reads three
+// atomics (flags, active count, and the weight scaled by the learned weight
+// of load_reports) and, only while a slow start is running, the ramp start. A backend with a cap (max_conns, flagCapped) that is full
 // is skipped, and its count is raised only while below the cap.
 
 // weightScale is the fixed-point scale of effective weights, so slow start
