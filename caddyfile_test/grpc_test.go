@@ -93,6 +93,18 @@ func (b *grpcBackend) handle(_ any, stream grpc.ServerStream) error {
 			b.mu.Unlock()
 			return ctx.Err()
 		}
+	case "/lbtest.Test/Echo":
+		for { // every message back, until the client's end
+			if err := stream.SendMsg(new(testpb.Empty)); err != nil {
+				return err
+			}
+			if err := stream.RecvMsg(new(testpb.Empty)); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+		}
 	case "/lbtest.Test/Stream":
 		if err := stream.SendMsg(new(testpb.Empty)); err != nil {
 			return err
@@ -112,7 +124,13 @@ func (b *grpcBackend) handle(_ any, stream grpc.ServerStream) error {
 // it: one HTTP/2 connection.
 func grpcSite(t *testing.T, c *lbtest.Caddy, extra string, backends ...string) *grpc.ClientConn {
 	t.Helper()
-	globals := strings.TrimSuffix(c.Globals(), "}\n") + "\tservers {\n\t\tprotocols h1 h2 h2c\n\t}\n}\n"
+	return grpcSiteWith(t, c, "", extra, backends...)
+}
+
+// grpcSiteWith is grpcSite with more server options.
+func grpcSiteWith(t *testing.T, c *lbtest.Caddy, server, extra string, backends ...string) *grpc.ClientConn {
+	t.Helper()
+	globals := strings.TrimSuffix(c.Globals(), "}\n") + "\tservers {\n\t\tprotocols h1 h2 h2c\n\t\t" + server + "\n\t}\n}\n"
 	site := fmt.Sprintf(`:%d {
 	lbpool %s {
 		name grpc
@@ -428,5 +446,52 @@ func TestGRPCBackendLimitingStreamsCostsNoCall(t *testing.T) {
 	t.Logf("100 streams open at once on a backend with MaxConcurrentStreams(10): %d failed", failed)
 	if n := c.Backend(t, "grpc", b.url()).ActiveConnections; n != int64(100-failed) {
 		t.Errorf("%d active streams, want the %d open ones", n, 100-failed)
+	}
+}
+
+// Caddy's server aborts a request body read that stalls for its
+// read_idle_timeout (Caddyfile: `timeouts { read_body_idle }`, default
+// 1m): a bidirectional stream whose client is silent that long is cut.
+// Shortened here to 1s: with it the stream dies after 2s of silence; with
+// -1 (docs/grpc.md says to set it for gRPC sites) it lives on.
+func TestGRPCSilentClientStreamNeedsReadIdleTimeoutOff(t *testing.T) {
+	c := lbtest.Start(t)
+	b := startGRPCBackend(t, false)
+	silent := func(t *testing.T, server string) error {
+		conn := grpcSiteWith(t, c, server, "", b.url())
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/lbtest.Test/Echo")
+		if err != nil {
+			return err
+		}
+		if err := s.SendMsg(new(testpb.Empty)); err != nil {
+			return err
+		}
+		if err := s.RecvMsg(new(testpb.Empty)); err != nil {
+			return err
+		}
+		time.Sleep(2 * time.Second) // the client is silent; so is the backend
+		if err := s.SendMsg(new(testpb.Empty)); err != nil {
+			return err
+		}
+		if err := s.RecvMsg(new(testpb.Empty)); err != nil {
+			return err
+		}
+		if err := s.CloseSend(); err != nil {
+			return err
+		}
+		if err := s.RecvMsg(new(testpb.Empty)); !errors.Is(err, io.EOF) {
+			return fmt.Errorf("the stream's end: %v", err)
+		}
+		return nil
+	}
+	if err := silent(t, "timeouts {\n\t\t\tread_body_idle 1s\n\t\t}"); err == nil {
+		t.Error("a stream silent for 2s survived read_body_idle 1s: docs/grpc.md's advice is out of date")
+	} else {
+		t.Logf("with read_body_idle 1s, 2s of silence: %v", err)
+	}
+	if err := silent(t, "timeouts {\n\t\t\tread_body_idle -1s\n\t\t}"); err != nil {
+		t.Errorf("with read_body_idle -1s a silent stream broke: %v", err)
 	}
 }
