@@ -40,7 +40,8 @@ type grpcBackend struct {
 	stopped atomic.Bool
 
 	mu       sync.Mutex
-	canceled []time.Time // when a call's context ended before the call did
+	canceled []time.Time     // when a call's context ended before the call did
+	left     []time.Duration // Deadline calls: the time left when they began
 }
 
 // startGRPCBackend serves the test's service (and grpc.health.v1 unless
@@ -93,6 +94,18 @@ func (b *grpcBackend) handle(_ any, stream grpc.ServerStream) error {
 			b.mu.Unlock()
 			return ctx.Err()
 		}
+	case "/lbtest.Test/Deadline":
+		if d, ok := ctx.Deadline(); ok {
+			b.mu.Lock()
+			b.left = append(b.left, time.Until(d))
+			b.mu.Unlock()
+		}
+		return stream.SendMsg(new(testpb.Empty))
+	case "/lbtest.Test/Fail":
+		if err := stream.SendMsg(new(testpb.Empty)); err != nil {
+			return err
+		}
+		return status.Error(codes.Unavailable, "failing after a message: the status goes in the trailers")
 	case "/lbtest.Test/Echo":
 		for { // every message back, until the client's end
 			if err := stream.SendMsg(new(testpb.Empty)); err != nil {
@@ -493,5 +506,81 @@ func TestGRPCSilentClientStreamNeedsReadIdleTimeoutOff(t *testing.T) {
 	}
 	if err := silent(t, "timeouts {\n\t\t\tread_body_idle -1s\n\t\t}"); err != nil {
 		t.Errorf("with read_body_idle -1s a silent stream broke: %v", err)
+	}
+}
+
+// grpc-timeout bounds the wait in the queue, and the backend gets what is
+// left: a call with 5s that waited 1s for a slot reaches the backend with
+// at most 4s.
+func TestGRPCTimeoutReachesTheBackendAsTheTimeLeft(t *testing.T) {
+	c := lbtest.Start(t)
+	b := startGRPCBackend(t, false)
+	conn := grpcSite(t, c, "max_conns 1", b.url())
+	hold, cancelHold := context.WithCancel(context.Background())
+	defer cancelHold()
+	s, err := conn.NewStream(hold, &grpc.StreamDesc{ServerStreams: true}, "/lbtest.Test/Stream")
+	if err == nil {
+		err = s.SendMsg(new(testpb.Empty))
+	}
+	if err == nil {
+		err = s.RecvMsg(new(testpb.Empty)) // the one slot is taken
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(time.Second, cancelHold)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := unary(ctx, conn, "Deadline"); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.left) != 1 || b.left[0] > 4200*time.Millisecond || b.left[0] < time.Second {
+		t.Fatalf("the backend got %v left of a 5s grpc-timeout after ~1s in the queue, want about 4s", b.left)
+	}
+	t.Logf("the backend got %v of the client's 5s", b.left[0].Round(time.Millisecond))
+}
+
+func TestGRPCUnhealthyStatusInTrailersEjects(t *testing.T) {
+	c := lbtest.Start(t)
+	bs := []*grpcBackend{startGRPCBackend(t, false), startGRPCBackend(t, false)}
+	conn := grpcSite(t, c, "fail_duration 1m\n\t\tunhealthy_grpc_status UNAVAILABLE", bs[0].url(), bs[1].url())
+	stream := func(method string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/lbtest.Test/"+method)
+		if err != nil {
+			return err
+		}
+		if err := s.SendMsg(new(testpb.Empty)); err != nil {
+			return err
+		}
+		for {
+			if err := s.RecvMsg(new(testpb.Empty)); err != nil {
+				return err
+			}
+		}
+	}
+	ejected := func() []string {
+		var out []string
+		for _, s := range c.Stats(t, "grpc") {
+			if s.Ejected {
+				out = append(out, s.EjectedReason)
+			}
+		}
+		return out
+	}
+	if err := stream("NoSuchMethod"); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("an unknown method ended with %v", err)
+	}
+	if e := ejected(); len(e) > 0 {
+		t.Fatalf("UNIMPLEMENTED ejected a backend: %v", e)
+	}
+	if err := stream("Fail"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("the failing call ended with %v, want UNAVAILABLE", err)
+	}
+	if e := ejected(); len(e) != 1 || e[0] != "grpc-status: UNAVAILABLE" {
+		t.Fatalf("ejected after a call ending UNAVAILABLE in its trailers: %v, want one with reason grpc-status: UNAVAILABLE", e)
 	}
 }
