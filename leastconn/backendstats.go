@@ -103,7 +103,7 @@ func (b *Backend) fetchStats(ctx context.Context, s *poolSpec) ([]byte, error) {
 		return nil, err
 	}
 	req.Header.Set("Accept", "application/json, text/plain;q=0.9")
-	resp, err := s.transport.RoundTrip(req)
+	resp, err := s.transport.to(b).RoundTrip(req)
 	if err != nil {
 		return nil, err
 	}
