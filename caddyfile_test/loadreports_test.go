@@ -1,6 +1,7 @@
 package caddyfile_test
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"go/parser"
@@ -17,6 +18,10 @@ import (
 	"time"
 
 	v3orcapb "github.com/cncf/xds/go/xds/data/orca/v3"
+	"google.golang.org/grpc"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	grpcorca "google.golang.org/grpc/orca"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/lbpool/lbpool/internal/docblocks"
@@ -24,34 +29,49 @@ import (
 	"github.com/lbpool/lbpool/internal/orca"
 )
 
-// reporter is a backend that reports the load it really has: its
-// utilization is its cost per request times the requests it answered in
-// the last second. Every request takes as long (5 ms), so from the outside
-// (active requests, latency) all reporters look alike.
-type reporter struct {
-	*lbtest.Backend
+// loadMeter is the load a backend really has: its utilization is its
+// cost per request times the requests it answered in the last second.
+type loadMeter struct {
 	cost   float64
-	report atomic.Bool
+	report atomic.Bool // reports are sent
 	mu     sync.Mutex
 	times  []time.Time // requests in the last second
 }
 
+func newLoadMeter(cost float64) *loadMeter {
+	m := &loadMeter{cost: cost}
+	m.report.Store(true)
+	return m
+}
+
+// request counts one request and returns the utilization to report.
+func (m *loadMeter) request() float64 {
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	i := 0
+	for i < len(m.times) && now.Sub(m.times[i]) > time.Second {
+		i++
+	}
+	m.times = append(m.times[:0], m.times[i:]...)
+	m.times = append(m.times, now)
+	return m.cost * float64(len(m.times)) / 1000
+}
+
+// reporter is an HTTP backend that reports the load it really has in
+// endpoint-load-metrics. Every request takes as long (5 ms), so from the
+// outside (active requests, latency) all reporters look alike.
+type reporter struct {
+	*lbtest.Backend
+	*loadMeter
+}
+
 func newReporter(t *testing.T, name string, cost float64) *reporter {
-	r := &reporter{cost: cost}
-	r.report.Store(true)
+	r := &reporter{loadMeter: newLoadMeter(cost)}
 	r.Backend = lbtest.NewBackend(t, name, func(w http.ResponseWriter, _ *http.Request) {
-		now := time.Now()
-		r.mu.Lock()
-		i := 0
-		for i < len(r.times) && now.Sub(r.times[i]) > time.Second {
-			i++
-		}
-		r.times = append(r.times[:0], r.times[i:]...)
-		r.times = append(r.times, now)
-		n := len(r.times)
-		r.mu.Unlock()
+		util := r.request()
 		if r.report.Load() {
-			w.Header().Set("Endpoint-Load-Metrics", fmt.Sprintf("TEXT application_utilization=%.4f, mem_utilization=0.2", r.cost*float64(n)/1000))
+			w.Header().Set("Endpoint-Load-Metrics", fmt.Sprintf("TEXT application_utilization=%.4f, mem_utilization=0.2", util))
 		}
 		time.Sleep(5 * time.Millisecond)
 		_, _ = io.WriteString(w, name)
@@ -59,20 +79,43 @@ func newReporter(t *testing.T, name string, cost float64) *reporter {
 	return r
 }
 
-// shares counts each backend's requests over d and returns their shares.
-func shares(d time.Duration, bs ...*reporter) []float64 {
-	before := make([]int64, len(bs))
-	for i, b := range bs {
-		before[i] = b.Requests.Load()
+// grpcInterceptor makes a gRPC backend report the meter's load per call
+// with grpc-go's orca package (the endpoint-load-metrics-bin trailer), each
+// call taking 5 ms.
+func (m *loadMeter) grpcInterceptor(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	util := m.request()
+	if rec := grpcorca.CallMetricsRecorderFromContext(ss.Context()); rec != nil && m.report.Load() {
+		rec.SetApplicationUtilization(util)
+	}
+	time.Sleep(5 * time.Millisecond)
+	return handler(srv, ss)
+}
+
+// shares counts each backend's requests (read by its counter) over d and
+// returns their shares.
+func shares(d time.Duration, counters ...func() int64) []float64 {
+	before := make([]int64, len(counters))
+	for i, count := range counters {
+		before[i] = count()
 	}
 	time.Sleep(d)
-	out := make([]float64, len(bs))
+	out := make([]float64, len(counters))
 	var total int64
-	for i, b := range bs {
-		total += b.Requests.Load() - before[i]
+	for i, count := range counters {
+		n := count() - before[i]
+		out[i] = float64(n)
+		total += n
 	}
+	for i := range out {
+		out[i] /= float64(max(total, 1))
+	}
+	return out
+}
+
+func requestCounters(bs ...*reporter) []func() int64 {
+	out := make([]func() int64, len(bs))
 	for i, b := range bs {
-		out[i] = float64(b.Requests.Load()-before[i]) / float64(max(total, 1))
+		out[i] = b.Requests.Load
 	}
 	return out
 }
@@ -108,7 +151,7 @@ func TestLoadReportsSteerThePickAndExpire(t *testing.T) {
 	})
 	t.Logf("learned weights steer %v after the traffic began: a %.2f b %.2f c %.2f", time.Since(start).Round(100*time.Millisecond),
 		learned(t, c, a), learned(t, c, b), learned(t, c, cc))
-	checkShares(t, "with load_reports", shares(3*time.Second, all...), []float64{0.4, 0.4, 0.2}, 0.05)
+	checkShares(t, "with load_reports", shares(3*time.Second, requestCounters(all...)...), []float64{0.4, 0.4, 0.2}, 0.05)
 	st := c.Backend(t, "web", cc.URL())
 	if st.ReportedUtilization == nil || *st.ReportedUtilization <= 0 || st.ReportAgeSeconds == nil || st.BadReportsTotal != 0 {
 		t.Errorf("C's stats: reported_utilization %v, report_age_seconds %v, bad_reports_total %d", st.ReportedUtilization, st.ReportAgeSeconds, st.BadReportsTotal)
@@ -124,15 +167,62 @@ func TestLoadReportsSteerThePickAndExpire(t *testing.T) {
 	if back > 3*time.Second+2*time.Second {
 		t.Errorf("C's weight came back %v after its last report, want within the 3s expiry and a recomputation", back)
 	}
-	checkShares(t, "C silent", shares(2*time.Second, all...), []float64{1.0 / 3, 1.0 / 3, 1.0 / 3}, 0.05)
+	checkShares(t, "C silent", shares(2*time.Second, requestCounters(all...)...), []float64{1.0 / 3, 1.0 / 3, 1.0 / 3}, 0.05)
 
 	c.Load(t, c.Site("", a.Backend, b.Backend, cc.Backend))
 	cc.report.Store(true)
 	if w := learned(t, c, a); w != 1 {
 		t.Errorf("without load_reports, learned_weight %v, want 1", w)
 	}
-	checkShares(t, "without load_reports", shares(2*time.Second, all...), []float64{1.0 / 3, 1.0 / 3, 1.0 / 3}, 0.03)
+	checkShares(t, "without load_reports", shares(2*time.Second, requestCounters(all...)...), []float64{1.0 / 3, 1.0 / 3, 1.0 / 3}, 0.03)
 	stop()
+}
+
+// The same with gRPC backends reporting per call through grpc-go's orca
+// package: the endpoint-load-metrics-bin trailer steers the pick to
+// 20/40/40, and the client never sees the trailer.
+func TestLoadReportsFromGRPCTrailersSteerThePick(t *testing.T) {
+	c := lbtest.Start(t)
+	meters := []*loadMeter{newLoadMeter(1), newLoadMeter(1), newLoadMeter(2)}
+	var bs []*grpcBackend
+	var urls []string
+	for _, m := range meters {
+		b := startGRPCBackend(t, false, grpcorca.CallMetricsServerOption(nil), grpc.ChainStreamInterceptor(m.grpcInterceptor))
+		bs, urls = append(bs, b), append(urls, b.url())
+	}
+	conn := grpcSite(t, c, "load_reports {\n\t\t\tblackout 1s\n\t\t\texpiry 3s\n\t\t}", urls...)
+
+	var halt atomic.Bool
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for !halt.Load() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				var trailer metadata.MD
+				err := conn.Invoke(ctx, "/lbtest.Test/Unary", new(testpb.Empty), new(testpb.Empty), grpc.Trailer(&trailer))
+				cancel()
+				if err != nil || len(trailer.Get("endpoint-load-metrics-bin")) > 0 {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	defer func() {
+		halt.Store(true)
+		wg.Wait()
+		if n := failed.Load(); n != 0 {
+			t.Errorf("%d calls failed or saw the report trailer", n)
+		}
+	}()
+
+	start := time.Now()
+	lbtest.Eventually(t, 15*time.Second, "the small backend's learned weight below 0.7", func() bool {
+		return c.Backend(t, "grpc", bs[2].url()).LearnedWeight < 0.7
+	})
+	t.Logf("learned weights steer %v after the calls began", time.Since(start).Round(100*time.Millisecond))
+	got := shares(3*time.Second, bs[0].calls.Load, bs[1].calls.Load, bs[2].calls.Load)
+	checkShares(t, "gRPC with load_reports", got, []float64{0.4, 0.4, 0.2}, 0.05)
 }
 
 // Garbage reports are refused and counted; no request fails for them and
