@@ -171,8 +171,8 @@ func TestLoadReportsSteerThePickAndExpire(t *testing.T) {
 
 	c.Load(t, c.Site("", a.Backend, b.Backend, cc.Backend))
 	cc.report.Store(true)
-	if w := learned(t, c, a); w != 1 {
-		t.Errorf("without load_reports, learned_weight %v, want 1", w)
+	if st := c.Backend(t, "web", a.URL()); st.LearnedWeight != 1 || st.ReportedUtilization != nil {
+		t.Errorf("without load_reports, learned_weight %v and reported_utilization %v, want 1 and none", st.LearnedWeight, st.ReportedUtilization)
 	}
 	checkShares(t, "without load_reports", shares(2*time.Second, requestCounters(all...)...), []float64{1.0 / 3, 1.0 / 3, 1.0 / 3}, 0.03)
 	stop()

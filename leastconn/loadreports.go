@@ -195,8 +195,8 @@ func (b *Backend) statsReport(s *reportSettings, body []byte) {
 // A58 reads it: ignored, not counted bad.
 func (b *Backend) keepReport(s *reportSettings, r *orca.Report, now int64) {
 	util := r.Utilization(s.metric)
-	if util <= 0 {
-		return
+	if util <= 0 || b.pool.spec.Load().reports == nil {
+		return // empty; or a request of a config the pool has left, which had load reports
 	}
 	l := &b.load
 	l.util.Store(math.Float64bits(util))
@@ -283,6 +283,9 @@ func (p *Pool) applyReports(r *registry, s *poolSpec) (stopOld func()) {
 		p.weigher = nil
 		close(old.stop)
 		for _, b := range p.backends {
+			// forgotten: stats show no report, and a new weigher starts
+			// from none
+			b.load.at.Store(0)
 			b.load.since.Store(0)
 			b.setLearned(weightScale)
 		}

@@ -18,6 +18,13 @@ func report(b *Backend, s *reportSettings, util float64, t time.Time, requests u
 	b.requests.Add(requests)
 }
 
+// reportingHandler is newTestHandler for a pool with load reports s.
+func reportingHandler(s *reportSettings, weights ...int) *Handler {
+	h := newTestHandler(weights...)
+	h.lease.pool.spec.Store(&poolSpec{reports: s})
+	return h
+}
+
 func learnedOf(bs []*Backend) []float64 {
 	out := make([]float64, len(bs))
 	for i, b := range bs {
@@ -31,9 +38,9 @@ func learnedOf(bs []*Backend) []float64 {
 // expiry; a backend without a usable report gets the mean; with fewer than
 // two usable reports every backend gets 1.
 func TestLearnedWeightsFollowA58(t *testing.T) {
-	h := newTestHandler(1, 1, 1, 2)
-	bs := h.viewed()
 	s := &reportSettings{blackout: 10 * time.Second, expiry: time.Minute, penalty: 1}
+	h := reportingHandler(s, 1, 1, 1, 2)
+	bs := h.viewed()
 	t0 := time.Unix(1000, 0)
 	at := func(d time.Duration) int64 { return t0.Add(d).UnixNano() }
 	weighAt := func(d time.Duration) []float64 {
@@ -96,9 +103,9 @@ func TestLearnedWeightsFollowA58(t *testing.T) {
 // A report is read off the header, the header removed; a bad one is
 // counted; a report without utilization is empty, not bad.
 func TestTakeLoadReportRemovesTheHeader(t *testing.T) {
-	h := newTestHandler(1)
-	b := h.viewed()[0]
 	s := &reportSettings{}
+	h := reportingHandler(s, 1)
+	b := h.viewed()[0]
 	hdr := http.Header{"Endpoint-Load-Metrics": {"TEXT cpu_utilization=0.4"}, "Content-Type": {"text/plain"}}
 	b.takeLoadReport(s, hdr, 1)
 	if _, ok := hdr["Endpoint-Load-Metrics"]; ok || len(hdr) != 1 {
@@ -137,9 +144,8 @@ func BenchmarkPickLearned3(b *testing.B) {
 // BenchmarkTakeLoadReport is what load_reports adds to each response: the
 // TEXT report read and filed.
 func BenchmarkTakeLoadReport(b *testing.B) {
-	h := newTestHandler(1)
-	be := h.viewed()[0]
 	s := &reportSettings{}
+	be := reportingHandler(s, 1).viewed()[0]
 	hdr, vv := http.Header{}, []string{"TEXT cpu_utilization=0.4, application_utilization=0.45, rps_fractional=120"}
 	b.ReportAllocs()
 	for b.Loop() {
