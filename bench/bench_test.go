@@ -475,9 +475,25 @@ func TestProfileLoads(t *testing.T) {
 // The cache scenario's Caddyfiles adapt with the policy each names, and
 // its HAProxy configuration passes haproxy -c where haproxy is installed.
 func TestCacheScenarioConfigsAreValid(t *testing.T) {
+	checkConfigs(t, cacheConfigs, func(name, js string) bool {
+		return !strings.Contains(name, "hash") || strings.Contains(js, `"lb_policy":"header"`)
+	})
+}
+
+// The heterogeneous scenario's too; its load_reports configuration has
+// load reports on.
+func TestHeterogeneousScenarioConfigsAreValid(t *testing.T) {
+	checkConfigs(t, hetConfigs, func(name, js string) bool {
+		return !strings.Contains(name, "load_reports") || strings.Contains(js, `"load_reports":{"blackout":2000000000}`)
+	})
+}
+
+// checkConfigs adapts each Caddy configuration (and checks it with ok) and
+// runs haproxy -c on the HAProxy one where haproxy is installed.
+func checkConfigs(t *testing.T, configs []cacheConfig, ok func(name, js string) bool) {
 	addrs := []string{"127.0.0.1:9001", "127.0.0.1:9002"}
 	adapter := caddyconfig.GetAdapter("caddyfile")
-	for _, cfg := range cacheConfigs {
+	for _, cfg := range configs {
 		if cfg.handler == "" {
 			bin, err := exec.LookPath("haproxy")
 			if err != nil {
@@ -485,7 +501,7 @@ func TestCacheScenarioConfigsAreValid(t *testing.T) {
 				continue
 			}
 			file := filepath.Join(t.TempDir(), "haproxy.cfg")
-			if err := os.WriteFile(file, []byte(haproxyHashConfig("127.0.0.1:8080", addrs)), 0o644); err != nil {
+			if err := os.WriteFile(file, []byte(cfg.haproxy("127.0.0.1:8080", addrs)), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			if out, err := exec.Command(bin, "-c", "-f", file).CombinedOutput(); err != nil {
@@ -499,8 +515,8 @@ func TestCacheScenarioConfigsAreValid(t *testing.T) {
 			t.Errorf("%s: %v", cfg.name, err)
 			continue
 		}
-		if strings.Contains(cfg.name, "hash") && !strings.Contains(string(js), `"lb_policy":"header"`) {
-			t.Errorf("%s: no header policy in %s", cfg.name, js)
+		if !ok(cfg.name, string(js)) {
+			t.Errorf("%s: unexpected %s", cfg.name, js)
 		}
 	}
 }

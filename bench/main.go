@@ -39,6 +39,10 @@
 //     p50/p99 and each backend's peak in flight for lbpool hash (bounded
 //     and not), lbpool least_conn, reverse_proxy lb_policy header and
 //     HAProxy's bounded consistent hash (see cache.go).
+//   - heterogeneous: three backends, one of half the capacity, that report
+//     their utilization (ORCA endpoint-load-metrics); p50/p99 and shares for
+//     lbpool least_conn, least_time, least_conn with load_reports,
+//     reverse_proxy least_conn and HAProxy leastconn (heterogeneous.go).
 //   - retry_storm: three backends that start answering 503 to every other
 //     request half-way through; backend requests per client request and
 //     the clients' success rate for lbpool with its retry budget and
@@ -305,7 +309,7 @@ const (
 
 // scenarioNames are the scenarios -scenarios takes, in the order of a
 // default run.
-var scenarioNames = []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, "https", scOptions, scCache, scRetryStorm}
+var scenarioNames = []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, "https", scOptions, scCache, scRetryStorm, scHeterogeneous}
 
 // postBodyBytes is the size of the post scenario's JSON body.
 const postBodyBytes = 1024
@@ -514,9 +518,15 @@ func run(ctx context.Context, o options) error {
 		if err := h.runCache(ctx); err != nil {
 			return err
 		}
-		if len(scs) == 0 {
-			return nil
+	}
+	if slices.Contains(o.Scenarios, scHeterogeneous) {
+		// its own backends, load and table (heterogeneous.go)
+		if err := h.runHeterogeneous(ctx); err != nil {
+			return err
 		}
+	}
+	if len(scs) == 0 && !slices.Contains(o.Scenarios, scRetryStorm) {
+		return nil
 	}
 	res := &results{Machine: describeMachine(h.caddy), Options: o, Pinning: note,
 		LBCPUs: h.lbCPUs, LoadCPUs: h.ldCPUs, Scenarios: scs}

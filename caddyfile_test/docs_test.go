@@ -86,6 +86,10 @@ var knownBlocks = map[string][]string{
 	"sh":        {""},
 	"text":      {"", "metrics"},
 	"promql":    {""},
+	// backend code that emits a load report (docs/load-reports.md)
+	"go":         {""},
+	"python":     {""},
+	"javascript": {""},
 }
 
 func TestDocREADMEStaysShort(t *testing.T) {
@@ -366,6 +370,8 @@ func optionRecognized(r configReference) string {
 			block = "lbpool {\ndynamic a app.internal 80 {\n" + r.option + "\n}\n}\n"
 		case strings.HasPrefix(f, "sticky.") && r.option != "sticky":
 			block = "lbpool 127.0.0.1:9001 {\nsticky cookie {\n" + r.option + "\n}\n}\n"
+		case strings.HasPrefix(f, "load_reports.") && !strings.HasPrefix(r.option, "load_reports"):
+			block = "lbpool 127.0.0.1:9001 {\nload_reports {\n" + r.option + "\n}\n}\n"
 		}
 	}
 	_, _, err := adaptCaddyfile([]byte(wrapPartial(block)))

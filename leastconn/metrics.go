@@ -2,6 +2,7 @@ package leastconn
 
 import (
 	"errors"
+	"math"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -36,6 +37,14 @@ var (
 		"Whether the backend is held out for failing requests soon after its checks brought it back (1) or not (0).", []string{"pool", "backend"}, nil)
 	descHolds = prometheus.NewDesc("caddy_lbpool_backend_holds_total",
 		"Times the backend was held out for failing requests soon after its checks brought it back.", []string{"pool", "backend"}, nil)
+	descLearnedWeight = prometheus.NewDesc("caddy_lbpool_backend_learned_weight",
+		"The weight learned from the backend's load reports (1: the mean; 1 without load_reports).", []string{"pool", "backend"}, nil)
+	descReportedUtilization = prometheus.NewDesc("caddy_lbpool_backend_reported_utilization",
+		"The utilization in the backend's last load report (NaN before any).", []string{"pool", "backend"}, nil)
+	descReportAge = prometheus.NewDesc("caddy_lbpool_backend_report_age_seconds",
+		"The age of the backend's last load report (NaN before any).", []string{"pool", "backend"}, nil)
+	descBadReports = prometheus.NewDesc("caddy_lbpool_backend_bad_reports_total",
+		"Load reports refused: unreadable, too long, bad numbers, unknown format.", []string{"pool", "backend"}, nil)
 	descQueueDepth = prometheus.NewDesc("caddy_lbpool_queue_depth",
 		"Requests waiting for a slot (every usable backend full).", []string{"pool"}, nil)
 	descQueued = prometheus.NewDesc("caddy_lbpool_queued_total",
@@ -87,6 +96,10 @@ func (backendCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descEjections
 	ch <- descHeld
 	ch <- descHolds
+	ch <- descLearnedWeight
+	ch <- descReportedUtilization
+	ch <- descReportAge
+	ch <- descBadReports
 	ch <- descQueueDepth
 	ch <- descQueued
 	ch <- descQueueTimeouts
@@ -126,6 +139,7 @@ func (backendCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, held, p.name, b.URL())
 			ch <- prometheus.MustNewConstMetric(descHolds, prometheus.CounterValue, float64(b.flap.total.Load()), p.name, b.URL())
+			collectLoad(ch, p.name, b)
 		}
 	}
 	for _, s := range Pools() {
@@ -136,6 +150,20 @@ func (backendCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descPoolRetries, prometheus.CounterValue, float64(s.RetriesTotal), s.Pool)
 		ch <- prometheus.MustNewConstMetric(descBudgetExhausted, prometheus.CounterValue, float64(s.RetryBudgetExhaustedTotal), s.Pool)
 	}
+}
+
+// collectLoad sends b's load report series.
+func collectLoad(ch chan<- prometheus.Metric, pool string, b *Backend) {
+	var s BackendStats
+	b.loadStats(&s, time.Now())
+	ch <- prometheus.MustNewConstMetric(descLearnedWeight, prometheus.GaugeValue, s.LearnedWeight, pool, b.URL())
+	ch <- prometheus.MustNewConstMetric(descBadReports, prometheus.CounterValue, float64(s.BadReportsTotal), pool, b.URL())
+	util, age := math.NaN(), math.NaN() // before any report: unknown
+	if s.ReportedUtilization != nil {
+		util, age = *s.ReportedUtilization, *s.ReportAgeSeconds
+	}
+	ch <- prometheus.MustNewConstMetric(descReportedUtilization, prometheus.GaugeValue, util, pool, b.URL())
+	ch <- prometheus.MustNewConstMetric(descReportAge, prometheus.GaugeValue, age, pool, b.URL())
 }
 
 // registerMetrics adds the collectors to the config's metrics registry.

@@ -300,7 +300,7 @@ func (l *lease) pickHash(bs []*Backend, lo, hi int, tried *triedSet, key uint64)
 		if f&flagsUnavailable != 0 {
 			continue
 		}
-		w *= weightScale
+		w = b.scaled.Load()
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &now)
 		}

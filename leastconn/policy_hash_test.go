@@ -13,7 +13,7 @@ import (
 func newHashTestHandler(f float64, weights ...int) *Handler {
 	h := newTestHandler(weights...)
 	for i, b := range h.viewed() {
-		b.weight.Store(int64(max(weights[i], 1)))
+		b.storeWeight(int64(max(weights[i], 1)))
 	}
 	h.lease.kind, h.lease.fallback, h.lease.factor = kindHash, kindLeastConn, f
 	return h
@@ -327,7 +327,7 @@ func TestHashPickAllocatesNothing(t *testing.T) {
 			h := newHashTestHandler(1.25, make([]int, n)...)
 			if weighted {
 				for i, b := range h.viewed() {
-					b.weight.Store(int64(1 + i%3))
+					b.storeWeight(int64(1 + i%3))
 				}
 			}
 			keys := hundredKeys()
@@ -356,7 +356,7 @@ func benchmarkPickHash(b *testing.B, n int, weighted bool) {
 	h := newHashTestHandler(1.25, make([]int, n)...)
 	if weighted {
 		for i, be := range h.viewed() {
-			be.weight.Store(int64(1 + i%3))
+			be.storeWeight(int64(1 + i%3))
 		}
 	}
 	keys := hundredKeys()
@@ -379,7 +379,7 @@ func BenchmarkPickHashWeighted64(b *testing.B) { benchmarkPickHash(b, 64, true) 
 func benchmarkPickLeastConnIdle(b *testing.B, n int) {
 	h := newTestHandler(make([]int, n)...)
 	for _, be := range h.viewed() {
-		be.weight.Store(1)
+		be.storeWeight(1)
 	}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -40,6 +40,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	st := h.track(r)
 	defer st.done()
 	st.trace = traceOf(r)
+	if isGRPC(r) {
+		var cancel context.CancelFunc
+		if r, cancel = grpcDeadline(r, st); cancel != nil {
+			defer cancel()
+		}
+	}
 	if h.RequestBuffers != 0 {
 		h.bufferRequest(r)
 	}
@@ -68,10 +74,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		home = h.sticky.home(r, v)
 	}
 	var lastErr error
+	again := false // the last try's stream was refused: the next one is no retry
 	for try := 0; ; try++ {
-		if try > 0 && !h.next(r.Context(), rr) {
+		if try > 0 && !again && !h.next(r.Context(), rr) {
 			break // no tries left, or the budget is spent
 		}
+		again = false
 		i := home
 		if try > 0 || i < 0 {
 			i = h.lease.pick(v, tried)
@@ -87,7 +95,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				return h.fail(w, r, http.StatusServiceUnavailable, err)
 			}
 			if i < 0 {
-				return nil // the client went away while queued
+				return ended(w, st) // the client went away while queued
 			}
 		}
 		if i < 0 && !rr.deadline.IsZero() {
@@ -101,7 +109,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				return h.fail(w, r, http.StatusServiceUnavailable, err)
 			}
 			if i < 0 && r.Context().Err() != nil {
-				return nil // the client went away while waiting
+				return ended(w, st) // the client went away while waiting
 			}
 		}
 		if i < 0 {
@@ -128,7 +136,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			h.sticky.dropCookie(w)
 		}
 		if r.Context().Err() != nil {
-			return nil // the client went away; not the backend's fault
+			return ended(w, st) // the client went away; not the backend's fault
 		}
 		var fail *tryError
 		if !errors.As(err, &fail) {
@@ -137,6 +145,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		lastErr = fail.err
 		if fail.answered {
 			continue // an answer lb_retry_match matched, read and discarded
+		}
+		if fail.refused {
+			// not processed, and no failure: the stream limit was
+			// reached, or the backend is stopping; it may be picked
+			// again, a few times
+			if st.refusals < maxRefusals {
+				st.refusals++
+				tried.remove(i)
+				again = true
+			} else {
+				rr.free = true
+			}
+			continue
 		}
 		b.failures.Add(1)
 		if o := h.spec.outlier; o != nil {
@@ -172,7 +193,13 @@ type tryError struct {
 	timeout   bool // no response headers in time
 	connFault bool // a kept-alive connection broke: not held against the backend
 	answered  bool // the backend answered, and lb_retry_match sent the request on
+	refused   bool // an HTTP/2 backend refused the stream before processing it
 }
+
+// maxRefusals bounds the tries of one request that backends refused
+// (upstream.IsRefused); each is two refusals, as the Transport sends a
+// refused stream once more itself.
+const maxRefusals = 4
 
 func (e *tryError) Error() string { return e.err.Error() }
 
@@ -243,6 +270,7 @@ func (h *Handler) outgoing(r *http.Request, st *proxyState) *http.Request {
 		// one reader for every try (see requestBody); the next try takes
 		// it only when nothing of it was read
 		st.body.Reset(r.Body)
+		st.replay.Reset(&st.body)
 		out.Body = &st.body
 		if len(r.Trailer) > 0 {
 			out.ContentLength = -1 // HTTP/1.1 carries trailers only chunked
@@ -305,15 +333,24 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 			b.release()
 		}
 	}()
-	out.URL.Scheme = b.addr.scheme
+	out.URL.Scheme = b.addr.urlScheme()
 	out.URL.Host = b.addr.hostport
 	out.Host = r.Host
 	st.backend = b
 	st.tries++
+	if !st.grpcDeadline.IsZero() {
+		// the backend gets the time left, not the client's whole timeout
+		out.Header["Grpc-Timeout"] = []string{formatGRPCTimeout(time.Until(st.grpcDeadline))}
+	}
 	if h.headerUp != nil {
 		h.requestHeadersForTry(r, out, b, st)
 	} else {
 		setBackendAuth(r, out, b)
+	}
+
+	replayed := false // the body goes through st.replay: see replayBody
+	if out.Body != nil {
+		replayed = h.replayBody(out, b, st)
 	}
 
 	var resp *http.Response
@@ -323,30 +360,42 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	}
 	start := time.Now()
 	var done func(reuse bool) // set on the direct path: gives the connection back
-	if h.spec.direct && directOK(out, b) {
+	if h.spec.direct && directOK(out, b) && !replayed {
 		resp, done, err = upstream.RoundTrip(w, &b.h1, h.spec.dialer, b.addr.network, b.addr.dial, out, h.spec.responseHeaderTimeout)
 	} else {
-		resp, err = h.roundTripTransport(w, out)
+		resp, err = h.roundTripTransport(w, out, b)
 	}
 	if err != nil {
-		if body, ok := out.Body.(*upstream.RequestBody); ok && body.ClientError() != nil {
+		if out.Body != nil && st.body.ClientError() != nil {
 			// the client's body broke off, or was refused (too large):
 			// not the backend's fault, and not sent again
-			return h.clientBodyFailed(w, r, body.ClientError())
+			return h.clientBodyFailed(w, r, st.body.ClientError())
 		}
 		var de upstream.DialError
 		var rc upstream.ReusedConnError
+		// a refused stream was not processed: like a connection that
+		// could not be made, when its body can be sent again whole
+		refused := upstream.IsRefused(err) && (!replayed || st.replay.Replayable())
 		return &tryError{
 			err:       err,
-			reached:   !errors.As(err, &de),
+			refused:   refused,
+			reached:   !errors.As(err, &de) && !refused,
 			timeout:   upstream.IsTimeout(err) && !errors.As(err, &de), // a dial timeout is unreachable
 			connFault: errors.As(err, &rc),
 		}
 	}
 	st.latency = time.Since(start)
 	st.status = resp.StatusCode
+	if b.addr.scheme == "https" {
+		b.sawProto(resp.ProtoMajor)
+	}
 	b.observe(start, st.latency, h.lease.leastTime)
 	b.requests.Add(1)
+	if rs := h.spec.reports; rs != nil {
+		at := start.UnixNano() + int64(st.latency)
+		b.takeLoadReport(rs, resp.Header, at)
+		b.takeLoadReport(rs, resp.Trailer, at) // announced names: not passed on
+	}
 	if o := h.spec.outlier; o != nil {
 		o.observe(h, b, resp.StatusCode, st.latency)
 	}
@@ -422,6 +471,12 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		panic(http.ErrAbortHandler)
 	}
 	clean = true
+	if rs := h.spec.reports; rs != nil && len(resp.Trailer) > 0 {
+		b.takeLoadReport(rs, resp.Trailer, time.Now().UnixNano())
+	}
+	if o := h.spec.outlier; o != nil && o.grpcStatuses != nil {
+		o.observeGRPC(h, b, resp)
+	}
 	if len(resp.Trailer) == announced {
 		for k, vv := range resp.Trailer {
 			hdr[k] = vv
@@ -432,6 +487,20 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		}
 	}
 	return nil
+}
+
+// replayBody sets out's body for a try to b and tells whether it reads
+// through st.replay: to a backend that may speak HTTP/2, which may refuse
+// the stream before processing it (and the Transport may send it again on
+// its own, with GetBody), and to any backend once a try read some of it.
+// Other tries send the client's body as it is.
+func (h *Handler) replayBody(out *http.Request, b *Backend, st *proxyState) bool {
+	if b.addr.scheme == "http" && st.body.Untouched() {
+		out.Body, out.GetBody = &st.body, nil
+		return false
+	}
+	out.Body, out.GetBody = st.replay.Reader(), st.replay.GetBody
+	return true
 }
 
 // clientBodyFailed answers a request whose body could not be read from the
@@ -486,7 +555,7 @@ func setBasicAuth(h http.Header, u interface {
 // error on a connection the Transport reused (and did not retry, as the
 // request could not be sent again) is the connection's, not the
 // backend's: it comes back as a upstream.ReusedConnError.
-func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (*http.Response, error) {
+func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request, b *Backend) (*http.Response, error) {
 	var mu sync.Mutex
 	returned, reused := false, false
 	trace := &httptrace.ClientTrace{
@@ -504,7 +573,7 @@ func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (
 			mu.Unlock()
 		},
 	}
-	resp, err := h.spec.transport.RoundTrip(out.WithContext(httptrace.WithClientTrace(out.Context(), trace)))
+	resp, err := h.spec.transport.to(b).RoundTrip(out.WithContext(httptrace.WithClientTrace(out.Context(), trace)))
 	mu.Lock()
 	returned = true
 	onReused := reused

@@ -239,6 +239,12 @@ function updateRow(r, s, t) {
   if (s.max_conns) notes.push(`max ${integer.format(s.max_conns)}`);
   if (s.weight !== s.configured_weight) notes.push(`weight ${s.weight} (set; configured ${s.configured_weight})`);
   else if (s.weight !== 1) notes.push(`weight ${s.weight}`);
+  // load_reports: the weight learned from the backend's reports, beside the configured one
+  if (s.reported_utilization != null || (s.learned_weight != null && s.learned_weight !== 1)) {
+    const util = s.reported_utilization != null ? `; utilization ${s.reported_utilization}, ${formatAge(s.report_age_seconds)} ago` : "";
+    notes.push(`learned ×${Number(s.learned_weight).toFixed(2)}${util}`);
+  }
+  if (s.bad_reports_total) notes.push(`${integer.format(s.bad_reports_total)} bad load reports`);
   if (s.state_source === "storage") notes.push("state from storage");
   if (s.unsaved) notes.push("unsaved");
   if (!READ_ONLY) r.weightIn.placeholder = String(s.weight);
