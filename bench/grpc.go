@@ -379,11 +379,19 @@ func (h *harness) startGRPCBackend(sc scenario, name, addr string) (*proc, strin
 // payload of the asked size, StreamingOutputCall sends messages of the
 // first response parameter's size until the caller goes. Both count what
 // they answer (calls, messages), which /count on the -count-listen address
-// reports, as the HTTP backends' /count does.
+// reports as requests, as the HTTP backends' /count does, with the streams
+// open at the moment as open_streams.
 type grpcBackend struct {
 	testgrpc.UnimplementedTestServiceServer
-	served atomic.Int64
-	body   []byte
+	served  atomic.Int64
+	streams atomic.Int64
+	body    []byte
+}
+
+// grpcCount is what a gRPC backend's /count answers.
+type grpcCount struct {
+	Requests    int64 `json:"requests"`
+	OpenStreams int64 `json:"open_streams"`
 }
 
 // maxGRPCPayload bounds the payload a backend answers with.
@@ -415,6 +423,8 @@ func (b *grpcBackend) StreamingOutputCall(in *testpb.StreamingOutputCallRequest,
 		return err
 	}
 	msg := &testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: body}}
+	b.streams.Add(1)
+	defer b.streams.Add(-1)
 	for {
 		if err := stream.Send(msg); err != nil {
 			return err // the caller went
@@ -448,7 +458,7 @@ func runGRPCBackend(args []string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
 	mux.HandleFunc("/count", func(w http.ResponseWriter, _ *http.Request) {
-		_ = json.NewEncoder(w).Encode(map[string]int64{"requests": b.served.Load()})
+		_ = json.NewEncoder(w).Encode(grpcCount{Requests: b.served.Load(), OpenStreams: b.streams.Load()})
 	})
 	go func() {
 		fmt.Fprintln(os.Stderr, "bench: grpc backend counters:", http.Serve(cl, mux))
@@ -546,10 +556,16 @@ func generateGRPC(s grpcLoadSpec) (*loadResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("grpc load: sampling at the end: %w", err)
 	}
+	var open []int64
+	if s.mode == "stream" {
+		if open, err = openStreams(s.backends); err != nil {
+			return nil, fmt.Errorf("grpc load: %w", err)
+		}
+	}
 	cancel()
 	wg.Wait()
 
-	res := &loadResult{}
+	res := &loadResult{OpenStreams: open}
 	var all histogram
 	for _, c := range callers {
 		all.merge(&c.hist)
@@ -558,6 +574,25 @@ func generateGRPC(s grpcLoadSpec) (*loadResult, error) {
 	}
 	res.window(before, after, &all)
 	return res, nil
+}
+
+// openStreams reads each gRPC backend's open streams.
+func openStreams(counters []string) ([]int64, error) {
+	var out []int64
+	for _, addr := range counters {
+		resp, err := countClient.Get("http://" + addr + "/count")
+		if err != nil {
+			return nil, fmt.Errorf("backend counter %s: %w", addr, err)
+		}
+		var c grpcCount
+		err = json.NewDecoder(resp.Body).Decode(&c)
+		resp.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("backend counter %s: %w", addr, err)
+		}
+		out = append(out, c.OpenStreams)
+	}
+	return out, nil
 }
 
 // unary calls in a closed loop until the window ends; a call counts if it
@@ -624,13 +659,15 @@ func (sc scenario) unit() string {
 
 // grpcHeading is the report's heading of a gRPC scenario.
 func grpcHeading(sc scenario) string {
-	what := fmt.Sprintf("UnaryCall with a %d-byte payload and a %d-byte answer, closed loop", sc.MessageBytes, sc.MessageBytes)
+	what := fmt.Sprintf("UnaryCall with a %d-byte payload and a %d-byte answer, closed loop;\n"+
+		"the bN columns are each backend's share of the calls", sc.MessageBytes, sc.MessageBytes)
 	if sc.GRPC == "stream" {
 		what = fmt.Sprintf("one StreamingOutputCall per caller, the backend sending %d-byte messages as flow control lets it;\n"+
-			"msgs/s and µs per message; p50/p99 are the gaps between a stream's messages", sc.MessageBytes)
+			"msgs/s and µs per message; p50/p99 are the gaps between a stream's messages; the bN columns are each backend's share\n"+
+			"of the messages, which follows how fast each stream runs; open streams is each backend's at the end of the window", sc.MessageBytes)
 	}
-	return fmt.Sprintf("== %s: %d grpc-go backends over h2c; %d callers sharing %d h2c client connection(s) (grpc-go); %s.\n"+
+	return fmt.Sprintf("== %s: %d grpc-go backends over h2c; %d callers sharing %d h2c client connection(s) (grpc-go);\n%s.\n"+
 		"lbpool (h2c://, health_grpc), reverse_proxy (h2c://, lb_policy least_conn), HAProxy (proto h2, balance leastconn) and\n"+
-		"nginx (grpc_pass, least_conn, one process) each on the load balancer's core; the bN columns are each backend's share",
+		"nginx (grpc_pass, least_conn, one process), each on the load balancer's core",
 		sc.Name, numBackends, sc.Conns, sc.ClientConns, what)
 }

@@ -49,6 +49,9 @@ type loadResult struct {
 	LoadCPUSeconds float64   `json:"load_cpu_seconds"` // of the load generator and the backends
 	CPUBusy        []float64 `json:"cpu_busy"`         // per core, the busy fraction of the window
 	Backends       []int64   `json:"backend_requests"`
+	// OpenStreams is each gRPC backend's open streams at the end of the
+	// window (grpc_stream only).
+	OpenStreams []int64 `json:"backend_open_streams,omitempty"`
 	// Series is each backend's requests in each -series step of the
 	// window, in order (only with -series).
 	Series     [][]int64 `json:"backend_series,omitempty"`

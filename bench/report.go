@@ -644,6 +644,9 @@ func (res *results) repeatTable(w io.Writer, sc scenario, rep int) {
 			head += name + "\t"
 		}
 	}
+	if sc.GRPC == "stream" {
+		head += "open streams\t"
+	}
 	fmt.Fprintln(tw, head+"errors\t")
 	lb, ld := singleCore(res.LBCPUs), singleCore(res.LoadCPUs)
 	for _, name := range order {
@@ -659,6 +662,9 @@ func (res *results) repeatTable(w io.Writer, sc scenario, rep int) {
 					line += "-\t"
 				}
 			}
+		}
+		if sc.GRPC == "stream" {
+			line += strings.Trim(strings.ReplaceAll(fmt.Sprint(r.OpenStreams), " ", "/"), "[]") + "\t"
 		}
 		fmt.Fprintf(tw, "%s%d\t\n", line, r.Errors)
 	}
