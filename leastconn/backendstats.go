@@ -96,7 +96,7 @@ func (b *Backend) fetchStats(ctx context.Context, s *poolSpec) (int64, error) {
 		return 0, err
 	}
 	req.Header.Set("Accept", "application/json, text/plain;q=0.9")
-	resp, err := s.transport.RoundTrip(req)
+	resp, err := s.transport.to(b).RoundTrip(req)
 	if err != nil {
 		return 0, err
 	}

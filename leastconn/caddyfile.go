@@ -76,7 +76,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        refresh <duration>
 //	        resolvers <ip[:port]>...
 //	        versions ipv4|ipv6...
-//	        scheme http|https
+//	        scheme http|https|h2c
 //	        dial_timeout <duration>
 //	        dial_fallback_delay <duration>
 //	    }
@@ -167,8 +167,8 @@ func parseDynamic(d *caddyfile.Dispenser, seen map[string]bool) (DynamicConfig, 
 				return dc, d.ArgErr()
 			}
 			*map[string]*string{"name": &dc.Name, "service": &dc.Service, "proto": &dc.Proto, "scheme": &dc.Scheme}[opt] = v
-			if opt == "scheme" && v != "http" && v != "https" {
-				return dc, d.Errf("dynamic: scheme %q not supported (use http or https)", v)
+			if opt == "scheme" && v != "http" && v != "https" && v != "h2c" {
+				return dc, d.Errf("dynamic: scheme %q not supported (use http, https or h2c)", v)
 			}
 			if (opt == "service" || opt == "proto") && dc.Kind != "srv" {
 				return dc, d.Errf("dynamic a: %s is for srv", opt)

@@ -71,7 +71,7 @@ type DynamicConfig struct {
 	// The address families to use: `ipv4`, `ipv6`. Default: both.
 	Versions []string `json:"versions,omitempty"`
 
-	// The members' scheme: `http` or `https`. Default: http.
+	// The members' scheme: `http`, `https` or `h2c`. Default: http.
 	Scheme string `json:"scheme,omitempty"`
 
 	// For srv: the service and protocol; with them the name looked up is
@@ -121,6 +121,10 @@ func (h *Handler) discoverySpecs() ([]dynamicSpec, error) {
 			return nil, fmt.Errorf("lbpool: dynamic %s is listed twice", d.label)
 		}
 		seen[d.label] = true
+		if d.scheme == "http" && slices.Contains(h.Versions, "h2c") {
+			d.scheme = "h2c" // transport versions h2c, as for static backends
+			d.key += "|h2c"
+		}
 		out = append(out, d)
 	}
 	return out, nil
@@ -162,8 +166,8 @@ func checkDynamic(c DynamicConfig) (dynamicSpec, error) {
 	if s.refresh < time.Millisecond {
 		return s, fmt.Errorf("dynamic %s %s: refresh must be at least 1ms", s.kind, s.name)
 	}
-	if s.scheme != "http" && s.scheme != "https" {
-		return s, fmt.Errorf("dynamic %s %s: scheme %q not supported (use http or https)", s.kind, s.name, s.scheme)
+	if s.scheme != "http" && s.scheme != "https" && s.scheme != "h2c" {
+		return s, fmt.Errorf("dynamic %s %s: scheme %q not supported (use http, https or h2c)", s.kind, s.name, s.scheme)
 	}
 	for _, r := range c.Resolvers {
 		addr, err := resolve.ParseServer(r)

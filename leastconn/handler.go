@@ -167,6 +167,13 @@ type Handler struct {
 	// 3xx is judged as it is.
 	HealthFollowRedirects bool `json:"health_follow_redirects,omitempty"`
 
+	// Makes the active checks gRPC calls of grpc.health.v1.Health/Check
+	// (over h2c or TLS, as the backend is written), with health_timeout as
+	// their deadline: SERVING passes, any other answer fails with its
+	// status as the reason. health_uri, health_method, health_status and
+	// health_body do not apply then.
+	HealthGRPC *HealthGRPC `json:"health_grpc,omitempty"`
+
 	// A regular expression the check's response body must match.
 	HealthBody string `json:"health_body,omitempty"`
 
@@ -321,8 +328,9 @@ type Handler struct {
 	// `compression off`).
 	Compression *bool `json:"compression,omitempty"`
 
-	// The HTTP versions used with backends: `1.1` and `2` (HTTP/2 by ALPN
-	// to HTTPS backends). Default: both.
+	// The HTTP versions used with backends: `1.1`, `2` (HTTP/2 by ALPN to
+	// HTTPS backends) and `h2c` (HTTP/2 with prior knowledge to plain-HTTP
+	// backends, as if each were written `h2c://`). Default: `1.1` and `2`.
 	Versions []string `json:"versions,omitempty"`
 
 	// Skip verification of HTTPS backends' certificates; the same as
@@ -426,6 +434,10 @@ type Handler struct {
 	// Response statuses that count as failures: full codes such as 503, or
 	// classes given by their first digit (5 means 5xx).
 	UnhealthyStatus []int `json:"unhealthy_status,omitempty"`
+
+	// gRPC status codes (0-16) that count as failures when a gRPC response
+	// ends with them, in its trailers or a trailers-only answer.
+	UnhealthyGRPCStatus []int `json:"unhealthy_grpc_status,omitempty"`
 
 	// A response whose headers take this long or longer counts as a failure.
 	UnhealthyLatency caddy.Duration `json:"unhealthy_latency,omitempty"`
@@ -571,6 +583,7 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		healthHeaders:         h.HealthHeaders.Clone(),
 		healthPasses:          h.HealthPasses,
 		healthFails:           h.HealthFails,
+		healthGRPC:            h.HealthGRPC,
 		statsURI:              h.StatsURI,
 		statsWorkers:          h.StatsWorkers,
 		slowStart:             time.Duration(h.SlowStart),
@@ -619,12 +632,19 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		s.healthBody = re
 	}
 
+	var err error
+	if s.wire, err = h.wireSettings(); err != nil {
+		return nil, err
+	}
 	seen := make(map[string]bool, len(h.Backends))
 	names := make([]string, 0, len(h.Backends))
 	for _, bc := range h.Backends {
 		addr, err := parseBackendURL(bc.URL)
 		if err != nil {
 			return nil, err
+		}
+		if s.wire.H2C {
+			addr.h2c()
 		}
 		if seen[addr.key] {
 			return nil, fmt.Errorf("lbpool: backend %s is listed twice", addr.display)
@@ -648,10 +668,6 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		}
 		s.backends = append(s.backends, addr)
 		names = append(names, addr.display)
-	}
-	var err error
-	if s.wire, err = h.wireSettings(); err != nil {
-		return nil, err
 	}
 	s.direct = s.wire.Direct()
 	s.dialer = s.transportSettings().Dialer()

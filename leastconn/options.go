@@ -96,16 +96,18 @@ func init() {
 		"health_timeout":          {read: h(func(h *Handler) *caddy.Duration { return &h.HealthTimeout })},
 		"health_status":           {read: readHealthStatus},
 		"health_body":             {read: readHealthBody},
+		"health_grpc":             {read: readHealthGRPC},
 		"health_passes":           {read: readCount(func(h *Handler) *int { return &h.HealthPasses }, false)},
 		"health_fails":            {read: readCount(func(h *Handler) *int { return &h.HealthFails }, false)},
 
 		// passive health: ejection
-		"fail_duration":       {read: readDurationOrOff(func(h *Handler) *caddy.Duration { return &h.FailDuration })},
-		"flap_hold":           {read: readFlapHold},
-		"max_fails":           {read: readCount(func(h *Handler) *int { return &h.MaxFails }, false)},
-		"unhealthy_status":    {read: readUnhealthyStatus},
-		"unhealthy_latency":   {read: h(func(h *Handler) *caddy.Duration { return &h.UnhealthyLatency })},
-		"max_ejected_percent": {read: readCount(func(h *Handler) *int { return &h.MaxEjectedPercent }, false)},
+		"fail_duration":         {read: readDurationOrOff(func(h *Handler) *caddy.Duration { return &h.FailDuration })},
+		"flap_hold":             {read: readFlapHold},
+		"max_fails":             {read: readCount(func(h *Handler) *int { return &h.MaxFails }, false)},
+		"unhealthy_status":      {read: readUnhealthyStatus},
+		"unhealthy_grpc_status": {read: readUnhealthyGRPCStatus},
+		"unhealthy_latency":     {read: h(func(h *Handler) *caddy.Duration { return &h.UnhealthyLatency })},
+		"max_ejected_percent":   {read: readCount(func(h *Handler) *int { return &h.MaxEjectedPercent }, false)},
 
 		// the request path
 		"header_up":          {read: func(p *parser) error { return p.h.parseHeaderOp(p.d) }},
@@ -720,6 +722,33 @@ func readHealthHeaders(p *parser) error {
 		}
 		key := http.CanonicalHeaderKey(name)
 		h.HealthHeaders[key] = append(h.HealthHeaders[key], values...)
+	}
+	return nil
+}
+
+func readHealthGRPC(p *parser) error {
+	args := p.d.RemainingArgs()
+	if len(args) > 1 {
+		return p.d.ArgErr()
+	}
+	p.h.HealthGRPC = &HealthGRPC{}
+	if len(args) == 1 {
+		p.h.HealthGRPC.Service = args[0]
+	}
+	return nil
+}
+
+func readUnhealthyGRPCStatus(p *parser) error {
+	args := p.d.RemainingArgs()
+	if len(args) == 0 {
+		return p.d.ArgErr()
+	}
+	for _, v := range args {
+		code, err := parseGRPCCode(v)
+		if err != nil {
+			return p.d.Errf("unhealthy_grpc_status: %v", err)
+		}
+		p.h.UnhealthyGRPCStatus = append(p.h.UnhealthyGRPCStatus, code)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package leastconn
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strings"
@@ -48,6 +49,11 @@ type proxyState struct {
 	out    http.Request // the request sent to backends (see outgoing)
 	outURL url.URL
 	body   upstream.RequestBody // out's body, when there is one
+
+	// a gRPC call's deadline from its grpc-timeout (zero without one), and
+	// the client's context, which that deadline does not end
+	grpcDeadline time.Time
+	client       context.Context
 
 	tried triedSet // the backends tried (see ServeHTTP)
 	retry retryRun // the retries' state (retry.go)

@@ -1,6 +1,7 @@
 package leastconn
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -37,6 +38,12 @@ var directBodies = true
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	st := h.track(r)
 	defer st.done()
+	if isGRPC(r) {
+		var cancel context.CancelFunc
+		if r, cancel = grpcDeadline(r, st); cancel != nil {
+			defer cancel()
+		}
+	}
 	if h.RequestBuffers != 0 {
 		h.bufferRequest(r)
 	}
@@ -72,7 +79,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				return h.fail(w, r, http.StatusServiceUnavailable, err)
 			}
 			if i < 0 {
-				return nil // the client went away while queued
+				return ended(w, st) // the client went away while queued
 			}
 		}
 		if i < 0 && !rr.deadline.IsZero() {
@@ -81,7 +88,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				return h.fail(w, r, http.StatusServiceUnavailable, err)
 			}
 			if i < 0 && r.Context().Err() != nil {
-				return nil // the client went away while waiting
+				return ended(w, st) // the client went away while waiting
 			}
 		}
 		if i < 0 {
@@ -108,7 +115,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			h.sticky.dropCookie(w)
 		}
 		if r.Context().Err() != nil {
-			return nil // the client went away; not the backend's fault
+			return ended(w, st) // the client went away; not the backend's fault
 		}
 		var fail *tryError
 		if !errors.As(err, &fail) {
@@ -280,11 +287,15 @@ var emptyValue = []string{""}
 // response to the client. A *tryError means the client was sent nothing.
 func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend, st *proxyState) error {
 	defer b.release()
-	out.URL.Scheme = b.addr.scheme
+	out.URL.Scheme = b.addr.urlScheme()
 	out.URL.Host = b.addr.hostport
 	out.Host = r.Host
 	st.backend = b
 	st.tries++
+	if !st.grpcDeadline.IsZero() {
+		// the backend gets the time left, not the client's whole timeout
+		out.Header["Grpc-Timeout"] = []string{formatGRPCTimeout(time.Until(st.grpcDeadline))}
+	}
 	if h.headerUp != nil {
 		h.requestHeadersForTry(r, out, b, st)
 	} else {
@@ -298,7 +309,7 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	if h.spec.direct && directOK(out, b) {
 		resp, done, err = upstream.RoundTrip(w, &b.h1, h.spec.dialer, b.addr.network, b.addr.dial, out, h.spec.responseHeaderTimeout)
 	} else {
-		resp, err = h.roundTripTransport(w, out)
+		resp, err = h.roundTripTransport(w, out, b)
 	}
 	if err != nil {
 		if body, ok := out.Body.(*upstream.RequestBody); ok && body.ClientError() != nil {
@@ -317,6 +328,9 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	}
 	st.latency = time.Since(start)
 	st.status = resp.StatusCode
+	if b.addr.scheme == "https" {
+		b.sawProto(resp.ProtoMajor)
+	}
 	b.observe(start, st.latency, h.lease.leastTime)
 	b.requests.Add(1)
 	if o := h.spec.outlier; o != nil {
@@ -378,6 +392,9 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		panic(http.ErrAbortHandler)
 	}
 	clean = true
+	if o := h.spec.outlier; o != nil && o.grpcStatuses != nil {
+		o.observeGRPC(h, b, resp)
+	}
 	if len(resp.Trailer) == announced {
 		for k, vv := range resp.Trailer {
 			hdr[k] = vv
@@ -442,7 +459,7 @@ func setBasicAuth(h http.Header, u interface {
 // error on a connection the Transport reused (and did not retry, as the
 // request could not be sent again) is the connection's, not the
 // backend's: it comes back as a upstream.ReusedConnError.
-func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (*http.Response, error) {
+func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request, b *Backend) (*http.Response, error) {
 	var mu sync.Mutex
 	returned, reused := false, false
 	trace := &httptrace.ClientTrace{
@@ -460,7 +477,7 @@ func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (
 			mu.Unlock()
 		},
 	}
-	resp, err := h.spec.transport.RoundTrip(out.WithContext(httptrace.WithClientTrace(out.Context(), trace)))
+	resp, err := h.spec.transport.to(b).RoundTrip(out.WithContext(httptrace.WithClientTrace(out.Context(), trace)))
 	mu.Lock()
 	returned = true
 	onReused := reused

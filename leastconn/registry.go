@@ -81,6 +81,7 @@ type poolSpec struct {
 	healthHeaders      http.Header
 	healthPasses       int
 	healthFails        int
+	healthGRPC         *HealthGRPC // nil: HTTP checks
 
 	statsURI     string
 	statsWorkers int
@@ -110,9 +111,24 @@ type poolSpec struct {
 
 type sharedTransport struct {
 	*http.Transport
-	tls      *tls.Config // as made for the first pool; see sameTLS
-	refs     int         // guarded by the registry's mu
+	h2c      *http.Transport // h2c backends': HTTP/2 with prior knowledge
+	tls      *tls.Config     // as made for the first pool; see sameTLS
+	refs     int             // guarded by the registry's mu
 	released atomic.Bool
+}
+
+// to is the transport requests to b go through.
+func (t *sharedTransport) to(b *Backend) *http.Transport {
+	if b.addr.scheme == "h2c" {
+		return t.h2c
+	}
+	return t.Transport
+}
+
+// CloseIdleConnections closes both transports' idle connections.
+func (t *sharedTransport) CloseIdleConnections() {
+	t.Transport.CloseIdleConnections()
+	t.h2c.CloseIdleConnections()
 }
 
 // used is called when a request on t has ended and its response body is
@@ -302,7 +318,7 @@ func (r *registry) transportFor(ts upstream.Settings, tc *tls.Config) *sharedTra
 		}
 	}
 	if t == nil {
-		t = &sharedTransport{Transport: upstream.NewTransport(ts, tc), tls: tc}
+		t = &sharedTransport{Transport: upstream.NewTransport(ts, tc), h2c: upstream.NewH2CTransport(ts), tls: tc}
 		r.transports[ts] = append(r.transports[ts], t)
 	}
 	t.refs++

@@ -34,8 +34,13 @@ type CheckStats struct {
 
 // BackendStats is one backend of one pool as the stats API shows it.
 type BackendStats struct {
-	Pool              string      `json:"pool"`
-	URL               string      `json:"url"`
+	Pool string `json:"pool"`
+	URL  string `json:"url"`
+
+	// What lbpool speaks to the backend: `h1` (HTTP/1.1), `h2` (HTTP/2
+	// over TLS, chosen by ALPN) or `h2c` (HTTP/2 with prior knowledge).
+	Protocol string `json:"protocol"`
+
 	Source            string      `json:"source"`
 	Leaving           bool        `json:"leaving,omitempty"`
 	Alive             bool        `json:"alive"`
@@ -230,6 +235,7 @@ func (b *Backend) snapshot(pool string, static bool, now time.Time) BackendStats
 	s := BackendStats{
 		Pool:                pool,
 		URL:                 b.URL(),
+		Protocol:            b.protocol(),
 		Source:              SourceDNS,
 		Weight:              int(b.weight.Load()),
 		ActiveConnections:   b.active.Load(),
