@@ -30,52 +30,55 @@ func TestGRPCInteropCasesPassThroughTheProxies(t *testing.T) {
 	tlsURLs := "https://" + strings.Join(tlsAddrs, " https://")
 
 	type site struct {
-		name, addr string
-		tls        *grpcinterop.TLS
-		body       string
+		name    string
+		tls     *grpcinterop.TLS
+		handler string
+		addr    string // given at each try to load the config
 	}
 	clientTLS := &grpcinterop.TLS{CAFile: ca.PEMFile, ServerName: "127.0.0.1"}
-	newSite := func(name string, tlsOpts *grpcinterop.TLS, handler string) site {
-		s := site{name: name, addr: fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t)), tls: tlsOpts}
-		if tlsOpts == nil {
-			s.body = fmt.Sprintf("http://%s {\n\t%s\n}\n", s.addr, handler)
-		} else {
-			s.body = fmt.Sprintf("https://%s {\n\ttls %s %s\n\t%s\n}\n", s.addr, siteCert, siteKey, handler)
-		}
-		return s
-	}
-	baseline := []site{
-		newSite("reverse_proxy/h2c", nil, fmt.Sprintf(`reverse_proxy %s {
+	sites := []site{
+		{name: "reverse_proxy/h2c", handler: fmt.Sprintf(`reverse_proxy %s {
 		lb_policy least_conn
-	}`, h2cURLs)),
-		newSite("reverse_proxy/tls", clientTLS, fmt.Sprintf(`reverse_proxy %s {
+	}`, h2cURLs)},
+		{name: "reverse_proxy/tls", tls: clientTLS, handler: fmt.Sprintf(`reverse_proxy %s {
 		lb_policy least_conn
 		transport http {
 			tls_trust_pool file %s
 		}
-	}`, tlsURLs, ca.PEMFile)),
-	}
-	// lbpool checks the backends' health with a gRPC call, as a gRPC
-	// backend answers no HTTP GET with a 2xx.
-	lbpool := []site{
-		newSite("lbpool/h2c", nil, fmt.Sprintf(`lbpool %s {
+	}`, tlsURLs, ca.PEMFile)},
+		// lbpool checks the backends' health with a gRPC call, as a gRPC
+		// backend answers no HTTP GET with a 2xx.
+		{name: "lbpool/h2c", handler: fmt.Sprintf(`lbpool %s {
 		name grpc_h2c
 		health_grpc
-	}`, h2cURLs)),
-		newSite("lbpool/tls", clientTLS, fmt.Sprintf(`lbpool %s {
+	}`, h2cURLs)},
+		{name: "lbpool/tls", tls: clientTLS, handler: fmt.Sprintf(`lbpool %s {
 		name grpc_tls
 		health_grpc
 		tls_trust_pool file %s
-	}`, tlsURLs, ca.PEMFile)),
+	}`, tlsURLs, ca.PEMFile)},
 	}
-	sites := append(baseline, lbpool...)
-	// Cleartext gRPC clients need h2c on Caddy's servers.
-	config := strings.TrimSuffix(c.Globals(), "}\n") + "\tservers {\n\t\tprotocols h1 h2 h2c\n\t}\n}\n"
-	for _, s := range sites {
-		config += s.body
-	}
-	if err := c.LoadCaddyfile(config); err != nil {
-		t.Fatalf("loading config: %v\n%s", err, config)
+	// Each site on a port of its own, which another process may take
+	// between FreePort and the load on a busy machine: then new ports.
+	for try := 1; ; try++ {
+		// Cleartext gRPC clients need h2c on Caddy's servers.
+		config := strings.TrimSuffix(c.Globals(), "}\n") + "\tservers {\n\t\tprotocols h1 h2 h2c\n\t}\n}\n"
+		for i := range sites {
+			s := &sites[i]
+			s.addr = fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+			if s.tls == nil {
+				config += fmt.Sprintf("http://%s {\n\tbind 127.0.0.1\n\t%s\n}\n", s.addr, s.handler)
+			} else {
+				config += fmt.Sprintf("https://%s {\n\tbind 127.0.0.1\n\ttls %s %s\n\t%s\n}\n", s.addr, siteCert, siteKey, s.handler)
+			}
+		}
+		err := c.LoadCaddyfile(config)
+		if err == nil {
+			break
+		}
+		if try == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatalf("loading config: %v\n%s", err, config)
+		}
 	}
 	// lbpool's backends have passed a gRPC health check, over the
 	// protocol each pool speaks
