@@ -259,13 +259,24 @@ func TestGRPCOpenStreamsAreActiveUntilEitherSideEndsThem(t *testing.T) {
 		}
 	}
 
+	// lbpool's goroutines: its checkers and fleet sync, and one handler per
+	// open stream, which must all end with their streams
+	noneLeft := func(t *testing.T, base int) {
+		t.Helper()
+		lbtest.EventuallyOr(t, 5*time.Second, "no lbpool goroutine left by the streams", func() bool {
+			return lbpoolGoroutines() <= base
+		}, func() { t.Logf("%d lbpool goroutines, %d before", lbpoolGoroutines(), base); dumpGoroutines(t) })
+	}
 	t.Run("client cancels", func(t *testing.T) {
+		base := lbpoolGoroutines()
 		cancel, _ := open()
 		balanced(t, bs, 60)
 		cancel()
 		zeroWithin(t, bs, "after the client cancelled")
+		noneLeft(t, base)
 	})
 	t.Run("backend ends", func(t *testing.T) {
+		base := lbpoolGoroutines()
 		cancel, streams := open()
 		defer cancel()
 		balanced(t, bs, 60)
@@ -278,6 +289,7 @@ func TestGRPCOpenStreamsAreActiveUntilEitherSideEndsThem(t *testing.T) {
 				t.Fatalf("stream %d ended with %v, want its end (io.EOF)", i, err)
 			}
 		}
+		noneLeft(t, base)
 	})
 	t.Run("backend killed", func(t *testing.T) {
 		fresh := []*grpcBackend{startGRPCBackend(t, false), startGRPCBackend(t, false), startGRPCBackend(t, false)}
@@ -341,6 +353,7 @@ func TestGRPCClientDeadlineIsDeadlineExceededAndCancelsTheBackend(t *testing.T) 
 	if at := b.canceled[0].Sub(start); at > time.Second {
 		t.Errorf("the backend's context ended %v after the call began, want within 1s", at)
 	}
+	t.Logf("the backend's call was cancelled %v after the client's deadline", (b.canceled[0].Sub(start) - 300*time.Millisecond).Round(time.Millisecond))
 }
 
 func TestGRPCHealthChecksFollowTheHealthService(t *testing.T) {
