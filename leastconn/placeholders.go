@@ -38,17 +38,20 @@ type proxyState struct {
 	pool    string
 	backend *Backend // the current or answering try's backend; nil before the first
 	tries   int
-	pick    string        // why the current try's backend was chosen (pickReason)
-	status  int           // 0 until a backend answered
-	latency time.Duration // of the answering try
-	start   time.Time
-	end     time.Time // zero while lbpool still handles the request
+	// tries that backends refused before processing them (REFUSED_STREAM)
+	refusals int
+	pick     string        // why the current try's backend was chosen (pickReason)
+	status   int           // 0 until a backend answered
+	latency  time.Duration // of the answering try
+	start    time.Time
+	end      time.Time // zero while lbpool still handles the request
 
 	base http.Header // the outgoing headers before header_up; only with header_up
 
 	out    http.Request // the request sent to backends (see outgoing)
 	outURL url.URL
 	body   upstream.RequestBody // out's body, when there is one
+	replay upstream.Replay      // the body as tries to HTTP/2 backends read it
 
 	// a gRPC call's deadline from its grpc-timeout (zero without one), and
 	// the client's context, which that deadline does not end

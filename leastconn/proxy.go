@@ -65,10 +65,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		home = h.sticky.home(r, v)
 	}
 	var lastErr error
+	again := false // the last try's stream was refused: the next one is no retry
 	for try := 0; ; try++ {
-		if try > 0 && !h.next(r.Context(), rr) {
+		if try > 0 && !again && !h.next(r.Context(), rr) {
 			break // no tries left, or the budget is spent
 		}
+		again = false
 		i := home
 		if try > 0 || i < 0 {
 			i = h.lease.pick(v, tried)
@@ -125,6 +127,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if fail.answered {
 			continue // an answer lb_retry_match matched, read and discarded
 		}
+		if fail.refused {
+			// not processed, and no failure: the stream limit was
+			// reached, or the backend is stopping; it may be picked
+			// again, a few times
+			if st.refusals < maxRefusals {
+				st.refusals++
+				tried.remove(i)
+				again = true
+			} else {
+				rr.free = true
+			}
+			continue
+		}
 		b.failures.Add(1)
 		if o := h.spec.outlier; o != nil {
 			o.fail(h, b, failReason(fail.err))
@@ -159,7 +174,13 @@ type tryError struct {
 	timeout   bool // no response headers in time
 	connFault bool // a kept-alive connection broke: not held against the backend
 	answered  bool // the backend answered, and lb_retry_match sent the request on
+	refused   bool // an HTTP/2 backend refused the stream before processing it
 }
+
+// maxRefusals bounds the tries of one request that backends refused
+// (upstream.IsRefused); each is two refusals, as the Transport sends a
+// refused stream once more itself.
+const maxRefusals = 4
 
 func (e *tryError) Error() string { return e.err.Error() }
 
@@ -230,6 +251,7 @@ func (h *Handler) outgoing(r *http.Request, st *proxyState) *http.Request {
 		// one reader for every try (see requestBody); the next try takes
 		// it only when nothing of it was read
 		st.body.Reset(r.Body)
+		st.replay.Reset(&st.body)
 		out.Body = &st.body
 		if len(r.Trailer) > 0 {
 			out.ContentLength = -1 // HTTP/1.1 carries trailers only chunked
@@ -302,26 +324,35 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		setBackendAuth(r, out, b)
 	}
 
+	replayed := false // the body goes through st.replay: see replayBody
+	if out.Body != nil {
+		replayed = h.replayBody(out, b, st)
+	}
+
 	start := time.Now()
 	var resp *http.Response
 	var done func(reuse bool) // set on the direct path: gives the connection back
 	var err error
-	if h.spec.direct && directOK(out, b) {
+	if h.spec.direct && directOK(out, b) && !replayed {
 		resp, done, err = upstream.RoundTrip(w, &b.h1, h.spec.dialer, b.addr.network, b.addr.dial, out, h.spec.responseHeaderTimeout)
 	} else {
 		resp, err = h.roundTripTransport(w, out, b)
 	}
 	if err != nil {
-		if body, ok := out.Body.(*upstream.RequestBody); ok && body.ClientError() != nil {
+		if out.Body != nil && st.body.ClientError() != nil {
 			// the client's body broke off, or was refused (too large):
 			// not the backend's fault, and not sent again
-			return h.clientBodyFailed(w, r, body.ClientError())
+			return h.clientBodyFailed(w, r, st.body.ClientError())
 		}
 		var de upstream.DialError
 		var rc upstream.ReusedConnError
+		// a refused stream was not processed: like a connection that
+		// could not be made, when its body can be sent again whole
+		refused := upstream.IsRefused(err) && (!replayed || st.replay.Replayable())
 		return &tryError{
 			err:       err,
-			reached:   !errors.As(err, &de),
+			refused:   refused,
+			reached:   !errors.As(err, &de) && !refused,
 			timeout:   upstream.IsTimeout(err) && !errors.As(err, &de), // a dial timeout is unreachable
 			connFault: errors.As(err, &rc),
 		}
@@ -405,6 +436,20 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		}
 	}
 	return nil
+}
+
+// replayBody sets out's body for a try to b and tells whether it reads
+// through st.replay: to a backend that may speak HTTP/2, which may refuse
+// the stream before processing it (and the Transport may send it again on
+// its own, with GetBody), and to any backend once a try read some of it.
+// Other tries send the client's body as it is.
+func (h *Handler) replayBody(out *http.Request, b *Backend, st *proxyState) bool {
+	if b.addr.scheme == "http" && st.body.Untouched() {
+		out.Body, out.GetBody = &st.body, nil
+		return false
+	}
+	out.Body, out.GetBody = st.replay.Reader(), st.replay.GetBody
+	return true
 }
 
 // clientBodyFailed answers a request whose body could not be read from the

@@ -58,6 +58,15 @@ func (t *triedSet) add(i int) {
 	t.big[i/64] |= 1 << uint(i%64)
 }
 
+// remove lets i be picked again.
+func (t *triedSet) remove(i int) {
+	if t.big == nil {
+		t.small &^= 1 << uint(i)
+		return
+	}
+	t.big[i/64] &^= 1 << uint(i%64)
+}
+
 // Pools of up to exactScanMax backends are scanned whole: the pick is exact.
 // Larger pools sample sampleSize backends at random and take the best of
 // them (Envoy's least-request "choices" in the weighted form), so the cost
