@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -89,6 +90,9 @@ func grpcScenario(o options, name string, pick func(...string) []string) scenari
 // run here: HAProxy or nginx not installed, or an lbpool that refuses h2c
 // backends (caddy adapt fails).
 func (h *harness) gateGRPC(ctx context.Context, scs []scenario) {
+	if !slices.ContainsFunc(scs, func(sc scenario) bool { return sc.GRPC != "" }) {
+		return
+	}
 	reasons := map[string]string{}
 	for _, peer := range []string{peerHAProxy, peerNginx} {
 		if _, err := exec.LookPath(peer); err != nil {
