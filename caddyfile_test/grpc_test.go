@@ -422,13 +422,15 @@ func TestGRPCBackendStoppingGracefullyCostsNoCall(t *testing.T) {
 	conn := grpcSite(t, c, "", bs[0].url(), bs[1].url(), bs[2].url())
 	stop := make(chan struct{})
 	wait := callers(conn, 8, stop)
-	lbtest.Eventually(t, 5*time.Second, "calls on every backend", func() bool {
+	// the bounds are generous: they are about which calls fail, not speed
+	lbtest.Eventually(t, 30*time.Second, "calls on every backend", func() bool {
 		return bs[0].calls.Load() > 50 && bs[1].calls.Load() > 50 && bs[2].calls.Load() > 50
 	})
 	bs[1].srv.GracefulStop()
 	stoppedAt := bs[1].calls.Load()
-	lbtest.Eventually(t, 5*time.Second, "calls after the stop", func() bool {
-		return bs[0].calls.Load()+bs[2].calls.Load() > 2*stoppedAt+500
+	others := bs[0].calls.Load() + bs[2].calls.Load()
+	lbtest.Eventually(t, 30*time.Second, "300 calls after the stop", func() bool {
+		return bs[0].calls.Load()+bs[2].calls.Load() > others+300
 	})
 	close(stop)
 	calls, errs := wait()
