@@ -1,6 +1,7 @@
 package caddyfile_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -259,13 +262,24 @@ func TestGRPCOpenStreamsAreActiveUntilEitherSideEndsThem(t *testing.T) {
 		}
 	}
 
+	// lbpool's goroutines: its checkers and fleet sync, and one handler per
+	// open stream, which must all end with their streams
+	noneLeft := func(t *testing.T, base int) {
+		t.Helper()
+		lbtest.EventuallyOr(t, 5*time.Second, "no lbpool goroutine left by the streams", func() bool {
+			return lbpoolGoroutines() <= base
+		}, func() { t.Logf("%d lbpool goroutines, %d before", lbpoolGoroutines(), base); dumpGoroutines(t) })
+	}
 	t.Run("client cancels", func(t *testing.T) {
+		base := lbpoolGoroutines()
 		cancel, _ := open()
 		balanced(t, bs, 60)
 		cancel()
 		zeroWithin(t, bs, "after the client cancelled")
+		noneLeft(t, base)
 	})
 	t.Run("backend ends", func(t *testing.T) {
+		base := lbpoolGoroutines()
 		cancel, streams := open()
 		defer cancel()
 		balanced(t, bs, 60)
@@ -278,6 +292,7 @@ func TestGRPCOpenStreamsAreActiveUntilEitherSideEndsThem(t *testing.T) {
 				t.Fatalf("stream %d ended with %v, want its end (io.EOF)", i, err)
 			}
 		}
+		noneLeft(t, base)
 	})
 	t.Run("backend killed", func(t *testing.T) {
 		fresh := []*grpcBackend{startGRPCBackend(t, false), startGRPCBackend(t, false), startGRPCBackend(t, false)}
@@ -341,6 +356,7 @@ func TestGRPCClientDeadlineIsDeadlineExceededAndCancelsTheBackend(t *testing.T) 
 	if at := b.canceled[0].Sub(start); at > time.Second {
 		t.Errorf("the backend's context ended %v after the call began, want within 1s", at)
 	}
+	t.Logf("the backend's call was cancelled %v after the client's deadline", (b.canceled[0].Sub(start) - 300*time.Millisecond).Round(time.Millisecond))
 }
 
 func TestGRPCHealthChecksFollowTheHealthService(t *testing.T) {
@@ -406,13 +422,15 @@ func TestGRPCBackendStoppingGracefullyCostsNoCall(t *testing.T) {
 	conn := grpcSite(t, c, "", bs[0].url(), bs[1].url(), bs[2].url())
 	stop := make(chan struct{})
 	wait := callers(conn, 8, stop)
-	lbtest.Eventually(t, 5*time.Second, "calls on every backend", func() bool {
+	// the bounds are generous: they are about which calls fail, not speed
+	lbtest.Eventually(t, 30*time.Second, "calls on every backend", func() bool {
 		return bs[0].calls.Load() > 50 && bs[1].calls.Load() > 50 && bs[2].calls.Load() > 50
 	})
 	bs[1].srv.GracefulStop()
 	stoppedAt := bs[1].calls.Load()
-	lbtest.Eventually(t, 5*time.Second, "calls after the stop", func() bool {
-		return bs[0].calls.Load()+bs[2].calls.Load() > 2*stoppedAt+500
+	others := bs[0].calls.Load() + bs[2].calls.Load()
+	lbtest.Eventually(t, 30*time.Second, "300 calls after the stop", func() bool {
+		return bs[0].calls.Load()+bs[2].calls.Load() > others+300
 	})
 	close(stop)
 	calls, errs := wait()
@@ -582,5 +600,83 @@ func TestGRPCUnhealthyStatusInTrailersEjects(t *testing.T) {
 	}
 	if e := ejected(); len(e) != 1 || e[0] != "grpc-status: UNAVAILABLE" {
 		t.Fatalf("ejected after a call ending UNAVAILABLE in its trailers: %v, want one with reason grpc-status: UNAVAILABLE", e)
+	}
+}
+
+// lbpool's own error to a gRPC call is one HEADERS frame that ends the
+// stream (:status 200, content-type application/grpc, grpc-status 14),
+// no DATA; a plain HTTP client on the same route still gets a 503.
+func TestGRPCErrorIsOneHeadersFrameAndPlainClientsKeep503(t *testing.T) {
+	c := lbtest.Start(t)
+	grpcSite(t, c, "", fmt.Sprintf("h2c://127.0.0.1:%d", lbtest.FreePort(t)))
+	lbtest.Eventually(t, 5*time.Second, "a 503 to a plain client", func() bool {
+		status, _ := c.Get(t, c.URL("/"))
+		return status == 503
+	})
+
+	nc, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", c.HTTPPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(nc, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(nc, nc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range [][2]string{
+		{":method", "POST"}, {":scheme", "http"}, {":path", "/lbtest.Test/Unary"},
+		{":authority", "127.0.0.1"}, {"content-type", "application/grpc"}, {"te", "trailers"},
+	} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fr.WriteData(1, true, make([]byte, 5)); err != nil { // one empty message
+		t.Fatal(err)
+	}
+	var frames []string
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("reading frames (so far %v): %v", frames, err)
+		}
+		if f.Header().StreamID != 1 {
+			if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
+				_ = fr.WriteSettingsAck()
+			}
+			continue
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			got := map[string]string{}
+			for _, hf := range f.Fields {
+				got[hf.Name] = hf.Value
+			}
+			frames = append(frames, fmt.Sprintf("HEADERS end_stream=%v %v", f.StreamEnded(), got))
+			if got[":status"] != "200" || got["content-type"] != "application/grpc" || got["grpc-status"] != "14" || !strings.Contains(got["grpc-message"], "lbpool") {
+				t.Errorf("headers %v, want :status 200, content-type application/grpc, grpc-status 14 and lbpool's grpc-message", got)
+			}
+			if f.StreamEnded() {
+				if len(frames) != 1 {
+					t.Errorf("frames on the stream: %v, want one HEADERS frame ending it", frames)
+				}
+				return
+			}
+		case *http2.DataFrame:
+			frames = append(frames, fmt.Sprintf("DATA %d bytes end_stream=%v", len(f.Data()), f.StreamEnded()))
+			if f.StreamEnded() {
+				t.Fatalf("frames on the stream: %v, want one HEADERS frame ending it", frames)
+			}
+		case *http2.RSTStreamFrame:
+			t.Fatalf("the stream was reset (%v) after %v", f.ErrCode, frames)
+		}
 	}
 }

@@ -1,7 +1,9 @@
 package leastconn
 
 import (
+	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -71,5 +73,28 @@ func TestGRPCCodesReadByNumberOrName(t *testing.T) {
 	}
 	if got := encodeGRPCMessage("50% off\n"); got != "50%25 off%0A" {
 		t.Errorf("encodeGRPCMessage = %q", got)
+	}
+}
+
+func TestHealthGRPCNeedsHTTP2Backends(t *testing.T) {
+	for backends, wantErr := range map[string]bool{
+		`[{"url":"h2c://a:50051"},{"url":"https://b:443"}]`: false,
+		`[{"url":"a:50051"}]`:                               true,
+	} {
+		var h Handler
+		if err := json.Unmarshal([]byte(`{"health_grpc":{},"backends":`+backends+`}`), &h); err != nil {
+			t.Fatal(err)
+		}
+		_, err := h.poolSpec()
+		if (err != nil) != wantErr || err != nil && !strings.Contains(err.Error(), "h2c://") {
+			t.Errorf("health_grpc with backends %s: %v", backends, err)
+		}
+	}
+	var h Handler
+	if err := json.Unmarshal([]byte(`{"versions":["h2c","2"],"health_grpc":{},"backends":[{"url":"a:50051"}]}`), &h); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := h.poolSpec(); err != nil || s.backends[0].key != "h2c://a:50051" {
+		t.Errorf("versions h2c: %v", err)
 	}
 }

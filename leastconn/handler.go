@@ -657,6 +657,9 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		if s.wire.H2C {
 			addr.h2c()
 		}
+		if h.HealthGRPC != nil && addr.scheme == "http" {
+			return nil, fmt.Errorf("lbpool: health_grpc: backend %s speaks HTTP/1.1, and gRPC needs HTTP/2: write it h2c:// (or https://)", addr.display)
+		}
 		if seen[addr.key] {
 			return nil, fmt.Errorf("lbpool: backend %s is listed twice", addr.display)
 		}

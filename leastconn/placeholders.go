@@ -52,7 +52,7 @@ type proxyState struct {
 	out    http.Request // the request sent to backends (see outgoing)
 	outURL url.URL
 	body   upstream.RequestBody // out's body, when there is one
-	replay upstream.Replay      // the body as tries to HTTP/2 backends read it
+	replay *upstream.Replay     // the body as tries to HTTP/2 backends read it; nil until one does
 
 	// a gRPC call's deadline from its grpc-timeout (zero without one), and
 	// the client's context, which that deadline does not end

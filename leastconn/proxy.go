@@ -270,7 +270,6 @@ func (h *Handler) outgoing(r *http.Request, st *proxyState) *http.Request {
 		// one reader for every try (see requestBody); the next try takes
 		// it only when nothing of it was read
 		st.body.Reset(r.Body)
-		st.replay.Reset(&st.body)
 		out.Body = &st.body
 		if len(r.Trailer) > 0 {
 			out.ContentLength = -1 // HTTP/1.1 carries trailers only chunked
@@ -498,6 +497,10 @@ func (h *Handler) replayBody(out *http.Request, b *Backend, st *proxyState) bool
 	if b.addr.scheme == "http" && st.body.Untouched() {
 		out.Body, out.GetBody = &st.body, nil
 		return false
+	}
+	if st.replay == nil {
+		st.replay = new(upstream.Replay)
+		st.replay.Reset(&st.body)
 	}
 	out.Body, out.GetBody = st.replay.Reader(), st.replay.GetBody
 	return true
