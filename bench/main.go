@@ -1,7 +1,7 @@
 // Command bench measures lbpool against Caddy's own reverse_proxy, in one
 // command from the repository root:
 //
-//	go run ./bench            # about 17 minutes on a quiet machine; -quick: 2 minutes
+//	go run ./bench            # about 22 minutes on a quiet machine; -quick: 3 minutes
 //	go run ./bench -publish   # also copies the chart to docs/bench.svg
 //	go run ./bench -quick -scenarios post,https   # some workloads only
 //
@@ -39,6 +39,12 @@
 //     p50/p99 and each backend's peak in flight for lbpool hash (bounded
 //     and not), lbpool least_conn, reverse_proxy lb_policy header and
 //     HAProxy's bounded consistent hash (see cache.go).
+//   - grpc_unary, grpc_one_conn and grpc_stream (-scenarios grpc for all
+//     three): grpc-go backends over h2c and a grpc-go load generator; 64
+//     callers on 4 client connections (or one) making 100-byte unary calls,
+//     or holding one server stream each of 1 KiB messages, through lbpool,
+//     reverse_proxy, HAProxy and nginx; calls (messages) per second, LB CPU
+//     per call and each backend's share (grpc.go).
 //   - retry_storm: three backends that start answering 503 to every other
 //     request half-way through; backend requests per client request and
 //     the clients' success rate for lbpool with its retry budget and
@@ -104,6 +110,10 @@ func dispatch(args []string, stdout io.Writer) error {
 			return runBackend(args[1:])
 		case "-load", "--load":
 			return runLoad(args[1:])
+		case "-grpc-backend", "--grpc-backend":
+			return runGRPCBackend(args[1:])
+		case "-grpc-load", "--grpc-load":
+			return runGRPCLoad(args[1:])
 		}
 	}
 	opts, err := parseOptions(args)
@@ -169,7 +179,7 @@ func parseOptions(args []string) (options, error) {
 	fs.IntVar(&o.Websockets, "websockets", 4000, "idle websockets held open in the websockets scenario")
 	fs.StringVar(&configs, "configs", "lbpool,lbpool_least_time,lbpool_options,rp_least_conn,rp_round_robin,respond",
 		"configurations, comma-separated; each scenario runs those of its own it finds here (see scenarios in main.go)")
-	fs.StringVar(&scenarios, "scenarios", strings.Join(scenarioNames, ","), "scenarios, comma-separated; https stands for https_h1,https_h2")
+	fs.StringVar(&scenarios, "scenarios", strings.Join(scenarioNames, ","), "scenarios, comma-separated; https stands for https_h1,https_h2, grpc for grpc_unary,grpc_one_conn,grpc_stream")
 	fs.BoolVar(&o.Quick, "quick", false, "smoke test: 1 repeat of 1s runs after 0.3s warm-up (flip: 1s fast, 2s slow, 2s fast; 1000 websockets)")
 	fs.StringVar(&o.out, "out", "", "folder for report.txt, results.json and chart.svg (default bench/out)")
 	fs.BoolVar(&o.publish, "publish", false, "also copy the chart to docs/bench.svg")
@@ -218,6 +228,9 @@ func parseOptions(args []string) (options, error) {
 	if i := slices.Index(o.Scenarios, "https"); i >= 0 {
 		o.Scenarios = slices.Replace(o.Scenarios, i, i+1, scHTTPS1, scHTTPS2)
 	}
+	if i := slices.Index(o.Scenarios, scGRPC); i >= 0 {
+		o.Scenarios = slices.Replace(o.Scenarios, i, i+1, grpcScenarios...)
+	}
 	o.profileLoads = splitList(profileLoads)
 	for _, l := range o.profileLoads {
 		if !slices.Contains([]string{scThroughput, scPost, scClients, scHTTPS1, scHTTPS2, scOptions}, l) {
@@ -225,16 +238,16 @@ func parseOptions(args []string) (options, error) {
 		}
 	}
 	for _, c := range append(slices.Clone(o.Configs), o.profile...) {
-		if _, ok := configByName(c); !ok {
-			return o, fmt.Errorf("unknown configuration %q (known: %s)", c, configNames())
+		if cfg, ok := configByName(c); !ok || cfg.peer {
+			return o, fmt.Errorf("unknown configuration %q (known: %s; HAProxy and nginx run in the scenarios that compare with them)", c, configNames())
 		}
 	}
 	if !slices.Contains(o.Configs, baseline) {
 		return o, fmt.Errorf("-configs must include %s: every ratio is taken against it", baseline)
 	}
 	for _, s := range o.Scenarios {
-		if !slices.Contains(scenarioNames, s) && s != scHTTPS1 && s != scHTTPS2 {
-			return o, fmt.Errorf("unknown scenario %q (known: %s, https_h1, https_h2)", s, strings.Join(scenarioNames, ", "))
+		if !slices.Contains(scenarioNames, s) && s != scHTTPS1 && s != scHTTPS2 && !slices.Contains(grpcScenarios, s) {
+			return o, fmt.Errorf("unknown scenario %q (known: %s, https_h1, https_h2, %s)", s, strings.Join(scenarioNames, ", "), strings.Join(grpcScenarios, ", "))
 		}
 	}
 	if o.Repeats < 1 || o.Conns < 1 || o.QualityConns < 1 || o.Duration <= 0 || o.Warmup < 0 || o.FlipSlow <= 0 ||
@@ -284,6 +297,12 @@ type scenario struct {
 	// NotRun gives the reason for each configuration the scenario cannot
 	// run.
 	NotRun map[string]string `json:"not_run,omitempty"`
+	// GRPC is "unary" or "stream" in the gRPC scenarios (grpc.go), whose
+	// Conns callers share ClientConns connections and send (or receive)
+	// messages of MessageBytes.
+	GRPC         string `json:"grpc,omitempty"`
+	ClientConns  int    `json:"client_conns,omitempty"`
+	MessageBytes int    `json:"message_bytes,omitempty"`
 
 	delay time.Duration
 }
@@ -305,7 +324,7 @@ const (
 
 // scenarioNames are the scenarios -scenarios takes, in the order of a
 // default run.
-var scenarioNames = []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, "https", scOptions, scCache, scRetryStorm}
+var scenarioNames = []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, "https", scOptions, scGRPC, scCache, scRetryStorm}
 
 // postBodyBytes is the size of the post scenario's JSON body.
 const postBodyBytes = 1024
@@ -318,7 +337,7 @@ func scenarios(o options) []scenario {
 	var out []scenario
 	var general, proxies []string
 	for _, c := range o.Configs {
-		if c == optionsConfig {
+		if cfg, _ := configByName(c); c == optionsConfig || cfg.peer {
 			continue
 		}
 		general = append(general, c)
@@ -382,6 +401,8 @@ func scenarios(o options) []scenario {
 			sc.Sticky, sc.AccessLog = true, pick("lbpool", optionsConfig, baseline)
 			sc.LogAppend = pick(optionsConfig, baseline)
 			out = append(out, sc)
+		case scGRPCUnary, scGRPCOneConn, scGRPCStream:
+			out = append(out, grpcScenario(o, name, pick))
 		}
 	}
 	return out
@@ -392,7 +413,7 @@ func (o options) window(sc scenario) time.Duration {
 	switch sc.Name {
 	case scFlip:
 		return o.FlipBefore + o.FlipSlow + o.FlipAfter
-	case scPost, scClients, scHTTPS1, scHTTPS2, scOptions:
+	case scPost, scClients, scHTTPS1, scHTTPS2, scOptions, scGRPCUnary, scGRPCOneConn, scGRPCStream:
 		return o.WorkloadDuration
 	case scWebsockets:
 		return o.wsHold()
@@ -508,6 +529,7 @@ func run(ctx context.Context, o options) error {
 	} else if h.caddy, err = buildCaddy(ctx, root, tmp); err != nil {
 		return err
 	}
+	h.gateGRPC(ctx, scs)
 
 	if slices.Contains(o.Scenarios, scCache) {
 		// its own backends, load and table (cache.go)
@@ -648,6 +670,8 @@ func (h *harness) runNamed(ctx context.Context, sc scenario, name string, backen
 	var err error
 	if sc.Websockets > 0 {
 		rec, err = h.runWebsockets(ctx, sc, cfg, backends)
+	} else if sc.GRPC != "" {
+		rec, err = h.runGRPC(ctx, sc, cfg, backends)
 	} else {
 		rec, err = h.runOne(ctx, sc, cfg, backends, h.opts.warmup(sc), h.opts.window(sc), nil)
 	}
@@ -761,6 +785,17 @@ func (h *harness) startBackends(ctx context.Context, sc scenario) (bs backendSet
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		name := fmt.Sprintf("b%d", i+1)
+		if sc.GRPC != "" {
+			p, counter, err := h.startGRPCBackend(sc, name, addr)
+			if err != nil {
+				stop()
+				return bs, nil, err
+			}
+			started = append(started, p)
+			bs.addrs, bs.counters = append(bs.addrs, addr), append(bs.counters, counter)
+			bs.pids = append(bs.pids, strconv.Itoa(p.pid()))
+			continue
+		}
 		args := []string{"-backend", "-listen", addr, "-name", name}
 		if sc.HTTPS != "" {
 			port, err := freePort()
@@ -786,10 +821,10 @@ func (h *harness) startBackends(ctx context.Context, sc scenario) (bs backendSet
 			return bs, nil, err
 		}
 		started = append(started, p)
-		bs.addrs = append(bs.addrs, addr)
+		bs.addrs, bs.counters = append(bs.addrs, addr), append(bs.counters, addr)
 		bs.pids = append(bs.pids, strconv.Itoa(p.pid()))
 	}
-	for i, addr := range bs.addrs {
+	for i, addr := range bs.counters {
 		if err := waitHTTP(ctx, started[i], "http://"+addr+"/health", 10*time.Second); err != nil {
 			stop()
 			return bs, nil, err
@@ -802,6 +837,7 @@ func (h *harness) startBackends(ctx context.Context, sc scenario) (bs backendSet
 type backendSet struct {
 	addrs    []string // host:port
 	tlsAddrs []string // of their TLS listeners, in the https scenarios
+	counters []string // host:port of their /health and /count: addrs but for gRPC backends
 	pids     []string
 }
 
@@ -930,11 +966,17 @@ func (h *harness) runOne(ctx context.Context, sc scenario, cfg lbConfig, backend
 	if sc.Name == scFlip {
 		rec.flipFigures(sc.Slow, h.opts.FlipBefore+h.opts.FlipSlow)
 	}
+	h.lbCoreFigures(&rec)
+	return rec, nil
+}
+
+// lbCoreFigures derives what else ran on the load balancer's core, and its
+// busy time per request, when the load balancer has a core of its own.
+func (h *harness) lbCoreFigures(rec *runRecord) {
 	if lb := singleCore(h.lbCPUs); lb >= 0 && lb < len(rec.CPUBusy) {
 		rec.OthersOnLBCore = max(rec.CPUBusy[lb]-rec.CaddyCore, 0)
 		rec.LBCorePerReqUs = rec.CPUBusy[lb] * rec.Seconds / float64(rec.Requests) * 1e6
 	}
-	return rec, nil
 }
 
 // waitHTTP polls url until it answers 200, p exits, or bound passes.

@@ -3,11 +3,12 @@
 // interop test service, for end-to-end tests of a proxy in front of gRPC
 // backends.
 //
-// The interop helpers end the process on failure (grpclog's Fatal), so each
-// case runs in a child process: the test binary itself, started again with
-// the case in its environment. A test package that runs cases calls
-// RunChildIfAsked at the top of its TestMain; the child then runs the case
-// and exits, 0 if it passed.
+// The interop helpers end the process on failure (grpclog's Fatal), so the
+// cases run in a child process: the test binary itself, started again with
+// the cases in its environment. A test package that runs cases calls
+// RunChildIfAsked at the top of its TestMain; the child then runs the cases
+// in order, says which passed, and exits at the first that fails; the
+// parent goes on with the rest in another child.
 package grpcinterop
 
 import (
@@ -60,34 +61,42 @@ type TLS struct {
 	ServerName string `json:"server_name"`
 }
 
-// childEnv carries a child's case, as JSON.
-const childEnv = "LBPOOL_GRPC_INTEROP_CASE"
+// childEnv carries a child's cases, as JSON.
+const childEnv = "LBPOOL_GRPC_INTEROP_CASES"
 
-// caseTimeout bounds one case's child process; every case takes well under
-// a second on a quiet machine.
+// passedMark starts the line a child prints on its stdout after each case
+// that passed.
+const passedMark = "grpcinterop passed: "
+
+// caseTimeout bounds each case of a child process; every case takes well
+// under a second on a quiet machine.
 const caseTimeout = 30 * time.Second
 
-type childCase struct {
-	Case string `json:"case"`
-	Addr string `json:"addr"`
-	TLS  *TLS   `json:"tls,omitempty"`
+type childRun struct {
+	Cases []string `json:"cases"`
+	Addr  string   `json:"addr"`
+	TLS   *TLS     `json:"tls,omitempty"`
 }
 
-// RunChildIfAsked runs the case in the environment and exits, if there is
-// one; otherwise it returns at once. Call it first in TestMain.
+// RunChildIfAsked runs the cases in the environment, in order, and exits,
+// if there are some; otherwise it returns at once. Call it first in
+// TestMain.
 func RunChildIfAsked() {
 	spec, ok := os.LookupEnv(childEnv)
 	if !ok {
 		return
 	}
-	var c childCase
-	if err := json.Unmarshal([]byte(spec), &c); err != nil {
+	var run childRun
+	if err := json.Unmarshal([]byte(spec), &run); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", childEnv, err)
 		os.Exit(2)
 	}
-	if err := runInProcess(c); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+	for _, name := range run.Cases {
+		if err := runInProcess(run.Addr, name, run.TLS); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println(passedMark + name)
 	}
 	os.Exit(0)
 }
@@ -98,37 +107,74 @@ func RunChildIfAsked() {
 // tests.
 func RunCase(t testing.TB, addr, name string, tlsOpts *TLS) error {
 	t.Helper()
-	spec, err := json.Marshal(childCase{Case: name, Addr: addr, TLS: tlsOpts})
-	if err != nil {
-		return err
+	return RunCases(t, addr, []string{name}, tlsOpts)[name]
+}
+
+// RunCases runs interop cases against addr, in order, in as few child
+// processes as it can: one runs them all until a case fails (the helper
+// ends the process), then another goes on with the cases after it. It
+// returns each case's result, nil if it passed.
+func RunCases(t testing.TB, addr string, names []string, tlsOpts *TLS) map[string]error {
+	t.Helper()
+	results := make(map[string]error, len(names))
+	for rest := names; len(rest) > 0; {
+		passed, err := runChild(childRun{Cases: rest, Addr: addr, TLS: tlsOpts})
+		for _, name := range passed {
+			results[name] = nil
+		}
+		if len(passed) == len(rest) {
+			break
+		}
+		failed := rest[len(passed)]
+		if err == nil {
+			err = errors.New("the child process ended without running it")
+		}
+		results[failed] = fmt.Errorf("%s against %s: %w", failed, addr, err)
+		rest = rest[len(passed)+1:]
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), caseTimeout)
+	return results
+}
+
+// runChild starts the test binary on the cases and returns those that
+// passed, in order; the error has the output of the child if it failed.
+func runChild(run childRun) (passed []string, err error) {
+	spec, err := json.Marshal(run)
+	if err != nil {
+		return nil, err
+	}
+	bound := time.Duration(len(run.Cases)) * caseTimeout
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0])
 	cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err = cmd.Run()
-	if ctx.Err() != nil {
-		return fmt.Errorf("%s against %s: still running after %v\n%s", name, addr, caseTimeout, out.String())
+	for line := range strings.Lines(stdout.String()) {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(line), passedMark); ok {
+			passed = append(passed, name)
+		}
 	}
-	if err != nil {
-		return fmt.Errorf("%s against %s: %w\n%s", name, addr, err, strings.TrimSpace(out.String()))
+	switch {
+	case ctx.Err() != nil:
+		return passed, fmt.Errorf("still running after %v\n%s", bound, strings.TrimSpace(stderr.String()))
+	case err != nil:
+		return passed, fmt.Errorf("%w\n%s", err, strings.TrimSpace(stderr.String()))
 	}
-	return nil
+	return passed, nil
 }
 
-// runInProcess runs a case in this process; a failing interop helper ends
-// the process.
-func runInProcess(c childCase) error {
+// runInProcess runs a case in this process, on a connection of its own; a
+// failing interop helper ends the process.
+func runInProcess(addr, name string, tlsOpts *TLS) error {
 	creds := insecure.NewCredentials()
-	if c.TLS != nil {
+	if tlsOpts != nil {
 		var err error
-		if creds, err = credentials.NewClientTLSFromFile(c.TLS.CAFile, c.TLS.ServerName); err != nil {
+		if creds, err = credentials.NewClientTLSFromFile(tlsOpts.CAFile, tlsOpts.ServerName); err != nil {
 			return err
 		}
 	}
-	conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return err
 	}
@@ -136,7 +182,7 @@ func runInProcess(c childCase) error {
 	ctx, cancel := context.WithTimeout(context.Background(), caseTimeout)
 	defer cancel()
 	tc := testgrpc.NewTestServiceClient(conn)
-	switch c.Case {
+	switch name {
 	case "empty_unary":
 		interop.DoEmptyUnaryCall(ctx, tc)
 	case "large_unary":
@@ -166,7 +212,7 @@ func runInProcess(c childCase) error {
 	case "unimplemented_service":
 		interop.DoUnimplementedService(ctx, testgrpc.NewUnimplementedServiceClient(conn))
 	default:
-		return fmt.Errorf("unknown interop case %q", c.Case)
+		return fmt.Errorf("unknown interop case %q", name)
 	}
 	return nil
 }
