@@ -163,7 +163,10 @@ func readResponse(c *conn, out *http.Request, w http.ResponseWriter, send *bodyS
 	c.timedOut = nil
 	defer func() { c.limit = math.MaxInt64 }() // the body is bounded by the caller
 	for range 5 {
-		resp, err := http.ReadResponse(c.br, out)
+		resp, err := readLeanHead(c.br, out)
+		if resp == nil && err == nil {
+			resp, err = http.ReadResponse(c.br, out)
+		}
 		if err != nil {
 			if c.timedOut != nil {
 				return nil, c.timedOut
