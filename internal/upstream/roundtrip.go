@@ -145,10 +145,13 @@ func IsTimeout(err error) bool {
 }
 
 func writeAndRead(c *conn, out *http.Request, w http.ResponseWriter) (*http.Response, error) {
-	if err := out.Write(c.bw); err != nil {
-		return nil, err
+	bw := c.writer()
+	err := out.Write(bw)
+	if err == nil {
+		err = bw.Flush()
 	}
-	if err := c.bw.Flush(); err != nil {
+	putWriter(bw)
+	if err != nil {
 		return nil, err
 	}
 	return readResponse(c, out, w, nil)
