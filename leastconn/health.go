@@ -81,7 +81,8 @@ func nextCheckIn(interval time.Duration) time.Duration {
 }
 
 // spreadCheckIn is the wait after a prompt check (a backend's first, or the
-// first under a changed check): anywhere within the interval, so that 3,000
+// first under a changed check) that found it up: anywhere within the
+// interval, so that 3,000
 // backends that joined together are checked about evenly over it rather
 // than all within the 10% jitter of the same instant. The checks that
 // follow keep that phase, with nextCheckIn's jitter.
@@ -134,9 +135,12 @@ func (b *Backend) runChecks(ctx context.Context) {
 		}
 		b.h1.Prune(time.Now(), upstream.IdleTimeout)
 		wait := nextCheckIn
-		if prompt {
-			wait, prompt = spreadCheckIn, false
+		if prompt && b.flags.Load()&flagDown == 0 {
+			// up: the next check is health_interval's; a down backend's
+			// follow health_down_interval's quick schedule
+			wait = spreadCheckIn
 		}
+		prompt = false
 		timer.Reset(b.untilHoldEnds(wait(b.nextCheck(spec, &downWait))))
 	}
 }
