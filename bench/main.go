@@ -1,7 +1,7 @@
 // Command bench measures lbpool against Caddy's own reverse_proxy, in one
 // command from the repository root:
 //
-//	go run ./bench            # about 17 minutes on a quiet machine; -quick: 2 minutes
+//	go run ./bench            # about 23 minutes on a quiet machine; -quick: 3 minutes
 //	go run ./bench -publish   # also copies the chart to docs/bench.svg
 //	go run ./bench -quick -scenarios post,https   # some workloads only
 //

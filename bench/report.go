@@ -550,7 +550,7 @@ func (res *results) report(w io.Writer) {
 	fmt.Fprintln(w, "LB CPU/req (LB µs/req): Caddy's utime+stime over the measured window ÷ requests completed in it;")
 	fmt.Fprintln(w, "  LB core/req: all busy time of Caddy's core ÷ requests (adds interrupts and other work there: an upper bound)")
 	fmt.Fprintln(w, "peak RSS: Caddy's VmHWM (/proc) at the end of the measured window, so since it started")
-	fmt.Fprintln(w, "load generator: this harness (Go, raw HTTP/1.1 keep-alive), sharing its core with the backends;")
+	fmt.Fprintln(w, "load generator: this harness (Go, raw HTTP/1.1 keep-alive; HTTP/2 over TLS in h2_clients), sharing its core with the backends;")
 	fmt.Fprintln(w, "  when that core nears 100% busy, req/s is capped by it and not by the load balancer")
 
 	for _, warning := range res.Warnings {
