@@ -192,7 +192,7 @@ func parseOptions(args []string) (options, error) {
 	fs.StringVar(&o.lbCPUs, "lb-cpus", "", "taskset CPU list for Caddy (default: the first usable core)")
 	fs.StringVar(&o.loadCPUs, "load-cpus", "", "taskset CPU list for backends and load generator (default: the second usable core)")
 	fs.StringVar(&profile, "profile", "", "configurations to profile in one extra, unmeasured run each under every -profile-loads load (CPU profile from Caddy's admin /debug/pprof)")
-	fs.StringVar(&profileLoads, "profile-loads", scThroughput, "the scenarios whose load -profile runs under, comma-separated (throughput, post, clients2000, https_h1, https_h2, options)")
+	fs.StringVar(&profileLoads, "profile-loads", scThroughput, "the scenarios whose load -profile runs under, comma-separated (throughput, post, clients2000, https_h1, https_h2, h2_clients, options)")
 	fs.IntVar(&o.profileSeconds, "profile-seconds", 5, "length of each CPU profile")
 	fs.DurationVar(&o.quietWait, "quiet-wait", 10*time.Second, "before each repeat, wait up to this long for idle cores")
 	fs.IntVar(&o.redoNoisy, "redo-noisy", 2, "times in all a repeat may run again because other work took over 20% of the load balancer's core")
@@ -245,8 +245,8 @@ func parseOptions(args []string) (options, error) {
 	}
 	o.profileLoads = splitList(profileLoads)
 	for _, l := range o.profileLoads {
-		if !slices.Contains([]string{scThroughput, scPost, scClients, scHTTPS1, scHTTPS2, scOptions}, l) {
-			return o, fmt.Errorf("-profile-loads: %q is not a load to profile under (throughput, post, clients2000, https_h1, https_h2, options)", l)
+		if !slices.Contains([]string{scThroughput, scPost, scClients, scHTTPS1, scHTTPS2, scH2, scOptions}, l) {
+			return o, fmt.Errorf("-profile-loads: %q is not a load to profile under (throughput, post, clients2000, https_h1, https_h2, h2_clients, options)", l)
 		}
 	}
 	for _, c := range append(slices.Clone(o.Configs), o.profile...) {
