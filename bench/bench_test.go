@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"google.golang.org/grpc"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
 	_ "github.com/lbpool/lbpool"
 )
@@ -31,7 +34,7 @@ import (
 // as the bench binary does, when the harness starts it with -backend or
 // -load.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && (os.Args[1] == "-backend" || os.Args[1] == "-load") {
+	if len(os.Args) > 1 && slices.Contains([]string{"-backend", "-load", "-grpc-backend", "-grpc-load"}, os.Args[1]) {
 		if err := dispatch(os.Args[1:], os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
@@ -404,6 +407,9 @@ func TestCaddyfilesOfEveryScenarioAdapt(t *testing.T) {
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	seen := map[string]bool{}
 	for _, sc := range scenarios(opts) {
+		if sc.GRPC != "" {
+			continue // TestGRPCConfigsAreValid
+		}
 		for _, name := range sc.Configs {
 			cfg, _ := configByName(name)
 			text := caddyfile(cfg, 2019, 8080, h.siteSpec(sc, cfg, backends))
@@ -500,9 +506,25 @@ func TestProfileLoads(t *testing.T) {
 // The cache scenario's Caddyfiles adapt with the policy each names, and
 // its HAProxy configuration passes haproxy -c where haproxy is installed.
 func TestCacheScenarioConfigsAreValid(t *testing.T) {
+	checkConfigs(t, cacheConfigs, func(name, js string) bool {
+		return !strings.Contains(name, "hash") || strings.Contains(js, `"lb_policy":"header"`)
+	})
+}
+
+// The heterogeneous scenario's too; its load_reports configuration has
+// load reports on.
+func TestHeterogeneousScenarioConfigsAreValid(t *testing.T) {
+	checkConfigs(t, hetConfigs, func(name, js string) bool {
+		return !strings.Contains(name, "load_reports") || strings.Contains(js, `"load_reports":{"blackout":2000000000}`)
+	})
+}
+
+// checkConfigs adapts each Caddy configuration (and checks it with ok) and
+// runs haproxy -c on the HAProxy one where haproxy is installed.
+func checkConfigs(t *testing.T, configs []cacheConfig, ok func(name, js string) bool) {
 	addrs := []string{"127.0.0.1:9001", "127.0.0.1:9002"}
 	adapter := caddyconfig.GetAdapter("caddyfile")
-	for _, cfg := range cacheConfigs {
+	for _, cfg := range configs {
 		if cfg.handler == "" {
 			bin, err := exec.LookPath("haproxy")
 			if err != nil {
@@ -510,7 +532,7 @@ func TestCacheScenarioConfigsAreValid(t *testing.T) {
 				continue
 			}
 			file := filepath.Join(t.TempDir(), "haproxy.cfg")
-			if err := os.WriteFile(file, []byte(haproxyHashConfig("127.0.0.1:8080", addrs)), 0o644); err != nil {
+			if err := os.WriteFile(file, []byte(cfg.haproxy("127.0.0.1:8080", addrs)), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			if out, err := exec.Command(bin, "-c", "-f", file).CombinedOutput(); err != nil {
@@ -524,8 +546,112 @@ func TestCacheScenarioConfigsAreValid(t *testing.T) {
 			t.Errorf("%s: %v", cfg.name, err)
 			continue
 		}
-		if strings.Contains(cfg.name, "hash") && !strings.Contains(string(js), `"lb_policy":"header"`) {
-			t.Errorf("%s: no header policy in %s", cfg.name, js)
+		if !ok(cfg.name, string(js)) {
+			t.Errorf("%s: unexpected %s", cfg.name, js)
+		}
+	}
+}
+
+// The gRPC scenarios' reverse_proxy Caddyfile adapts with h2c on both
+// sides, lbpool's adapts or is refused for h2c only, and HAProxy's and
+// nginx's configurations pass haproxy -c and nginx -t where installed.
+func TestGRPCConfigsAreValid(t *testing.T) {
+	addrs := []string{"127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"}
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	for _, name := range []string{baseline, "lbpool"} {
+		cfg, _ := configByName(name)
+		text := grpcCaddyfile(cfg, 2019, 8080, addrs)
+		js, _, err := adapter.Adapt([]byte(text), nil)
+		if name == "lbpool" && err != nil && strings.Contains(err.Error(), "h2c") {
+			t.Logf("lbpool refuses h2c backends: %v", err)
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v\n%s", name, err, text)
+			continue
+		}
+		for _, want := range []string{`"h2c"`, `127.0.0.1:9003`} {
+			if !strings.Contains(string(js), want) {
+				t.Errorf("%s: no %s in the adapted config\n%s", name, want, js)
+			}
+		}
+	}
+	dir := t.TempDir()
+	checks := []struct{ bin, file, text string }{
+		{peerHAProxy, "haproxy.cfg", haproxyGRPCConfig(8080, addrs)},
+		{peerNginx, "nginx.conf", nginxGRPCConfig(dir, 8080, addrs)},
+	}
+	for _, c := range checks {
+		bin, err := exec.LookPath(c.bin)
+		if err != nil {
+			t.Logf("%s is not installed: its configuration is not checked", c.bin)
+			continue
+		}
+		file := filepath.Join(dir, c.file)
+		if err := os.WriteFile(file, []byte(c.text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"-c", "-f", file}
+		if c.bin == peerNginx {
+			args = []string{"-t", "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", file}
+		}
+		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+			t.Errorf("%s %v: %v\n%s", c.bin, args, err, out)
+		}
+	}
+}
+
+// The gRPC load generator against a gRPC backend, without a load
+// balancer, in both modes and twice: it completes calls and messages with
+// no error, and the calls it counts are those the backend counted.
+func TestGRPCLoadGeneratorCountsWhatTheBackendsServe(t *testing.T) {
+	var counters []string
+	var backends []*grpcBackend
+	var addrs []string
+	for range 2 {
+		b := &grpcBackend{body: make([]byte, maxGRPCPayload)}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := grpc.NewServer()
+		testgrpc.RegisterTestServiceServer(srv, b)
+		go func() { _ = srv.Serve(ln) }()
+		t.Cleanup(srv.Stop)
+		cs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			_ = json.NewEncoder(w).Encode(map[string]int64{"requests": b.served.Load()})
+		}))
+		t.Cleanup(cs.Close)
+		backends, addrs = append(backends, b), append(addrs, ln.Addr().String())
+		counters = append(counters, strings.TrimPrefix(cs.URL, "http://"))
+	}
+	for _, mode := range []string{"unary", "stream"} {
+		var total loadResult
+		for i, addr := range addrs {
+			s := grpcLoadSpec{mode: mode, callers: 4, clients: 2, size: 100}
+			s.addr, s.warmup, s.duration = addr, 100*time.Millisecond, 300*time.Millisecond
+			s.backends = counters[i : i+1]
+			res, err := generateGRPC(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Requests == 0 || res.Errors != 0 || len(res.Backends) != 1 {
+				t.Fatalf("%s against backend %d: %d done, %d errors, backends %v", mode, i, res.Requests, res.Errors, res.Backends)
+			}
+			// The backend's counters are read just after each edge of the
+			// window, and it counts an answer when it is sent, the
+			// generator when it arrives: the two differ by the calls of
+			// those moments (for streams, also by what flow control lets
+			// a backend send ahead, which grows with the window grpc-go
+			// learns: not compared).
+			d, slack := res.Backends[0]-res.Requests, 2*int64(s.callers)+res.Requests/5
+			if mode == "unary" && (d < -slack || d > slack) {
+				t.Errorf("%s against backend %d: the generator counted %d, the backend %d", mode, i, res.Requests, res.Backends[0])
+			}
+			total.Requests += res.Requests
+		}
+		if mode == "unary" && total.Requests < 10 {
+			t.Errorf("unary: %d calls in all", total.Requests)
 		}
 	}
 }

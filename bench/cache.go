@@ -44,19 +44,20 @@ const (
 	cacheFactor   = 1.25
 )
 
-// cacheConfig is one load balancer of the cache scenario: a Caddy handler
-// directive, or HAProxy.
+// cacheConfig is one load balancer of the cache scenario (and of the
+// heterogeneous one): a Caddy handler directive, or HAProxy.
 type cacheConfig struct {
 	name    string
-	handler string // "" for HAProxy
+	handler string                                   // "" for HAProxy
+	haproxy func(site string, addrs []string) string // HAProxy's configuration, when handler is ""
 }
 
 var cacheConfigs = []cacheConfig{
-	{"lbpool_hash", "lbpool %s {\n\t\tname bench\n\t\tlb_policy header X-Key\n\t}"},
-	{"lbpool_hash_off", "lbpool %s {\n\t\tname bench\n\t\tlb_policy header X-Key\n\t\thash_balance_factor off\n\t}"},
-	{"lbpool_least_conn", "lbpool %s {\n\t\tname bench\n\t}"},
-	{"rp_header", "reverse_proxy %s {\n\t\tlb_policy header X-Key\n\t\ttransport http {\n\t\t\tkeepalive_idle_conns_per_host 1024\n\t\t}\n\t}"},
-	{"haproxy", ""},
+	{name: "lbpool_hash", handler: "lbpool %s {\n\t\tname bench\n\t\tlb_policy header X-Key\n\t}"},
+	{name: "lbpool_hash_off", handler: "lbpool %s {\n\t\tname bench\n\t\tlb_policy header X-Key\n\t\thash_balance_factor off\n\t}"},
+	{name: "lbpool_least_conn", handler: "lbpool %s {\n\t\tname bench\n\t}"},
+	{name: "rp_header", handler: "reverse_proxy %s {\n\t\tlb_policy header X-Key\n\t\ttransport http {\n\t\t\tkeepalive_idle_conns_per_host 1024\n\t\t}\n\t}"},
+	{name: "haproxy", haproxy: haproxyHashConfig},
 }
 
 // cacheBackend is one backend with its cache and counters.
@@ -167,72 +168,27 @@ func (h *harness) runCacheOne(ctx context.Context, cfg cacheConfig, window time.
 	if err != nil {
 		return res, err
 	}
-	defer func() {
-		for _, b := range bs {
-			_ = b.srv.Close()
-		}
-	}()
-	addrs := make([]string, len(bs))
-	for i, b := range bs {
-		addrs[i] = b.addr
-	}
-	site, stop, skip, err := h.startCacheBalancer(ctx, cfg, addrs)
+	site, stop, skip, err := balanceOver(ctx, h, scCache, cfg, bs)
 	if err != nil || skip != "" {
 		res.skipped = skip
 		return res, err
 	}
 	defer stop()
 
-	var measuring atomic.Bool
-	var lats [cacheClients][]time.Duration
-	var requests, failed atomic.Int64
-	end := time.Now().Add(cacheWarmup + window)
-	var wg sync.WaitGroup
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: cacheClients}}
-	for g := range cacheClients {
-		wg.Go(func() {
-			rng := rand.New(rand.NewPCG(uint64(g), 11))
-			zipf := rand.NewZipf(rng, cacheZipfS, 1, cacheKeys-1)
-			for time.Now().Before(end) && ctx.Err() == nil {
-				req, _ := http.NewRequest(http.MethodGet, "http://"+site+"/", nil)
-				req.Header.Set("X-Key", fmt.Sprint("key-", zipf.Uint64()))
-				start := time.Now()
-				resp, err := client.Do(req)
-				if err == nil {
-					_, _ = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-				if !measuring.Load() {
-					continue
-				}
-				requests.Add(1)
-				if err != nil || resp.StatusCode != http.StatusOK {
-					failed.Add(1)
-					continue
-				}
-				lats[g] = append(lats[g], time.Since(start))
-			}
-		})
+	requester := func(g int) func() *http.Request {
+		zipf := rand.NewZipf(rand.New(rand.NewPCG(uint64(g), 11)), cacheZipfS, 1, cacheKeys-1)
+		return func() *http.Request {
+			req, _ := http.NewRequest(http.MethodGet, "http://"+site+"/", nil)
+			req.Header.Set("X-Key", fmt.Sprint("key-", zipf.Uint64()))
+			return req
+		}
 	}
-	select {
-	case <-time.After(cacheWarmup):
-	case <-ctx.Done():
-	}
-	for _, b := range bs {
-		b.resetCounters()
-	}
-	measuring.Store(true)
-	wg.Wait()
-	client.CloseIdleConnections()
-
-	var all []time.Duration
-	for _, l := range lats {
-		all = append(all, l...)
-	}
-	slices.Sort(all)
-	if len(all) > 0 {
-		res.p50, res.p99 = all[len(all)/2], all[len(all)*99/100]
-	}
+	var requests, failed int64
+	res.p50, res.p99, requests, failed = closedLoop(ctx, cacheClients, cacheWarmup, window, requester, func() {
+		for _, b := range bs {
+			b.resetCounters()
+		}
+	})
 	var hits, total int64
 	for _, b := range bs {
 		hits += b.hits.Load()
@@ -242,13 +198,96 @@ func (h *harness) runCacheOne(ctx context.Context, cfg cacheConfig, window time.
 	if total > 0 {
 		res.hitRatio = float64(hits) / float64(total)
 	}
-	res.requests, res.failed = requests.Load(), failed.Load()
+	res.requests, res.failed = requests, failed
 	return res, nil
 }
 
-// startCacheBalancer starts Caddy with cfg's handler, or HAProxy, in front
-// of addrs; skip says why a configuration cannot run (no haproxy).
-func (h *harness) startCacheBalancer(ctx context.Context, cfg cacheConfig, addrs []string) (site string, stop func(), skip string, err error) {
+// closedLoop has clients send requests one after another for warmup and
+// then window; requester(g) makes client g's requests. measure is called as
+// the window begins. It returns the window's p50 and p99 and how many
+// requests it sent and how many did not get a 200.
+func closedLoop(ctx context.Context, clients int, warmup, window time.Duration, requester func(g int) func() *http.Request,
+	measure func()) (p50, p99 time.Duration, requests, failed int64) {
+	var measuring atomic.Bool
+	lats := make([][]time.Duration, clients)
+	var nRequests, nFailed atomic.Int64
+	end := time.Now().Add(warmup + window)
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
+	for g := range clients {
+		wg.Go(func() {
+			next := requester(g)
+			for time.Now().Before(end) && ctx.Err() == nil {
+				start := time.Now()
+				resp, err := client.Do(next())
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if !measuring.Load() {
+					continue
+				}
+				nRequests.Add(1)
+				if err != nil || resp.StatusCode != http.StatusOK {
+					nFailed.Add(1)
+					continue
+				}
+				lats[g] = append(lats[g], time.Since(start))
+			}
+		})
+	}
+	select {
+	case <-time.After(warmup):
+	case <-ctx.Done():
+	}
+	measure()
+	measuring.Store(true)
+	wg.Wait()
+	client.CloseIdleConnections()
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	if len(all) > 0 {
+		p50, p99 = all[len(all)/2], all[len(all)*99/100]
+	}
+	return p50, p99, nRequests.Load(), nFailed.Load()
+}
+
+// servedBackend is a backend the harness serves in its own process.
+type servedBackend interface {
+	address() string
+	close()
+}
+
+func (b *cacheBackend) address() string { return b.addr }
+func (b *cacheBackend) close()          { _ = b.srv.Close() }
+
+// balanceOver starts cfg's load balancer in front of bs; stop stops it and
+// closes bs, which are closed at once when it does not start.
+func balanceOver[B servedBackend](ctx context.Context, h *harness, scenario string, cfg cacheConfig, bs []B) (site string, stop func(), skip string, err error) {
+	addrs := make([]string, len(bs))
+	for i, b := range bs {
+		addrs[i] = b.address()
+	}
+	closeAll := func() {
+		for _, b := range bs {
+			b.close()
+		}
+	}
+	site, stopBalancer, skip, err := h.startBalancer(ctx, scenario, cfg, addrs)
+	if err != nil || skip != "" {
+		closeAll()
+		return "", nil, skip, err
+	}
+	return site, func() { stopBalancer(); closeAll() }, "", nil
+}
+
+// startBalancer starts Caddy with cfg's handler, or HAProxy, in front of
+// addrs for the scenario; skip says why a configuration cannot run (no
+// haproxy).
+func (h *harness) startBalancer(ctx context.Context, scenario string, cfg cacheConfig, addrs []string) (site string, stop func(), skip string, err error) {
 	sitePort, err := freePort()
 	if err != nil {
 		return "", nil, "", err
@@ -261,7 +300,7 @@ func (h *harness) startCacheBalancer(ctx context.Context, cfg cacheConfig, addrs
 		if lookErr != nil {
 			return "", nil, "haproxy is not installed (apt-get install haproxy)", nil
 		}
-		text = haproxyHashConfig(site, addrs)
+		text = cfg.haproxy(site, addrs)
 		file := filepath.Join(h.tmp, "haproxy.cfg")
 		if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
 			return "", nil, "", err
@@ -282,7 +321,7 @@ func (h *harness) startCacheBalancer(ctx context.Context, cfg cacheConfig, addrs
 		spec = procSpec{name: "caddy (" + cfg.name + ")", cpus: h.lbCPUs, env: h.env, grace: 300 * time.Millisecond,
 			logFile: filepath.Join(h.tmp, "caddy.log"), bin: h.caddy, args: []string{"run", "--config", file, "--adapter", "caddyfile"}}
 	}
-	if err := os.WriteFile(filepath.Join(h.out, "caddyfiles", "cache-"+cfg.name+".conf"), []byte(text), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(h.out, "caddyfiles", scenario+"-"+cfg.name+".conf"), []byte(text), 0o644); err != nil {
 		return "", nil, "", err
 	}
 	p, err := h.procs.start(spec)
@@ -299,6 +338,12 @@ func (h *harness) startCacheBalancer(ctx context.Context, cfg cacheConfig, addrs
 // haproxyHashConfig is HAProxy's bounded consistent hash on the header, on
 // 127.0.0.1 only.
 func haproxyHashConfig(site string, addrs []string) string {
+	return haproxyConfig(site, addrs, fmt.Sprintf("hdr(X-Key)\n\thash-type consistent\n\thash-balance-factor %d", int(cacheFactor*100)))
+}
+
+// haproxyConfig is HAProxy with the balance algorithm (and its lines) over
+// addrs, on 127.0.0.1 only.
+func haproxyConfig(site string, addrs []string, balance string) string {
 	var servers strings.Builder
 	for i, a := range addrs {
 		fmt.Fprintf(&servers, "\tserver s%d %s\n", i, a)
@@ -318,8 +363,6 @@ frontend fe
 	default_backend be
 
 backend be
-	balance hdr(X-Key)
-	hash-type consistent
-	hash-balance-factor %d
-%s`, site, int(cacheFactor*100), servers.String())
+	balance %s
+%s`, site, balance, servers.String())
 }

@@ -23,6 +23,9 @@ type lbConfig struct {
 	// upstream is the placeholder naming the backend that served a
 	// request, for the access log.
 	upstream string
+	// peer is set for a load balancer other than Caddy (HAProxy, nginx),
+	// which only the scenarios comparing with peers run (see grpc.go).
+	peer bool
 }
 
 // siteSpec is what a run's Caddyfile is made for.
@@ -67,6 +70,8 @@ var allConfigs = []lbConfig{
 	{Name: "rp_least_conn", Label: "reverse_proxy least_conn", proxies: true, handler: reverseProxyHandler("least_conn"), upstream: rpUpstream},
 	{Name: "rp_round_robin", Label: "reverse_proxy round_robin", proxies: true, handler: reverseProxyHandler("round_robin"), upstream: rpUpstream},
 	{Name: "respond", Label: "respond (no proxy)", proxies: false, handler: respondHandler},
+	{Name: peerHAProxy, Label: "HAProxy", proxies: true, peer: true},
+	{Name: peerNginx, Label: "nginx", proxies: true, peer: true},
 }
 
 // configNames lists the known configurations, for errors.

@@ -49,6 +49,9 @@ type loadResult struct {
 	LoadCPUSeconds float64   `json:"load_cpu_seconds"` // of the load generator and the backends
 	CPUBusy        []float64 `json:"cpu_busy"`         // per core, the busy fraction of the window
 	Backends       []int64   `json:"backend_requests"`
+	// OpenStreams is each gRPC backend's open streams at the end of the
+	// window (grpc_stream only).
+	OpenStreams []int64 `json:"backend_open_streams,omitempty"`
 	// Series is each backend's requests in each -series step of the
 	// window, in order (only with -series).
 	Series     [][]int64 `json:"backend_series,omitempty"`
@@ -112,15 +115,7 @@ func runLoad(args []string) error {
 	if err := raiseFileLimit(); err != nil {
 		return fmt.Errorf("load: %w", err)
 	}
-	for p := range strings.SplitSeq(*pids, ",") {
-		if n, err := strconv.Atoi(p); err == nil {
-			s.loadPIDs = append(s.loadPIDs, n)
-		}
-	}
-	s.loadPIDs = append(s.loadPIDs, os.Getpid())
-	if backends != "" {
-		s.backends = strings.Split(backends, ",")
-	}
+	s.sampled(*pids, backends)
 	gen := generate
 	if s.h2 {
 		gen = generateH2
@@ -130,6 +125,21 @@ func runLoad(args []string) error {
 		return err
 	}
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// sampled sets what the samples read besides the load balancer: the
+// backends' CPU time (PIDs comma-separated) and this process's, and the
+// backends' counters (host:port comma-separated).
+func (s *loadSpec) sampled(pids, backends string) {
+	for p := range strings.SplitSeq(pids, ",") {
+		if n, err := strconv.Atoi(p); err == nil {
+			s.loadPIDs = append(s.loadPIDs, n)
+		}
+	}
+	s.loadPIDs = append(s.loadPIDs, os.Getpid())
+	if backends != "" {
+		s.backends = strings.Split(backends, ",")
+	}
 }
 
 // sample is the state read at each end of the measured window.
@@ -305,16 +315,24 @@ func measure(s loadSpec, start, end time.Time, wait func() []*tally) (*loadResul
 	}
 	tallies := wait()
 
-	var all histogram
-	res := &loadResult{Seconds: after.at.Sub(before.at).Seconds(), Series: series}
+	res := &loadResult{Series: series}
 	if series != nil {
 		res.SeriesStep = s.series.Seconds()
 	}
+	var all histogram
 	for _, t := range tallies {
 		all.merge(&t.hist)
 		res.Requests += t.requests
 		res.Errors += t.errors
 	}
+	res.window(before, after, &all)
+	return res, nil
+}
+
+// window fills in the figures of the measured window between two samples,
+// with the latencies of all its requests.
+func (res *loadResult) window(before, after sample, all *histogram) {
+	res.Seconds = after.at.Sub(before.at).Seconds()
 	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
 	res.P50us, res.P90us, res.P99us = us(all.quantile(0.50)), us(all.quantile(0.90)), us(all.quantile(0.99))
 	res.P999us, res.MaxUs, res.MeanUs = us(all.quantile(0.999)), us(all.max), us(all.mean())
@@ -325,7 +343,6 @@ func measure(s loadSpec, start, end time.Time, wait func() []*tally) (*loadResul
 	for i := range after.backends {
 		res.Backends = append(res.Backends, after.backends[i]-before.backends[i])
 	}
-	return res, nil
 }
 
 // run sends requests on c until the window ends. A broken connection or a

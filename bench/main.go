@@ -1,7 +1,7 @@
 // Command bench measures lbpool against Caddy's own reverse_proxy, in one
 // command from the repository root:
 //
-//	go run ./bench            # about 23 minutes on a quiet machine; -quick: 3 minutes
+//	go run ./bench            # about 29 minutes on a quiet machine; -quick: 4 minutes
 //	go run ./bench -publish   # also copies the chart to docs/bench.svg
 //	go run ./bench -quick -scenarios post,https   # some workloads only
 //
@@ -47,6 +47,16 @@
 //     p50/p99 and each backend's peak in flight for lbpool hash (bounded
 //     and not), lbpool least_conn, reverse_proxy lb_policy header and
 //     HAProxy's bounded consistent hash (see cache.go).
+//   - grpc_unary, grpc_one_conn and grpc_stream (-scenarios grpc for all
+//     three): grpc-go backends over h2c and a grpc-go load generator; 64
+//     callers on 4 client connections (or one) making 100-byte unary calls,
+//     or holding one server stream each of 1 KiB messages, through lbpool,
+//     reverse_proxy, HAProxy and nginx; calls (messages) per second, LB CPU
+//     per call and each backend's share (grpc.go).
+//   - heterogeneous: three backends, one of half the capacity, that report
+//     their utilization (ORCA endpoint-load-metrics); p50/p99 and shares for
+//     lbpool least_conn, least_time, least_conn with load_reports,
+//     reverse_proxy least_conn and HAProxy leastconn (heterogeneous.go).
 //   - retry_storm: three backends that start answering 503 to every other
 //     request half-way through; backend requests per client request and
 //     the clients' success rate for lbpool with its retry budget and
@@ -113,6 +123,10 @@ func dispatch(args []string, stdout io.Writer) error {
 			return runBackend(args[1:])
 		case "-load", "--load":
 			return runLoad(args[1:])
+		case "-grpc-backend", "--grpc-backend":
+			return runGRPCBackend(args[1:])
+		case "-grpc-load", "--grpc-load":
+			return runGRPCLoad(args[1:])
 		}
 	}
 	opts, err := parseOptions(args)
@@ -184,7 +198,7 @@ func parseOptions(args []string) (options, error) {
 	fs.StringVar(&scalingClients, "scaling-clients", "2000,5000", "client counts of the scaling scenarios, on 3 backends (3 backends under -conns clients is the first point)")
 	fs.StringVar(&configs, "configs", "lbpool,lbpool_least_time,lbpool_options,rp_least_conn,rp_round_robin,respond",
 		"configurations, comma-separated; each scenario runs those of its own it finds here (see scenarios in main.go)")
-	fs.StringVar(&scenarios, "scenarios", strings.Join(scenarioNames, ","), "scenarios, comma-separated; https stands for https_h1,https_h2")
+	fs.StringVar(&scenarios, "scenarios", strings.Join(scenarioNames, ","), "scenarios, comma-separated; https stands for https_h1,https_h2, grpc for grpc_unary,grpc_one_conn,grpc_stream")
 	fs.BoolVar(&o.Quick, "quick", false, "smoke test: 1 repeat of 1s runs after 0.3s warm-up (flip: 1s fast, 2s slow, 2s fast; 1000 websockets)")
 	fs.StringVar(&o.out, "out", "", "folder for report.txt, results.json and chart.svg (default bench/out)")
 	fs.BoolVar(&o.publish, "publish", false, "also copy the chart to docs/bench.svg")
@@ -243,6 +257,9 @@ func parseOptions(args []string) (options, error) {
 	if i := slices.Index(o.Scenarios, scScaling); i >= 0 {
 		o.Scenarios = slices.Replace(o.Scenarios, i, i+1, o.scalingNames()...)
 	}
+	if i := slices.Index(o.Scenarios, scGRPC); i >= 0 {
+		o.Scenarios = slices.Replace(o.Scenarios, i, i+1, grpcScenarios...)
+	}
 	o.profileLoads = splitList(profileLoads)
 	for _, l := range o.profileLoads {
 		if !slices.Contains([]string{scThroughput, scPost, scClients, scHTTPS1, scHTTPS2, scH2, scOptions}, l) {
@@ -250,16 +267,17 @@ func parseOptions(args []string) (options, error) {
 		}
 	}
 	for _, c := range append(slices.Clone(o.Configs), o.profile...) {
-		if _, ok := configByName(c); !ok {
-			return o, fmt.Errorf("unknown configuration %q (known: %s)", c, configNames())
+		if cfg, ok := configByName(c); !ok || cfg.peer {
+			return o, fmt.Errorf("unknown configuration %q (known: %s; HAProxy and nginx run in the scenarios that compare with them)", c, configNames())
 		}
 	}
 	if !slices.Contains(o.Configs, baseline) {
 		return o, fmt.Errorf("-configs must include %s: every ratio is taken against it", baseline)
 	}
 	for _, s := range o.Scenarios {
-		if !slices.Contains(scenarioNames, s) && s != scHTTPS1 && s != scHTTPS2 && !strings.HasPrefix(s, scScaling+"_") {
-			return o, fmt.Errorf("unknown scenario %q (known: %s, https_h1, https_h2)", s, strings.Join(scenarioNames, ", "))
+		if !slices.Contains(scenarioNames, s) && s != scHTTPS1 && s != scHTTPS2 && !slices.Contains(grpcScenarios, s) &&
+			!strings.HasPrefix(s, scScaling+"_") {
+			return o, fmt.Errorf("unknown scenario %q (known: %s, https_h1, https_h2, %s)", s, strings.Join(scenarioNames, ", "), strings.Join(grpcScenarios, ", "))
 		}
 	}
 	if o.Repeats < 1 || o.Conns < 1 || o.QualityConns < 1 || o.Duration <= 0 || o.Warmup < 0 || o.FlipSlow <= 0 ||
@@ -335,6 +353,12 @@ type scenario struct {
 	// Scaling is the axis a scaling scenario is a point of: "backends" or
 	// "clients".
 	Scaling string `json:"scaling,omitempty"`
+	// GRPC is "unary" or "stream" in the gRPC scenarios (grpc.go), whose
+	// Conns callers share ClientConns connections and send (or receive)
+	// messages of MessageBytes.
+	GRPC         string `json:"grpc,omitempty"`
+	ClientConns  int    `json:"client_conns,omitempty"`
+	MessageBytes int    `json:"message_bytes,omitempty"`
 
 	delay time.Duration
 }
@@ -358,7 +382,7 @@ const (
 
 // scenarioNames are the scenarios -scenarios takes, in the order of a
 // default run.
-var scenarioNames = []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, "https", scH2, scOptions, scScaling, scCache, scRetryStorm}
+var scenarioNames = []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, "https", scH2, scOptions, scGRPC, scScaling, scCache, scRetryStorm, scHeterogeneous}
 
 // The h2_clients scenario's load: h2Conns connections of h2Streams
 // concurrent streams each, as a few browser tabs would hold.
@@ -413,7 +437,7 @@ func scenarios(o options) []scenario {
 	var out []scenario
 	var general, proxies []string
 	for _, c := range o.Configs {
-		if c == optionsConfig {
+		if cfg, _ := configByName(c); c == optionsConfig || cfg.peer {
 			continue
 		}
 		general = append(general, c)
@@ -482,6 +506,8 @@ func scenarios(o options) []scenario {
 			sc.Sticky, sc.AccessLog = true, pick("lbpool", optionsConfig, baseline)
 			sc.LogAppend = pick(optionsConfig, baseline)
 			out = append(out, sc)
+		case scGRPCUnary, scGRPCOneConn, scGRPCStream:
+			out = append(out, grpcScenario(o, name, pick))
 		default:
 			if axis, backends, clients, ok := o.scalingPoint(name); ok {
 				out = append(out, scenario{Name: name, Conns: clients, Slow: -1, Backends: backends, Scaling: axis,
@@ -500,7 +526,7 @@ func (o options) window(sc scenario) time.Duration {
 	switch sc.Name {
 	case scFlip:
 		return o.FlipBefore + o.FlipSlow + o.FlipAfter
-	case scPost, scClients, scHTTPS1, scHTTPS2, scOptions, scH2:
+	case scPost, scClients, scHTTPS1, scHTTPS2, scOptions, scH2, scGRPCUnary, scGRPCOneConn, scGRPCStream:
 		return o.WorkloadDuration
 	case scWebsockets:
 		return o.wsHold()
@@ -625,15 +651,22 @@ func run(ctx context.Context, o options) error {
 	} else if h.caddy, err = buildCaddy(ctx, root, tmp); err != nil {
 		return err
 	}
+	h.gateGRPC(ctx, scs)
 
 	if slices.Contains(o.Scenarios, scCache) {
 		// its own backends, load and table (cache.go)
 		if err := h.runCache(ctx); err != nil {
 			return err
 		}
-		if len(scs) == 0 {
-			return nil
+	}
+	if slices.Contains(o.Scenarios, scHeterogeneous) {
+		// its own backends, load and table (heterogeneous.go)
+		if err := h.runHeterogeneous(ctx); err != nil {
+			return err
 		}
+	}
+	if len(scs) == 0 && !slices.Contains(o.Scenarios, scRetryStorm) {
+		return nil
 	}
 	res := &results{Machine: describeMachine(h.caddy), Options: o, Pinning: note,
 		LBCPUs: h.lbCPUs, LoadCPUs: h.ldCPUs, Scenarios: scs}
@@ -766,6 +799,8 @@ func (h *harness) runNamed(ctx context.Context, sc scenario, name string, backen
 	var err error
 	if sc.Websockets > 0 {
 		rec, err = h.runWebsockets(ctx, sc, cfg, backends)
+	} else if sc.GRPC != "" {
+		rec, err = h.runGRPC(ctx, sc, cfg, backends)
 	} else {
 		rec, err = h.runOne(ctx, sc, cfg, backends, h.opts.warmup(sc), h.opts.window(sc), nil)
 	}
@@ -880,6 +915,17 @@ func (h *harness) startBackends(ctx context.Context, sc scenario) (bs backendSet
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		name := fmt.Sprintf("b%d", i+1)
+		if sc.GRPC != "" {
+			p, counter, err := h.startGRPCBackend(sc, name, addr)
+			if err != nil {
+				stop()
+				return bs, nil, err
+			}
+			started = append(started, p)
+			bs.addrs, bs.counters = append(bs.addrs, addr), append(bs.counters, counter)
+			bs.pids = append(bs.pids, strconv.Itoa(p.pid()))
+			continue
+		}
 		args := []string{"-backend", "-listen", addr, "-name", name}
 		if sc.HTTPS != "" {
 			port, err := freePort()
@@ -913,10 +959,9 @@ func (h *harness) startBackends(ctx context.Context, sc scenario) (bs backendSet
 			return bs, nil, err
 		}
 		started = append(started, p)
-		bs.addrs = append(bs.addrs, addr)
+		bs.addrs, bs.counters = append(bs.addrs, addr), append(bs.counters, addr)
 		bs.pids = append(bs.pids, strconv.Itoa(p.pid()))
 	}
-	bs.counters = slices.Clone(bs.addrs)
 	for i, addr := range bs.counters {
 		if err := waitHTTP(ctx, started[i], "http://"+addr+"/health", 10*time.Second); err != nil {
 			stop()
@@ -943,10 +988,12 @@ func (h *harness) startBackends(ctx context.Context, sc scenario) (bs backendSet
 type backendSet struct {
 	addrs    []string // host:port
 	tlsAddrs []string // of their TLS listeners, in the https scenarios
-	pids     []string
-	// counters are the backend processes' plain listeners, whose /count
-	// counts all of the process's listeners: the first numBackends addrs.
+	// counters are host:port of their /health and /count: addrs but for
+	// gRPC backends, and in the scaling scenarios only the three
+	// processes' plain listeners, whose /count counts all of the
+	// process's listeners (the first numBackends addrs)
 	counters []string
+	pids     []string
 }
 
 // runOne runs one configuration: a fresh Caddy, the load generator (which
@@ -1082,11 +1129,17 @@ func (h *harness) runOne(ctx context.Context, sc scenario, cfg lbConfig, backend
 	if sc.Name == scFlip {
 		rec.flipFigures(sc.Slow, h.opts.FlipBefore+h.opts.FlipSlow)
 	}
+	h.lbCoreFigures(&rec)
+	return rec, nil
+}
+
+// lbCoreFigures derives what else ran on the load balancer's core, and its
+// busy time per request, when the load balancer has a core of its own.
+func (h *harness) lbCoreFigures(rec *runRecord) {
 	if lb := singleCore(h.lbCPUs); lb >= 0 && lb < len(rec.CPUBusy) {
 		rec.OthersOnLBCore = max(rec.CPUBusy[lb]-rec.CaddyCore, 0)
 		rec.LBCorePerReqUs = rec.CPUBusy[lb] * rec.Seconds / float64(rec.Requests) * 1e6
 	}
-	return rec, nil
 }
 
 // waitHTTP polls url until it answers 200, p exits, or bound passes.

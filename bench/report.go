@@ -162,6 +162,10 @@ func scenarioMetrics(sc scenario) []metric {
 		return []metric{metricWSRSS, metricWSGoroutines}
 	case sc.Name == scClients || sc.Scaling != "":
 		return []metric{metricLBCPU, metricPeakRSS, metricP99, metricP50, metricReqPerSec}
+	case sc.GRPC == "stream":
+		// the gaps between a stream's messages say little across proxies
+		// that batch differently
+		return []metric{metricLBCPU, metricLBCore, metricReqPerSec}
 	}
 	return []metric{metricLBCPU, metricLBCore, metricP99, metricP50, metricReqPerSec}
 }
@@ -263,12 +267,32 @@ var targets = []targetDef{
 	pairedTarget(perfIssue, scPost, "lbpool", baseline, metricLBCPU, 0.5),
 	pairedTarget(perfIssue, scClients, "lbpool", baseline, metricLBCPU, 0.5),
 	pairedTarget(perfIssue, scClients, "lbpool", baseline, metricPeakRSS, 0.6),
-	runTarget(perfIssue, scWebsockets, "lbpool", "Caddy's RSS per websocket", 25, " KiB", func(sc scenario, r *runRecord) *float64 {
+	runTarget(perfIssue, scWebsockets, "lbpool", "Caddy's RSS per websocket", 20, " KiB", func(sc scenario, r *runRecord) *float64 {
 		return finite(metricWSRSS.value(r, sc.Slow))
+	}),
+	runTarget(perfIssue, scWebsockets, "lbpool", "Caddy's goroutines per websocket", 2, "", func(sc scenario, r *runRecord) *float64 {
+		return finite(metricWSGoroutines.value(r, sc.Slow))
 	}),
 	pairedTarget(perfIssue, scOptions, optionsConfig, "lbpool", metricLBCPU, 1.15),
 
 	pairedTarget("issue 29", scH2, "lbpool", baseline, metricLBCPU, 0.6),
+	pairedTarget("issue 26", scGRPCUnary, "lbpool", baseline, metricLBCPU, 0.9),
+	runTarget("issue 26", scGRPCOneConn, "lbpool", "largest distance of a backend's share from a third", 3, "%", func(_ scenario, r *runRecord) *float64 {
+		return shareSpread(r)
+	}),
+}
+
+// shareSpread is how far, in percentage points, the backend share farthest
+// from an even split is from it; nil without shares.
+func shareSpread(r *runRecord) *float64 {
+	if len(r.Shares) == 0 {
+		return nil
+	}
+	var worst float64
+	for _, s := range r.Shares {
+		worst = max(worst, math.Abs(s-1/float64(len(r.Shares)))*100)
+	}
+	return &worst
 }
 
 func finite(v float64) *float64 {
@@ -578,6 +602,8 @@ func (res *results) report(w io.Writer) {
 		case sc.Scaling != "":
 			fmt.Fprintf(w, "== %s: %d fast backends; %d keep-alive clients on small GETs (a point of the scaling table below)\n",
 				sc.Name, sc.backends(), sc.Conns)
+		case sc.GRPC != "":
+			fmt.Fprintln(w, grpcHeading(sc))
 		default:
 			fmt.Fprintf(w, "== %s: %d fast backends; %d keep-alive clients%s\n", sc.Name, sc.backends(), sc.Conns, scenarioNotes[sc.Name])
 		}
@@ -617,7 +643,11 @@ func (res *results) repeatTable(w io.Writer, sc scenario, rep int) {
 	fmt.Fprintf(w, "repeat %d (in this order)\n", rep)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	head := "config\treq/s\tp50 ms\tp99 ms\tmax ms\tLB µs/req\tLB core µs/req\tload µs/req\tCaddy\tothers on LB core\tload core\tpeak RSS MiB\t"
-	if sc.Slow >= 0 {
+	if sc.GRPC != "" {
+		head = strings.NewReplacer("req/s", sc.unit()+"s/s", "/req", "/"+sc.unit(), "Caddy\t", "LB\t").Replace(head)
+	}
+	shares := sc.Slow >= 0 || sc.GRPC != ""
+	if shares {
 		for i := range numBackends {
 			name := fmt.Sprintf("b%d", i+1)
 			if i == sc.Slow && sc.Name == scFlip {
@@ -628,6 +658,9 @@ func (res *results) repeatTable(w io.Writer, sc scenario, rep int) {
 			head += name + "\t"
 		}
 	}
+	if sc.GRPC == "stream" {
+		head += "open streams\t"
+	}
 	fmt.Fprintln(tw, head+"errors\t")
 	lb, ld := singleCore(res.LBCPUs), singleCore(res.LoadCPUs)
 	for _, name := range order {
@@ -635,7 +668,7 @@ func (res *results) repeatTable(w io.Writer, sc scenario, rep int) {
 		line := fmt.Sprintf("%s\t%.0f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.1f\t%.0f%%\t%s\t%s\t%.0f\t", r.Config, r.ReqPerSec, r.P50us/1e3, r.P99us/1e3,
 			r.MaxUs/1e3, r.LBCPUPerReqUs, orDash(r.LBCorePerReqUs), r.LoadCPUPerReqUs, r.CaddyCore*100, others(r, lb), busy(r.CPUBusy, ld),
 			float64(r.LBPeakRSSKiB)/1024)
-		if sc.Slow >= 0 {
+		if shares {
 			for i := range numBackends {
 				if i < len(r.Shares) {
 					line += fmt.Sprintf("%.1f%%\t", r.Shares[i]*100)
@@ -643,6 +676,9 @@ func (res *results) repeatTable(w io.Writer, sc scenario, rep int) {
 					line += "-\t"
 				}
 			}
+		}
+		if sc.GRPC == "stream" {
+			line += strings.Trim(strings.ReplaceAll(fmt.Sprint(r.OpenStreams), " ", "/"), "[]") + "\t"
 		}
 		fmt.Fprintf(tw, "%s%d\t\n", line, r.Errors)
 	}

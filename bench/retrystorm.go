@@ -68,20 +68,25 @@ var stormConfigs = []struct{ name, handler string }{
 	{"haproxy", ""},
 }
 
-// haproxyStormConfig retries a 503 on another server, up to 3 times.
-func haproxyStormConfig(port int, backends []string) string {
-	var servers strings.Builder
-	for i, b := range backends {
-		fmt.Fprintf(&servers, "\tserver b%d %s check inter 20s\n", i+1, b)
-	}
-	return fmt.Sprintf(`global
+// haproxyHead is the start of the HAProxy configurations: the global
+// section and the defaults every one shares, which a configuration may
+// extend.
+const haproxyHead = `global
 	maxconn 4096
 defaults
 	mode http
 	timeout connect 3s
 	timeout client 30s
 	timeout server 30s
-	retries 3
+`
+
+// haproxyStormConfig retries a 503 on another server, up to 3 times.
+func haproxyStormConfig(port int, backends []string) string {
+	var servers strings.Builder
+	for i, b := range backends {
+		fmt.Fprintf(&servers, "\tserver b%d %s check inter 20s\n", i+1, b)
+	}
+	return haproxyHead + fmt.Sprintf(`	retries 3
 	retry-on 503
 	option redispatch 1
 frontend fe

@@ -28,7 +28,7 @@ func TestBackupServesOnlyWhenNoPrimaryCan(t *testing.T) {
 	c := lbtest.Start(t)
 	p1, p2 := lbtest.NewBackend(t, "p1", nil), lbtest.NewBackend(t, "p2", nil)
 	backup := lbtest.NewBackend(t, "backup", nil)
-	c.Load(t, site(c, "backup "+backup.Addr()+"\n\t\thealth_down_interval 200ms", p1, p2, backup))
+	c.Load(t, site(c, "backup "+backup.Addr()+"\n\t\thealth_down_interval 200ms\n\t\theader_down X-Pick {http.lbpool.pick}", p1, p2, backup))
 	waitAlive(t, c, p1, p2, backup)
 	if s := c.Backend(t, "web", backup.URL()); !s.Backup {
 		t.Errorf("stats of the backup backend: backup %v, want true", s.Backup)
@@ -53,6 +53,9 @@ func TestBackupServesOnlyWhenNoPrimaryCan(t *testing.T) {
 		return false
 	})
 	t.Logf("both primaries down: the backup served after %v", took.Round(time.Millisecond))
+	if _, resp := getAs(t, c, "/"); resp.Header.Get("X-Pick") != "backup" {
+		t.Errorf("{http.lbpool.pick} of a backup's answer: %q, want backup", resp.Header.Get("X-Pick"))
+	}
 	if took > time.Second {
 		t.Errorf("the backup served %v after both primaries went down, want within 1s", took)
 	}

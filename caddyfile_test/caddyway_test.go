@@ -51,8 +51,11 @@ func awaitAllUp(t *testing.T, c *lbtest.Caddy, pool string) {
 
 // accessEntry is the part of a Caddy access-log line the tests read.
 type accessEntry struct {
-	Status  int `json:"status"`
-	Request struct {
+	Status   int     `json:"status"`
+	Duration float64 `json:"duration"` // seconds
+	Size     int     `json:"size"`
+	Read     int     `json:"bytes_read"`
+	Request  struct {
 		Method string `json:"method"`
 		URI    string `json:"uri"`
 	} `json:"request"`
@@ -527,4 +530,55 @@ func TestUnixSocketBackendServesTrafficChecksAndStats(t *testing.T) {
 	if status, _ := c.Get(t, c.URL("/")); status != http.StatusServiceUnavailable {
 		t.Fatalf("with the socket gone: status %d, want 503", status)
 	}
+}
+
+func TestWebsocketAccessLogLineIsWrittenWhenItClosesWithItsDuration(t *testing.T) {
+	c := lbtest.Start(t)
+	b := echoWebsocket(t, "ws", nil)
+	logFile := filepath.Join(t.TempDir(), "access.log")
+	c.Load(t, fmt.Sprintf(`:%d {
+	log {
+		output file %s
+		format json
+	}
+	lbpool %s {
+		name web
+	}
+}`, c.HTTPPort, logFile, b.Addr()))
+	wsLines := func() []accessEntry {
+		var out []accessEntry
+		for _, e := range readAccessLog(t, logFile) {
+			if e.Request.URI == "/ws" {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	conn, br := dialWebsocket(t, c)
+	const held = 500 * time.Millisecond
+	deadline := time.Now().Add(held)
+	pings := 1 // dialWebsocket's
+	for ; time.Now().Before(deadline); pings++ {
+		if !echoes(conn, br) {
+			t.Fatal("the websocket stopped echoing")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := wsLines(); len(got) != 0 {
+		t.Fatalf("the websocket's access log line was written while it was open: %s", got[0].raw)
+	}
+	conn.Close()
+	lbtest.Eventually(t, 10*time.Second, "the websocket's access log line once it closed", func() bool { return len(wsLines()) > 0 })
+	got := wsLines()
+	if len(got) != 1 {
+		t.Fatalf("%d access log lines for the websocket, want 1", len(got))
+	}
+	e := got[0]
+	// the client sent "ping\n" once a loop; the greeting and each echo came back
+	if e.Status != http.StatusSwitchingProtocols || e.Duration < held.Seconds() || e.Read < 5*pings || e.Size < 10*pings ||
+		e.RespHeaders.Get("Upgrade") != "websocket" {
+		t.Fatalf("the websocket's access log line: status %d, duration %.3fs, bytes_read %d, size %d after %d pings; want 101, at least %v, the bytes each way and the 101's headers:\n%s",
+			e.Status, e.Duration, e.Read, e.Size, pings, held, e.raw)
+	}
+	t.Logf("the websocket's line: %s", e.raw)
 }

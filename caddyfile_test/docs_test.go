@@ -25,6 +25,7 @@ import (
 	"github.com/lbpool/lbpool/internal/docblocks"
 	"github.com/lbpool/lbpool/internal/lbtest"
 	"github.com/lbpool/lbpool/leastconn"
+	"github.com/lbpool/lbpool/statsapi"
 )
 
 var update = flag.Bool("update", false, "rewrite the answers shown in README.md and docs/ from what Caddy answers")
@@ -85,6 +86,10 @@ var knownBlocks = map[string][]string{
 	"sh":        {""},
 	"text":      {"", "metrics"},
 	"promql":    {""},
+	// backend code that emits a load report (docs/load-reports.md)
+	"go":         {""},
+	"python":     {""},
+	"javascript": {""},
 }
 
 func TestDocREADMEStaysShort(t *testing.T) {
@@ -313,6 +318,8 @@ func TestDocConfigurationNamesEveryOption(t *testing.T) {
 	}
 	own := map[string]bool{}
 	jsonFields(reflect.TypeOf(leastconn.Handler{}), "", own)
+	// the dashboard handler's fields, named as its directive's
+	jsonFields(reflect.TypeOf(statsapi.Dashboard{}), "lbpool_dashboard.", own)
 	caddys := map[string]bool{}
 	jsonFields(reflect.TypeOf(reverseproxy.TLSConfig{}), "tls.", caddys)
 	jsonFields(reflect.TypeOf(headers.Handler{}), "headers.", caddys)
@@ -357,10 +364,14 @@ func optionRecognized(r configReference) string {
 	block := "lbpool 127.0.0.1:9001 {\n" + r.option + "\n}\n"
 	for _, f := range r.json {
 		switch {
+		case strings.HasPrefix(f, "lbpool_dashboard."):
+			block = "lbpool_dashboard " + strings.TrimPrefix(f, "lbpool_dashboard.") + "\n"
 		case strings.HasPrefix(f, "dynamic[].") && !strings.HasPrefix(r.option, "dynamic"):
 			block = "lbpool {\ndynamic a app.internal 80 {\n" + r.option + "\n}\n}\n"
 		case strings.HasPrefix(f, "sticky.") && r.option != "sticky":
 			block = "lbpool 127.0.0.1:9001 {\nsticky cookie {\n" + r.option + "\n}\n}\n"
+		case strings.HasPrefix(f, "load_reports.") && !strings.HasPrefix(r.option, "load_reports"):
+			block = "lbpool 127.0.0.1:9001 {\nload_reports {\n" + r.option + "\n}\n}\n"
 		}
 	}
 	_, _, err := adaptCaddyfile([]byte(wrapPartial(block)))

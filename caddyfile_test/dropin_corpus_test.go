@@ -159,6 +159,12 @@ func sameMeaning(rp, lb map[string]any) []string {
 		want := rpFlat[k]
 		if strings.HasPrefix(k, "upstreams.") {
 			want = withScheme(want, rpFlat)
+			if h2cWritten(rpFlat, lbFlat) {
+				want = "h2c://" + want
+			}
+		}
+		if strings.HasPrefix(k, "transport.versions.") && h2cWritten(rpFlat, lbFlat) {
+			continue // the h2c:// of each backend says it
 		}
 		if got, ok := lbFlat[to]; !ok || got != want {
 			problems = append(problems, fmt.Sprintf("reverse_proxy's %s = %s; lbpool's %s = %s (present: %v)", k, want, to, got, ok))
@@ -190,6 +196,12 @@ func withScheme(dial string, rp map[string]string) string {
 		}
 	}
 	return "https://" + dial
+}
+
+// h2cWritten: reverse_proxy's h2c:// upstreams, which its adapter turns
+// into versions h2c 2, kept as h2c:// backends by lbpool's.
+func h2cWritten(rp, lb map[string]string) bool {
+	return hasValue(rp, "transport.versions.", "h2c") && !hasValue(lb, "versions.", "h2c")
 }
 
 func hasValue(flat map[string]string, prefix, v string) bool {

@@ -465,19 +465,24 @@ func TestNoGoroutineGrowthAcrossReloadsAndPoolRemoval(t *testing.T) {
 	baseline := settle()
 
 	for i := range 50 {
-		// alternate backends, settings, worker counts and a second pool
+		// alternate backends, settings, worker counts, load reports and a
+		// second pool
 		set := backends[i%2 : i%2+3]
 		extra := fmt.Sprintf("health_interval %dms\n\t\tstats_uri /stats\n\t\tstats_workers %d", 50+i, 1+i%3)
+		if i%3 == 0 {
+			extra += "\n\t\tload_reports"
+		}
 		c.Load(t, site(c, extra, set...)+fmt.Sprintf("\n:%d {\n\tlbpool %s\n}", lbtest.FreePort(t), backends[3].Addr()))
 		if i%10 == 0 {
 			c.Get(t, c.URL("/"))
 		}
 	}
-	c.Load(t, site(c, "health_interval 50ms\n\t\tstats_uri /stats", backends[:3]...))
-	// 3 backends: 3 checkers, the default 3 stats workers, and the pool's
-	// fleet state sync (the second pool's has stopped with it)
-	lbtest.EventuallyOr(t, 5*time.Second, "exactly 7 lbpool goroutines after 50 reloads", func() bool {
-		return lbpoolGoroutines() == 7
+	c.Load(t, site(c, "health_interval 50ms\n\t\tstats_uri /stats\n\t\tload_reports", backends[:3]...))
+	// 3 backends: 3 checkers, the default 3 stats workers, the pool's
+	// fleet state sync (the second pool's has stopped with it) and its
+	// load reports' weigher
+	lbtest.EventuallyOr(t, 5*time.Second, "exactly 8 lbpool goroutines after 50 reloads", func() bool {
+		return lbpoolGoroutines() == 8
 	}, func() { t.Logf("%d lbpool goroutines", lbpoolGoroutines()); dumpGoroutines(t) })
 
 	c.Load(t, empty)

@@ -388,50 +388,63 @@ func maxOf(xs []int64) int64 {
 }
 
 // TestHashZipfStaysUnderTheBoundAndMostlyOnFirstChoices sends Zipf(1.1)
-// keys twice: unbounded, where every request goes to its key's first choice
-// and the backends' shares show how uneven the keys are, then bounded. A
-// backend whose keys bring more than f/8 of the requests must pass the
+// keys over 10,000 keys from 64 clients to 8 backends: unbounded, where
+// every request goes to its key's first choice and the backends' shares
+// show how uneven the keys are, then with the default factor 1.25 and with
+// 2. A backend whose keys bring more than f/8 of the requests must pass the
 // excess on, so the best any bound can do is 1 - Σ max(0, share - f/8) on
-// first choices. The bounded run stays under the bound at every moment;
-// it falls short of that best because 64 requests over 8 backends leave
-// little room (a bound of 10 or 11 over a mean of 8: a moment's burst on a
-// cold backend spills too), so it must come within 25 points of it.
+// first choices: at 1.25 that ceiling is itself 84-91% for this key mix
+// (it depends on where the hot keys land), so 90% on first choices cannot
+// be asked of the default; the bounded run must stay under the bound at
+// every moment and come within 20 points of its ceiling (bursts of 64
+// requests over bounds of 10 or 11 spill too). At 2 the run must put at
+// least 90% on first choices, under its bound.
 func TestHashZipfStaysUnderTheBoundAndMostlyOnFirstChoices(t *testing.T) {
 	c := lbtest.Start(t)
 	const total = 6000
 	zipf := func(rng *rand.Rand) string { return fmt.Sprint("k", zipfKey(rng, 10000, 1.1)) }
-	bs, _ := measured(t, 8, 10*time.Millisecond)
+	// the same backends (the same key space) for every run
+	bs, fs := measured(t, 8, 10*time.Millisecond)
 	c.Load(t, site(c, "lb_policy header X-Key\n\t\thash_balance_factor off", bs...))
 	if failed := hammer(c, 64, total, zipf); failed != 0 {
 		t.Fatalf("%d requests failed", failed)
 	}
-	best := 1.0
-	shares := make([]string, len(bs))
+	shares := make([]float64, len(bs))
 	for i, b := range bs {
-		share := float64(b.Requests.Load()) / total
-		shares[i] = fmt.Sprintf("%.1f%%", 100*share)
-		best -= max(0, share-1.25/8)
+		shares[i] = float64(b.Requests.Load()) / total
 	}
+	t.Logf("zipf 1.1 over 10,000 keys, 64 clients: unbounded shares %.3f", shares)
 
-	bs, fs := measured(t, 8, 10*time.Millisecond)
-	c.Load(t, site(c, "lb_policy header X-Key", bs...))
-	before := hashSpills(t, c)
-	if failed := hammer(c, 64, total, zipf); failed != 0 {
-		t.Fatalf("%d requests failed", failed)
-	}
-	bound := int64(math.Ceil(1.25 * 65 / 8)) // 64 clients: at most 64 in flight
-	peaks := make([]int64, len(fs))
-	for i, f := range fs {
-		peaks[i] = f.peak.Load()
-		if peaks[i] > bound {
-			t.Errorf("backend %d held %d at once, bound %d", i, peaks[i], bound)
+	for _, f := range []float64{1.25, 2} {
+		best := 1.0
+		for _, share := range shares {
+			best -= max(0, share-f/8)
 		}
-	}
-	first := 1 - float64(hashSpills(t, c)-before)/total
-	t.Logf("zipf 1.1 over 10,000 keys, 64 clients: unbounded shares %v; the best a 1.25 bound allows on first choices: %.1f%%; bounded: %.1f%% on first choices, peaks %v (bound %d)",
-		shares, 100*best, 100*first, peaks, bound)
-	if first < best-0.25 {
-		t.Fatalf("%.1f%% of requests went to their key's first choice, want within 25 points of %.1f%%", 100*first, 100*best)
+		for _, fb := range fs {
+			fb.peak.Store(0)
+		}
+		c.Load(t, site(c, fmt.Sprintf("lb_policy header X-Key\n\t\thash_balance_factor %g", f), bs...))
+		before := hashSpills(t, c)
+		if failed := hammer(c, 64, total, zipf); failed != 0 {
+			t.Fatalf("factor %g: %d requests failed", f, failed)
+		}
+		bound := int64(math.Ceil(f * 65 / 8)) // 64 clients: at most 64 in flight
+		peaks := make([]int64, len(fs))
+		for i, fb := range fs {
+			peaks[i] = fb.peak.Load()
+			if peaks[i] > bound {
+				t.Errorf("factor %g: backend %d held %d at once, bound %d", f, i, peaks[i], bound)
+			}
+		}
+		first := 1 - float64(hashSpills(t, c)-before)/total
+		t.Logf("factor %g: the best the bound allows on first choices: %.1f%%; measured: %.1f%%, peaks %v (bound %d)",
+			f, 100*best, 100*first, peaks, bound)
+		if f == 2 && first < 0.9 {
+			t.Errorf("factor 2: %.1f%% of requests went to their key's first choice, want at least 90%%", 100*first)
+		}
+		if first < best-0.20 {
+			t.Errorf("factor %g: %.1f%% of requests went to their key's first choice, want within 20 points of %.1f%%", f, 100*first, 100*best)
+		}
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/lbpool/lbpool/internal/upstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // MaxWeight is the largest weight a backend may have.
@@ -44,7 +45,7 @@ const (
 
 // backendAddr is a parsed backend URL.
 type backendAddr struct {
-	scheme   string // http or https
+	scheme   string // http, https or h2c
 	hostport string // host:port, port always present: the host of request URLs
 	network  string // tcp, or unix for a unix socket
 	dial     string // what is dialed: host:port, or the socket's path
@@ -61,9 +62,10 @@ type backendAddr struct {
 	phHostport, phHost, phPort string
 }
 
-// parseBackendURL accepts http://host:port, https://host:port, host:port
-// (plain HTTP) and unix//path/to/socket (plain HTTP over a unix socket). A
-// missing port defaults to the scheme's.
+// parseBackendURL accepts http://host:port, https://host:port,
+// h2c://host:port (HTTP/2 with prior knowledge, no TLS), host:port (plain
+// HTTP) and unix//path/to/socket (plain HTTP over a unix socket). A missing
+// port defaults to the scheme's.
 func parseBackendURL(raw string) (backendAddr, error) {
 	s := strings.TrimSpace(raw)
 	if s == "" {
@@ -82,8 +84,8 @@ func parseBackendURL(raw string) (backendAddr, error) {
 	if err != nil {
 		return backendAddr{}, fmt.Errorf("lbpool: backend %q: %v", redactRaw(raw), parseErr(err))
 	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return backendAddr{}, fmt.Errorf("lbpool: backend %q: scheme %q not supported (use http or https)", redactRaw(raw), u.Scheme)
+	if u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "h2c" {
+		return backendAddr{}, fmt.Errorf("lbpool: backend %q: scheme %q not supported (use http, https or h2c)", redactRaw(raw), u.Scheme)
 	}
 	if u.Host == "" || u.Hostname() == "" {
 		return backendAddr{}, fmt.Errorf("lbpool: backend %q: missing host", redactRaw(raw))
@@ -122,6 +124,29 @@ func parseBackendURL(raw string) (backendAddr, error) {
 		a.display = u.Scheme + "://" + redactedUser(u.User) + "@" + hostport
 	}
 	return a, nil
+}
+
+// urlScheme is the scheme of the URLs of requests to the backend: h2c
+// backends take http:// URLs, through the h2c transport.
+func (a *backendAddr) urlScheme() string {
+	if a.scheme == "h2c" {
+		return "http"
+	}
+	return a.scheme
+}
+
+// h2c switches a plain-HTTP backend over TCP to HTTP/2 with prior
+// knowledge (transport versions h2c).
+func (a *backendAddr) h2c() {
+	if a.scheme != "http" || a.network != "tcp" {
+		return
+	}
+	a.scheme = "h2c"
+	a.key = "h2c://" + a.hostport
+	a.display = a.key
+	if a.user != nil {
+		a.display = "h2c://" + redactedUser(a.user) + "@" + a.hostport
+	}
 }
 
 func redactedUser(u *url.Userinfo) string {
@@ -173,6 +198,7 @@ type Backend struct {
 	flags    atomic.Uint32
 	active   atomic.Int64
 	weight   atomic.Int64 // the weight in effect: run-time, else configured
+	scaled   atomic.Int64 // weight × learned weight (loadreports.go), weightScale fixed point: what the picks weigh
 	rampFrom atomic.Int64 // unix nanos of the last down→up change, while flagRamp
 	rampLen  atomic.Int64 // slow-start window in nanos
 	maxConns atomic.Int64 // max_conns while flagCapped
@@ -188,7 +214,11 @@ type Backend struct {
 	sticky   atomic.Uint64 // requests routed here by their sticky cookie
 	latency  ewma          // of proxied requests' time to response headers
 
+	responseTime prometheus.Observer // its caddy_lbpool_backend_response_time_seconds (metrics.go)
+
 	h1 upstream.Pool // kept-alive connections of the direct path
+
+	tlsH1 atomic.Bool // an HTTPS backend last answered in HTTP/1.x, not HTTP/2
 
 	streams streamSet // upgraded connections to end after stream_close_delay (streams.go)
 
@@ -217,6 +247,7 @@ type Backend struct {
 	joining      bool // a discovered member not checked yet: its first check decides
 
 	memoryBytes atomic.Int64 // as the backend reports it; -1 while unknown
+	load        loadState    // its load reports and learned weight (loadreports.go)
 
 	outlier outlierState // response-based ejection (outlier.go)
 	flap    flapState    // holds after failures soon after coming back (flap.go)
@@ -236,12 +267,14 @@ func newBackend(p *Pool, a backendAddr) *Backend {
 		respec:  make(chan struct{}, 1),
 		hashID:  backendHashID(a.key),
 	}
+	b.load.learned.Store(weightScale)
 	b.setConfiguredWeight(a.weight)
 	if a.maxConns > 0 {
 		b.maxConns.Store(int64(a.maxConns))
 		b.flags.Store(flagCapped)
 	}
 	b.memoryBytes.Store(-1)
+	b.responseTime = responseTimeOf(p, b)
 	return b
 }
 
@@ -253,7 +286,7 @@ func (b *Backend) URL() string { return b.addr.display }
 // stats fetch: to the backend's address, with its credentials as basic auth.
 // A unix socket is asked for Host localhost.
 func (b *Backend) newRequest(ctx context.Context, uri string) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.addr.scheme+"://"+b.addr.hostport+uri, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.addr.urlScheme()+"://"+b.addr.hostport+uri, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -264,6 +297,31 @@ func (b *Backend) newRequest(ctx context.Context, uri string) (*http.Request, er
 		setBasicAuth(req.Header, b.addr.user)
 	}
 	return req, nil
+}
+
+// sawProto notes the HTTP version an HTTPS backend answered in (ALPN
+// chose it); one load when it is unchanged.
+func (b *Backend) sawProto(major int) {
+	if h1 := major < 2; b.tlsH1.Load() != h1 {
+		b.tlsH1.Store(h1)
+	}
+}
+
+// protocol is what the backend speaks as stats show it: h1, h2 or h2c. An
+// HTTPS backend shows h2 until it answers in HTTP/1.1 (ALPN), or h1 when
+// versions leaves HTTP/2 out.
+func (b *Backend) protocol() string {
+	noHTTP2 := false
+	if s := b.pool.spec.Load(); s != nil {
+		noHTTP2 = s.wire.NoHTTP2
+	}
+	switch {
+	case b.addr.scheme == "h2c":
+		return "h2c"
+	case b.addr.scheme == "https" && !noHTTP2 && !b.tlsH1.Load():
+		return "h2"
+	}
+	return "h1"
 }
 
 // adminState returns ready, drain or maint.

@@ -77,7 +77,14 @@ func (f *statsFetcher) fetch(ctx context.Context, b *Backend) {
 			s.logger.Error("backend stats fetch panicked", zap.String("backend", b.URL()), zap.Any("error", r))
 		}
 	}()
-	mem, err := b.fetchStats(ctx, s)
+	body, err := b.fetchStats(ctx, s)
+	if rs := s.reports; err == nil && rs != nil && rs.fromStats {
+		b.statsReport(rs, body)
+	}
+	var mem int64
+	if err == nil {
+		mem, err = parseStats(body)
+	}
 	if err != nil {
 		if c := s.logger.Check(zapcore.DebugLevel, "backend stats fetch failed"); c != nil {
 			c.Write(zap.String("pool", s.name), zap.String("backend", b.URL()), zap.Error(err))
@@ -87,32 +94,32 @@ func (f *statsFetcher) fetch(ctx context.Context, b *Backend) {
 	b.memoryBytes.Store(mem)
 }
 
-// fetchStats asks a backend for its memory use, bounded in size and time.
-func (b *Backend) fetchStats(ctx context.Context, s *poolSpec) (int64, error) {
+// fetchStats asks a backend for its stats, bounded in size and time.
+func (b *Backend) fetchStats(ctx context.Context, s *poolSpec) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.healthTimeout)
 	defer cancel()
 	req, err := b.newRequest(ctx, s.statsURI)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	req.Header.Set("Accept", "application/json, text/plain;q=0.9")
-	resp, err := s.transport.RoundTrip(req)
+	resp, err := s.transport.to(b).RoundTrip(req)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer s.transport.used()
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("status %d", resp.StatusCode)
+		return nil, fmt.Errorf("status %d", resp.StatusCode)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, statsBodyLimit+1))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	if len(body) > statsBodyLimit {
-		return 0, fmt.Errorf("stats body over %d bytes", statsBodyLimit)
+		return nil, fmt.Errorf("stats body over %d bytes", statsBodyLimit)
 	}
-	return parseStats(body)
+	return body, nil
 }
 
 var errNoMemory = errors.New("no memory figure in stats")

@@ -76,7 +76,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        refresh <duration>
 //	        resolvers <ip[:port]>...
 //	        versions ipv4|ipv6...
-//	        scheme http|https
+//	        scheme http|https|h2c
 //	        dial_timeout <duration>
 //	        dial_fallback_delay <duration>
 //	    }
@@ -115,6 +115,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	if err := p.checkPolicy(); err != nil {
 		return err
+	}
+	if lr := h.LoadReports; lr != nil && lr.Source == ReportsFromStats && h.StatsURI == "" {
+		return tokenErr(p.reportsToken, "load_reports stats reads the backends' stats_uri: set stats_uri")
 	}
 
 	if len(h.Backends) == 0 && len(h.Dynamic) == 0 {
@@ -167,8 +170,8 @@ func parseDynamic(d *caddyfile.Dispenser, seen map[string]bool) (DynamicConfig, 
 				return dc, d.ArgErr()
 			}
 			*map[string]*string{"name": &dc.Name, "service": &dc.Service, "proto": &dc.Proto, "scheme": &dc.Scheme}[opt] = v
-			if opt == "scheme" && v != "http" && v != "https" {
-				return dc, d.Errf("dynamic: scheme %q not supported (use http or https)", v)
+			if opt == "scheme" && v != "http" && v != "https" && v != "h2c" {
+				return dc, d.Errf("dynamic: scheme %q not supported (use http, https or h2c)", v)
 			}
 			if (opt == "service" || opt == "proto") && dc.Kind != "srv" {
 				return dc, d.Errf("dynamic a: %s is for srv", opt)

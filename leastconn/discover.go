@@ -71,7 +71,7 @@ type DynamicConfig struct {
 	// The address families to use: `ipv4`, `ipv6`. Default: both.
 	Versions []string `json:"versions,omitempty"`
 
-	// The members' scheme: `http` or `https`. Default: http.
+	// The members' scheme: `http`, `https` or `h2c`. Default: http.
 	Scheme string `json:"scheme,omitempty"`
 
 	// For srv: the service and protocol; with them the name looked up is
@@ -121,6 +121,10 @@ func (h *Handler) discoverySpecs() ([]dynamicSpec, error) {
 			return nil, fmt.Errorf("lbpool: dynamic %s is listed twice", d.label)
 		}
 		seen[d.label] = true
+		if d.scheme == "http" && slices.Contains(h.Versions, "h2c") {
+			d.scheme = "h2c" // transport versions h2c, as for static backends
+			d.key += "|h2c"
+		}
 		out = append(out, d)
 	}
 	return out, nil
@@ -162,8 +166,8 @@ func checkDynamic(c DynamicConfig) (dynamicSpec, error) {
 	if s.refresh < time.Millisecond {
 		return s, fmt.Errorf("dynamic %s %s: refresh must be at least 1ms", s.kind, s.name)
 	}
-	if s.scheme != "http" && s.scheme != "https" {
-		return s, fmt.Errorf("dynamic %s %s: scheme %q not supported (use http or https)", s.kind, s.name, s.scheme)
+	if s.scheme != "http" && s.scheme != "https" && s.scheme != "h2c" {
+		return s, fmt.Errorf("dynamic %s %s: scheme %q not supported (use http, https or h2c)", s.kind, s.name, s.scheme)
 	}
 	for _, r := range c.Resolvers {
 		addr, err := resolve.ParseServer(r)
@@ -434,7 +438,7 @@ func (r *registry) stopBackends(p *Pool, stopped []*Backend) {
 	for _, b := range stopped {
 		b.stopChecker()
 		forgetMetrics(p.name, b)
-		b.streams.leave()
+		b.streams.leave(p.spec.Load().logger, b.URL())
 	}
 }
 
@@ -442,6 +446,7 @@ func (r *registry) stopBackends(p *Pool, stopped []*Backend) {
 // leaving stays.
 func hold(b *Backend) {
 	b.refs++
+	b.pool.stays(b)
 	b.clearFlag(flagLeaving)
 	b.streams.stay()
 }
@@ -514,7 +519,7 @@ func (r *registry) applyAnswer(src *source, answer []found, log *zap.Logger) {
 		log.Info("member joined", zap.String("backend", b.URL()))
 	}
 	for _, b := range left {
-		b.streams.leave()
+		b.streams.leave(log, b.URL())
 		log.Info("member gone from dns; draining", zap.String("backend", b.URL()), zap.Int64("active", b.active.Load()))
 	}
 }

@@ -36,6 +36,10 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, status int, cause
 	if h.ProxyStatusName != "" {
 		h.setProxyStatus(w, status, cause)
 	}
+	if isGRPC(r) {
+		grpcFail(w, status, cause) // a gRPC client reads statuses, not pages
+		return nil
+	}
 	if !hasErrorRoutes(r) {
 		writeError(w, status, shortBodies[status], retryAfter)
 		return nil

@@ -146,6 +146,7 @@ func (b *Backend) storeWeightLocked() {
 		w = b.rt.override
 	}
 	b.weight.Store(w)
+	b.scaled.Store(w * b.load.learned.Load())
 }
 
 // applyChange makes c this backend's field if it is newer than the held

@@ -167,6 +167,13 @@ type Handler struct {
 	// 3xx is judged as it is.
 	HealthFollowRedirects bool `json:"health_follow_redirects,omitempty"`
 
+	// Makes the active checks gRPC calls of grpc.health.v1.Health/Check
+	// (over h2c or TLS, as the backend is written), with health_timeout as
+	// their deadline: SERVING passes, any other answer fails with its
+	// status as the reason. health_uri, health_method, health_status and
+	// health_body do not apply then.
+	HealthGRPC *HealthGRPC `json:"health_grpc,omitempty"`
+
 	// A regular expression the check's response body must match.
 	HealthBody string `json:"health_body,omitempty"`
 
@@ -191,6 +198,13 @@ type Handler struct {
 	// How many goroutines fetch backend stats for this pool. Default: 3; at
 	// most 1000.
 	StatsWorkers int `json:"stats_workers,omitempty"`
+
+	// Weights learned from the backends' own load reports (ORCA
+	// endpoint-load-metrics, or stats_uri): each backend's weight is
+	// multiplied by qps / (utilization + error_penalty × eps / qps),
+	// normalised to a mean of 1, as gRPC's weighted_round_robin does. Off
+	// when unset.
+	LoadReports *LoadReports `json:"load_reports,omitempty"`
 
 	// Selection.
 
@@ -321,8 +335,9 @@ type Handler struct {
 	// `compression off`).
 	Compression *bool `json:"compression,omitempty"`
 
-	// The HTTP versions used with backends: `1.1` and `2` (HTTP/2 by ALPN
-	// to HTTPS backends). Default: both.
+	// The HTTP versions used with backends: `1.1`, `2` (HTTP/2 by ALPN to
+	// HTTPS backends) and `h2c` (HTTP/2 with prior knowledge to plain-HTTP
+	// backends, as if each were written `h2c://`). Default: `1.1` and `2`.
 	Versions []string `json:"versions,omitempty"`
 
 	// Skip verification of HTTPS backends' certificates; the same as
@@ -369,13 +384,15 @@ type Handler struct {
 	// destination_unavailable).
 	ProxyStatusName string `json:"proxy_status_name,omitempty"`
 
-	// Upgraded connections (websockets) end after this long. Default: none.
+	// Streams (upgraded connections such as websockets, and server-sent
+	// event responses) end this long after they opened. Default: none.
 	StreamTimeout caddy.Duration `json:"stream_timeout,omitempty"`
 
-	// Upgraded connections to a backend that left the pool (a reload
-	// removed it, its pool was unloaded, or it is gone from DNS) end this
-	// long after it left; connections to backends that stay are kept
-	// across reloads. Default: they run until they end.
+	// Streams to a backend that left the pool (a reload removed it, its
+	// pool was unloaded, or it is gone from DNS) are closed this long after
+	// it left, spread over up to a quarter of it more; streams to backends
+	// that stay are kept across reloads. A backend that left shows as
+	// leaving until its streams end. Default: they run until they end.
 	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
 
 	// The buffer each direction of an upgraded connection copies through,
@@ -427,6 +444,10 @@ type Handler struct {
 	// classes given by their first digit (5 means 5xx).
 	UnhealthyStatus []int `json:"unhealthy_status,omitempty"`
 
+	// gRPC status codes (0-16) that count as failures when a gRPC response
+	// ends with them, in its trailers or a trailers-only answer.
+	UnhealthyGRPCStatus []int `json:"unhealthy_grpc_status,omitempty"`
+
 	// A response whose headers take this long or longer counts as a failure.
 	UnhealthyLatency caddy.Duration `json:"unhealthy_latency,omitempty"`
 
@@ -471,6 +492,7 @@ type Handler struct {
 	sticky        *stickyCookie         // nil without the sticky option
 	released      bool
 	logger        *zap.Logger
+	accessLogger  *zap.Logger // Caddy's, for the lines of upgraded connections (accesslog.go)
 }
 
 // CaddyModule returns the Caddy module information.
@@ -485,6 +507,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // handler to its pool in the registry.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.accessLogger = ctx.Logger(httpAppLogger{}).Named("log.access")
 	spec, err := h.poolSpec()
 	if err != nil {
 		return err
@@ -571,6 +594,7 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		healthHeaders:         h.HealthHeaders.Clone(),
 		healthPasses:          h.HealthPasses,
 		healthFails:           h.HealthFails,
+		healthGRPC:            h.HealthGRPC,
 		statsURI:              h.StatsURI,
 		statsWorkers:          h.StatsWorkers,
 		slowStart:             time.Duration(h.SlowStart),
@@ -619,12 +643,22 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		s.healthBody = re
 	}
 
+	var err error
+	if s.wire, err = h.wireSettings(); err != nil {
+		return nil, err
+	}
 	seen := make(map[string]bool, len(h.Backends))
 	names := make([]string, 0, len(h.Backends))
 	for _, bc := range h.Backends {
 		addr, err := parseBackendURL(bc.URL)
 		if err != nil {
 			return nil, err
+		}
+		if s.wire.H2C {
+			addr.h2c()
+		}
+		if h.HealthGRPC != nil && addr.scheme == "http" {
+			return nil, fmt.Errorf("lbpool: health_grpc: backend %s speaks HTTP/1.1, and gRPC needs HTTP/2: write it h2c:// (or https://)", addr.display)
 		}
 		if seen[addr.key] {
 			return nil, fmt.Errorf("lbpool: backend %s is listed twice", addr.display)
@@ -649,8 +683,7 @@ func (h *Handler) poolSpec() (*poolSpec, error) {
 		s.backends = append(s.backends, addr)
 		names = append(names, addr.display)
 	}
-	var err error
-	if s.wire, err = h.wireSettings(); err != nil {
+	if s.reports, err = h.reportSpec(); err != nil {
 		return nil, err
 	}
 	s.direct = s.wire.Direct()

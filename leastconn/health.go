@@ -175,6 +175,10 @@ func (b *Backend) check(ctx context.Context, s *poolSpec) checkResult {
 	res := checkResult{at: start}
 	ctx, cancel := context.WithTimeout(ctx, s.healthTimeout)
 	defer cancel()
+	if s.healthGRPC != nil {
+		b.checkGRPC(ctx, s, &res)
+		return res
+	}
 	req, err := b.checkRequest(ctx, s)
 	if err != nil {
 		res.reason = err.Error()
@@ -182,10 +186,10 @@ func (b *Backend) check(ctx context.Context, s *poolSpec) checkResult {
 	}
 	var resp *http.Response
 	if s.healthFollow {
-		resp, err = (&http.Client{Transport: s.transport}).Do(req)
+		resp, err = (&http.Client{Transport: s.transport.to(b)}).Do(req)
 	} else {
 		// the transport does not follow redirects: a 3xx is judged as it is
-		resp, err = s.transport.RoundTrip(req)
+		resp, err = s.transport.to(b).RoundTrip(req)
 	}
 	if err != nil {
 		res.duration = time.Since(start)

@@ -75,6 +75,7 @@ var epoch = time.Now()
 // With leastTime it also feeds the peak-EWMA least_time picks by.
 func (b *Backend) observe(start time.Time, d time.Duration, leastTime bool) {
 	b.latency.observe(d)
+	b.responseTime.Observe(d.Seconds())
 	if leastTime {
 		now := int64(start.Sub(epoch)+d) / int64(time.Millisecond)
 		b.peak.observe(d, now)
@@ -230,8 +231,9 @@ func (l *lease) pickLeastTime(v *view, tried *triedSet) int {
 
 // The scans below repeat pickExact's, nthTied's and pickSampled's reading of
 // a backend (see the note there) and add its latency. A cost load×latency
-// has at most 23 significant bits and an effective weight at most 24, so the
-// float64 cross products are exact and ties are found exactly.
+// has at most 23 significant bits and an effective weight at most 28
+// (10000 × a learned weight of at most 16, in thousandths), so the float64
+// cross products are exact and ties are found exactly.
 
 // pickTimeExact is pickExact minimising load × latency / weight.
 func (l *lease) pickTimeExact(bs []*Backend, lo, hi int, tried *triedSet, now int64) int {
@@ -251,7 +253,7 @@ func (l *lease) pickTimeExact(bs []*Backend, lo, hi int, tried *triedSet, now in
 		if f&flagsUnavailable != 0 || tried.has(j) || f&flagCapped != 0 && b.full() {
 			continue
 		}
-		w := b.weight.Load() * weightScale
+		w := b.scaled.Load()
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &wall)
 		}
@@ -299,7 +301,7 @@ func nthTiedTime(bs []*Backend, lo, hi int, tried *triedSet, start, k int, cost,
 		if f&flagsUnavailable != 0 || tried.has(j) || f&flagCapped != 0 && b.full() {
 			continue
 		}
-		w := b.weight.Load() * weightScale
+		w := b.scaled.Load()
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &wall)
 		}
@@ -330,7 +332,7 @@ func (l *lease) pickTimeSampled(bs []*Backend, lo int, tried *triedSet, now int6
 			if f&flagsUnavailable != 0 || tried.has(lo+j) || f&flagCapped != 0 && b.full() {
 				continue
 			}
-			w := b.weight.Load() * weightScale
+			w := b.scaled.Load()
 			if f&flagRamp != 0 {
 				w = b.rampedWeight(w, &wall)
 			}

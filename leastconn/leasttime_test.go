@@ -14,7 +14,7 @@ func newLeastTimeTestHandler(latencies ...int64) *Handler {
 	const now = 10_000
 	h.lease.pool.clock.Store(now)
 	for i, b := range h.viewed() {
-		b.weight.Store(1)
+		b.storeWeight(1)
 		if latencies[i] != 0 {
 			b.peak.observe(time.Duration(latencies[i])*time.Microsecond, now)
 		}
@@ -215,7 +215,7 @@ func TestLeastTimeMinimisesLoadTimesLatencyOverWeight(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newLeastTimeTestHandler(tc.latencies...)
 			for i, b := range h.viewed() {
-				b.weight.Store(tc.weights[i])
+				b.storeWeight(tc.weights[i])
 				b.active.Store(tc.active[i])
 			}
 			var tried triedSet
@@ -243,7 +243,7 @@ func TestLeastTimeRotatesWhenIdleAndSkipsTheTried(t *testing.T) {
 
 func TestLeastTimeFollowsWeightsAndSlowStart(t *testing.T) {
 	h := newLeastTimeTestHandler(500, 500)
-	h.viewed()[0].weight.Store(3)
+	h.viewed()[0].storeWeight(3)
 	counts := steadyShares(h, 4000)
 	if ratio := float64(counts[0]) / float64(counts[1]); ratio < 2.7 || ratio > 3.3 {
 		t.Fatalf("weight 3:1 gave %v (ratio %.2f)", counts, ratio)

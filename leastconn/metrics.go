@@ -2,6 +2,7 @@ package leastconn
 
 import (
 	"errors"
+	"math"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -36,6 +37,14 @@ var (
 		"Whether the backend is held out for failing requests soon after its checks brought it back (1) or not (0).", []string{"pool", "backend"}, nil)
 	descHolds = prometheus.NewDesc("caddy_lbpool_backend_holds_total",
 		"Times the backend was held out for failing requests soon after its checks brought it back.", []string{"pool", "backend"}, nil)
+	descLearnedWeight = prometheus.NewDesc("caddy_lbpool_backend_learned_weight",
+		"The weight learned from the backend's load reports (1: the mean; 1 without load_reports).", []string{"pool", "backend"}, nil)
+	descReportedUtilization = prometheus.NewDesc("caddy_lbpool_backend_reported_utilization",
+		"The utilization in the backend's last load report (NaN before any).", []string{"pool", "backend"}, nil)
+	descReportAge = prometheus.NewDesc("caddy_lbpool_backend_report_age_seconds",
+		"The age of the backend's last load report (NaN before any).", []string{"pool", "backend"}, nil)
+	descBadReports = prometheus.NewDesc("caddy_lbpool_backend_bad_reports_total",
+		"Load reports refused: unreadable, too long, bad numbers, unknown format.", []string{"pool", "backend"}, nil)
 	descQueueDepth = prometheus.NewDesc("caddy_lbpool_queue_depth",
 		"Requests waiting for a slot (every usable backend full).", []string{"pool"}, nil)
 	descQueued = prometheus.NewDesc("caddy_lbpool_queued_total",
@@ -60,6 +69,17 @@ var (
 		Buckets:   prometheus.DefBuckets,
 	}, []string{"pool", "backend"})
 
+	// responseTime is observed on the request path through each backend's
+	// own series (Backend.responseTime), so a request pays one lock-free
+	// Observe and no label lookup.
+	responseTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "caddy",
+		Subsystem: "lbpool",
+		Name:      "backend_response_time_seconds",
+		Help:      "Time from sending a try to the backend to its response headers.",
+		Buckets:   []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"pool", "backend"})
+
 	registryCollector = backendCollector{}
 )
 
@@ -76,6 +96,10 @@ func (backendCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descEjections
 	ch <- descHeld
 	ch <- descHolds
+	ch <- descLearnedWeight
+	ch <- descReportedUtilization
+	ch <- descReportAge
+	ch <- descBadReports
 	ch <- descQueueDepth
 	ch <- descQueued
 	ch <- descQueueTimeouts
@@ -115,6 +139,7 @@ func (backendCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, held, p.name, b.URL())
 			ch <- prometheus.MustNewConstMetric(descHolds, prometheus.CounterValue, float64(b.flap.total.Load()), p.name, b.URL())
+			collectLoad(ch, p.name, b)
 		}
 	}
 	for _, s := range Pools() {
@@ -127,13 +152,27 @@ func (backendCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// collectLoad sends b's load report series.
+func collectLoad(ch chan<- prometheus.Metric, pool string, b *Backend) {
+	var s BackendStats
+	b.loadStats(&s, time.Now())
+	ch <- prometheus.MustNewConstMetric(descLearnedWeight, prometheus.GaugeValue, s.LearnedWeight, pool, b.URL())
+	ch <- prometheus.MustNewConstMetric(descBadReports, prometheus.CounterValue, float64(s.BadReportsTotal), pool, b.URL())
+	util, age := math.NaN(), math.NaN() // before any report: unknown
+	if s.ReportedUtilization != nil {
+		util, age = *s.ReportedUtilization, *s.ReportAgeSeconds
+	}
+	ch <- prometheus.MustNewConstMetric(descReportedUtilization, prometheus.GaugeValue, util, pool, b.URL())
+	ch <- prometheus.MustNewConstMetric(descReportAge, prometheus.GaugeValue, age, pool, b.URL())
+}
+
 // registerMetrics adds the collectors to the config's metrics registry.
 func registerMetrics(ctx caddy.Context, logger *zap.Logger) {
 	reg := ctx.GetMetricsRegistry()
 	if reg == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{registryCollector, checkDuration} {
+	for _, c := range []prometheus.Collector{registryCollector, checkDuration, responseTime} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -150,4 +189,15 @@ func observeCheck(pool string, b *Backend, d time.Duration) {
 // forgetMetrics drops the series of a backend that left its pool.
 func forgetMetrics(pool string, b *Backend) {
 	checkDuration.DeleteLabelValues(pool, b.URL())
+	responseTime.DeleteLabelValues(pool, b.URL())
+}
+
+// responseTimeOf is the backend's series of response times in its pool
+// (none: a backend made alone, in a test).
+func responseTimeOf(p *Pool, b *Backend) prometheus.Observer {
+	pool := ""
+	if p != nil {
+		pool = p.name
+	}
+	return responseTime.WithLabelValues(pool, b.URL())
 }

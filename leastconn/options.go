@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -43,6 +44,7 @@ type parser struct {
 	wrrWeights   []int
 	wrrToken     caddyfile.Token
 	factorToken  caddyfile.Token // where hash_balance_factor was written
+	reportsToken caddyfile.Token // where load_reports was written
 	cookiePolicy bool            // sticky came from lb_policy cookie
 }
 
@@ -82,6 +84,7 @@ func init() {
 		"state_sync":              {read: readStateSync},
 		"stats_uri":               {read: readURI(func(h *Handler) *string { return &h.StatsURI })},
 		"stats_workers":           {read: readCount(func(h *Handler) *int { return &h.StatsWorkers }, false)},
+		"load_reports":            {read: readLoadReports},
 
 		// active health checks
 		"health_uri":              {read: readURI(func(h *Handler) *string { return &h.HealthURI })},
@@ -96,16 +99,18 @@ func init() {
 		"health_timeout":          {read: h(func(h *Handler) *caddy.Duration { return &h.HealthTimeout })},
 		"health_status":           {read: readHealthStatus},
 		"health_body":             {read: readHealthBody},
+		"health_grpc":             {read: readHealthGRPC},
 		"health_passes":           {read: readCount(func(h *Handler) *int { return &h.HealthPasses }, false)},
 		"health_fails":            {read: readCount(func(h *Handler) *int { return &h.HealthFails }, false)},
 
 		// passive health: ejection
-		"fail_duration":       {read: readDurationOrOff(func(h *Handler) *caddy.Duration { return &h.FailDuration })},
-		"flap_hold":           {read: readFlapHold},
-		"max_fails":           {read: readCount(func(h *Handler) *int { return &h.MaxFails }, false)},
-		"unhealthy_status":    {read: readUnhealthyStatus},
-		"unhealthy_latency":   {read: h(func(h *Handler) *caddy.Duration { return &h.UnhealthyLatency })},
-		"max_ejected_percent": {read: readCount(func(h *Handler) *int { return &h.MaxEjectedPercent }, false)},
+		"fail_duration":         {read: readDurationOrOff(func(h *Handler) *caddy.Duration { return &h.FailDuration })},
+		"flap_hold":             {read: readFlapHold},
+		"max_fails":             {read: readCount(func(h *Handler) *int { return &h.MaxFails }, false)},
+		"unhealthy_status":      {read: readUnhealthyStatus},
+		"unhealthy_grpc_status": {read: readUnhealthyGRPCStatus},
+		"unhealthy_latency":     {read: h(func(h *Handler) *caddy.Duration { return &h.UnhealthyLatency })},
+		"max_ejected_percent":   {read: readCount(func(h *Handler) *int { return &h.MaxEjectedPercent }, false)},
 
 		// the request path
 		"header_up":          {read: func(p *parser) error { return p.h.parseHeaderOp(p.d) }},
@@ -634,6 +639,64 @@ func readFlapHold(p *parser) error {
 	return nil
 }
 
+// readLoadReports reads `load_reports [header|stats] { metric <name>
+// blackout <d> expiry <d> error_penalty <f> }`.
+func readLoadReports(p *parser) error {
+	d := p.d
+	if p.h.LoadReports != nil {
+		return d.Err("load_reports is set twice")
+	}
+	lr := &LoadReports{}
+	p.reportsToken = d.Token()
+	if d.NextArg() {
+		if v := d.Val(); v != ReportsFromHeader && v != ReportsFromStats {
+			return d.Errf("load_reports: %q is neither header nor stats", v)
+		}
+		lr.Source = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		opt := "load_reports " + name
+		var v string
+		switch name {
+		case "metric", "blackout", "expiry", "error_penalty":
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("load_reports: unknown option %q (want metric, blackout, expiry or error_penalty)", d.Val())
+		}
+		var err error
+		switch name {
+		case "metric":
+			if !metricName.MatchString(v) {
+				return d.Errf("%s: %q is not a metric name (letters, digits, _ . -)", opt, v)
+			}
+			lr.Metric = v
+		case "blackout":
+			lr.Blackout, err = positiveDuration(d, opt, v)
+		case "expiry":
+			if lr.Expiry, err = positiveDuration(d, opt, v); err == nil && time.Duration(lr.Expiry) <= weighEvery {
+				return d.Errf("%s: %s must be longer than %v, how often weights are recomputed", opt, v, weighEvery)
+			}
+		case "error_penalty":
+			f, perr := strconv.ParseFloat(v, 64)
+			if perr != nil || !(f >= 0 && f <= 100) {
+				return d.Errf("%s: %q is not a number from 0 to 100", opt, v)
+			}
+			lr.ErrorPenalty = &f
+		}
+		if err != nil {
+			return err
+		}
+	}
+	p.h.LoadReports = lr
+	return nil
+}
+
 func readSticky(p *parser) error {
 	if p.h.Sticky != nil {
 		return p.d.Err("sticky is set twice")
@@ -720,6 +783,33 @@ func readHealthHeaders(p *parser) error {
 		}
 		key := http.CanonicalHeaderKey(name)
 		h.HealthHeaders[key] = append(h.HealthHeaders[key], values...)
+	}
+	return nil
+}
+
+func readHealthGRPC(p *parser) error {
+	args := p.d.RemainingArgs()
+	if len(args) > 1 {
+		return p.d.ArgErr()
+	}
+	p.h.HealthGRPC = &HealthGRPC{}
+	if len(args) == 1 {
+		p.h.HealthGRPC.Service = args[0]
+	}
+	return nil
+}
+
+func readUnhealthyGRPCStatus(p *parser) error {
+	args := p.d.RemainingArgs()
+	if len(args) == 0 {
+		return p.d.ArgErr()
+	}
+	for _, v := range args {
+		code, err := parseGRPCCode(v)
+		if err != nil {
+			return p.d.Errf("unhealthy_grpc_status: %v", err)
+		}
+		p.h.UnhealthyGRPCStatus = append(p.h.UnhealthyGRPCStatus, code)
 	}
 	return nil
 }

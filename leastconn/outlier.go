@@ -33,6 +33,7 @@ type outlierSettings struct {
 	failDuration      time.Duration
 	maxFails          int
 	statuses          []int // as caddyhttp.StatusCodeMatches reads them: a code, or a class digit
+	grpcStatuses      []int // unhealthy_grpc_status
 	latency           time.Duration
 	maxEjectedPercent int
 }
@@ -163,8 +164,8 @@ func (h *Handler) outlierSpec() (*outlierSettings, error) {
 		// ejection is off: a default written out changes nothing, anything
 		// else would be ignored without a word; max_ejected_percent also
 		// bounds flap holds (flap.go)
-		if (h.MaxFails != 0 && h.MaxFails != DefaultMaxFails) || len(h.UnhealthyStatus) > 0 || h.UnhealthyLatency != 0 {
-			return nil, fmt.Errorf("lbpool: max_fails, unhealthy_status and unhealthy_latency " +
+		if (h.MaxFails != 0 && h.MaxFails != DefaultMaxFails) || len(h.UnhealthyStatus) > 0 || len(h.UnhealthyGRPCStatus) > 0 || h.UnhealthyLatency != 0 {
+			return nil, fmt.Errorf("lbpool: max_fails, unhealthy_status, unhealthy_grpc_status and unhealthy_latency " +
 				"other than their defaults need fail_duration")
 		}
 		return nil, nil
@@ -173,6 +174,7 @@ func (h *Handler) outlierSpec() (*outlierSettings, error) {
 		failDuration:      time.Duration(h.FailDuration),
 		maxFails:          h.MaxFails,
 		statuses:          h.UnhealthyStatus,
+		grpcStatuses:      h.UnhealthyGRPCStatus,
 		latency:           time.Duration(h.UnhealthyLatency),
 		maxEjectedPercent: h.MaxEjectedPercent,
 	}
@@ -180,6 +182,11 @@ func (h *Handler) outlierSpec() (*outlierSettings, error) {
 	setDefault(&o.maxEjectedPercent, DefaultMaxEjectedPercent)
 	if o.failDuration < 0 || o.latency < 0 {
 		return nil, fmt.Errorf("lbpool: fail_duration and unhealthy_latency must be positive")
+	}
+	for _, c := range o.grpcStatuses {
+		if c < 0 || c >= len(grpcCodeNames) {
+			return nil, fmt.Errorf("lbpool: unhealthy_grpc_status %d is not a gRPC status code (0-16)", c)
+		}
 	}
 	for _, s := range o.statuses {
 		if !validStatus(s) {

@@ -1,6 +1,7 @@
 package leastconn
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strings"
@@ -24,7 +25,8 @@ import (
 //	{http.lbpool.retries}           tries after the first
 //	{http.lbpool.pick}              why the backend was chosen: the policy's name
 //	                                (least_conn, round_robin, ...), hash, hash_spill
-//	                                (past the key's first choice), sticky or retry
+//	                                (past the key's first choice), sticky, retry or
+//	                                backup (a backup backend)
 //
 // The backend ones name the try under way, and once a backend answered,
 // the try that answered. Nothing is computed or copied until a placeholder
@@ -37,20 +39,32 @@ type proxyState struct {
 	pool    string
 	backend *Backend // the current or answering try's backend; nil before the first
 	tries   int
-	pick    string        // why the current try's backend was chosen (pickReason)
-	status  int           // 0 until a backend answered
-	latency time.Duration // of the answering try
-	start   time.Time
-	end     time.Time // zero while lbpool still handles the request
+	// tries that backends refused before processing them (REFUSED_STREAM)
+	refusals int
+	pick     string        // why the current try's backend was chosen (pickReason)
+	status   int           // 0 until a backend answered
+	latency  time.Duration // of the answering try
+	start    time.Time
+	end      time.Time // zero while lbpool still handles the request
 
 	base http.Header // the outgoing headers before header_up; only with header_up
 
 	out    http.Request // the request sent to backends (see outgoing)
 	outURL url.URL
 	body   upstream.RequestBody // out's body, when there is one
+	replay *upstream.Replay     // the body as tries to HTTP/2 backends read it; nil until one does
+
+	// a gRPC call's deadline from its grpc-timeout (zero without one), and
+	// the client's context, which that deadline does not end
+	grpcDeadline time.Time
+	client       context.Context
+
+	endStream func() // ends the request's stream; nil without stream limits (streams.go)
 
 	tried triedSet // the backends tried (see ServeHTTP)
 	retry retryRun // the retries' state (retry.go)
+
+	trace *requestTrace // nil unless Caddy's tracing handler traces the request
 }
 
 // track starts the request's state and offers it to the request's replacer.

@@ -419,14 +419,17 @@ const (
 	pickSticky    = "sticky"
 	pickRetry     = "retry"
 	pickHashSpill = "hash_spill"
+	pickBackup    = "backup"
 )
 
-// pickReason says why the backend of try was chosen: home when the sticky
-// cookie named it.
-func (l *lease) pickReason(try int, home bool, tried *triedSet) string {
+// pickReason says why the backend b of try was chosen: home when the
+// sticky cookie named it.
+func (l *lease) pickReason(b *Backend, try int, home bool, tried *triedSet) string {
 	switch {
 	case home && try == 0:
 		return pickSticky
+	case b.backup.Load():
+		return pickBackup
 	case try > 0:
 		return pickRetry
 	case l.kind != kindHash:

@@ -38,8 +38,12 @@ import (
 // where pool active counts the requests in flight to the backends of the
 // priority group and total weight is the group's usable backends'
 // (effective weights: slow start scales them). The request goes to the
-// next backend in the key's order, so a hot key spills over to a few
-// backends in a stable order and a cold key never moves. The slot is taken
+// next backend in the key's order that is at most at its fair share
+// ((pool active + 1) × weight / total weight, rounded up), or when none is,
+// the first under its bound: the room between share and bound is kept for
+// the keys whose first choice the backend is. So a hot key spills over to
+// a few backends in a stable order, and neither it nor a cold key moves
+// the cold keys off their backends. The slot is taken
 // with a compare-and-swap below the bound, so concurrent picks do not
 // overshoot it. When every usable backend is at its bound (only possible
 // when max_conns, tries or a change of members shrink the room), the first
@@ -296,7 +300,7 @@ func (l *lease) pickHash(bs []*Backend, lo, hi int, tried *triedSet, key uint64)
 		if f&flagsUnavailable != 0 {
 			continue
 		}
-		w *= weightScale
+		w = b.scaled.Load()
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &now)
 		}
@@ -308,7 +312,8 @@ func (l *lease) pickHash(bs []*Backend, lo, hi int, tried *triedSet, key uint64)
 	// walk the key's order: each round finds the backend that comes next
 	// after the previous round's (by cost, then index)
 	prev, prevJ := math.Inf(-1), -1
-	overflow := -1 // the first usable backend over its bound
+	overflow := -1                    // the first usable backend over its bound
+	roomy, roomyBound := -1, int64(0) // the first spill target over its share, under its bound
 	for round := 0; round < hi-lo; round++ {
 		best, bestJ := math.Inf(1), -1
 		for j := lo; j < hi; j++ {
@@ -333,13 +338,23 @@ func (l *lease) pickHash(bs []*Backend, lo, hi int, tried *triedSet, key uint64)
 			continue
 		}
 		w := b.effectiveWeight(&now)
-		bound := int64(math.Ceil(l.factor * float64(active+1) * float64(w) / float64(total)))
-		if b.takeBelow(bound) {
-			return bestJ, round > 0
+		share := float64(active+1) * float64(w) / float64(total)
+		bound := int64(math.Ceil(l.factor * share))
+		if round == 0 {
+			if b.takeBelow(bound) {
+				return bestJ, false
+			}
+		} else if b.takeBelow(int64(math.Ceil(share))) {
+			return bestJ, true
+		} else if roomy < 0 && b.active.Load() < bound {
+			roomy, roomyBound = bestJ, bound
 		}
 		if overflow < 0 {
 			overflow = bestJ
 		}
+	}
+	if roomy >= 0 && bs[roomy].takeBelow(roomyBound) {
+		return roomy, true
 	}
 	if overflow >= 0 && bs[overflow].take() {
 		return overflow, true

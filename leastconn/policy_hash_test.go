@@ -13,7 +13,7 @@ import (
 func newHashTestHandler(f float64, weights ...int) *Handler {
 	h := newTestHandler(weights...)
 	for i, b := range h.viewed() {
-		b.weight.Store(int64(max(weights[i], 1)))
+		b.storeWeight(int64(max(weights[i], 1)))
 	}
 	h.lease.kind, h.lease.fallback, h.lease.factor = kindHash, kindLeastConn, f
 	return h
@@ -174,6 +174,47 @@ func TestHashSpillsInTheKeysOrderAndBackWhenLoadFalls(t *testing.T) {
 	}
 }
 
+// A spill goes to the next backend in the key's order that is at most at
+// its fair share, leaving the room between share and bound to the keys
+// whose first choice it is; one over its share but under its bound takes
+// the spill only when none is under.
+func TestHashSpillsPreferABackendUnderItsShare(t *testing.T) {
+	h := newHashTestHandler(1.25, 1, 1, 1, 1, 1, 1, 1, 1)
+	bs := h.viewed()
+	key := keyOf(3)
+	pick := func() int {
+		tried := triedSet{key: key, keyed: true}
+		return h.pickNow(&tried)
+	}
+	// the key's first three choices: each taken out in turn
+	var order [3]int
+	for i := range order {
+		order[i] = pick()
+		bs[order[i]].active.Store(1000)
+	}
+	for _, b := range bs {
+		b.active.Store(0)
+	}
+	// 14 in flight: share 15/8 (2 rounded up), bound ceil(1.25 × 15/8) = 3
+	bs[order[0]].active.Store(12)
+	bs[order[1]].active.Store(2)
+	if got := pick(); got != order[2] {
+		t.Fatalf("the spill went to %d, want %d (the next under its share; %d is over it)", got, order[2], order[1])
+	}
+	bs[order[2]].active.Store(0)
+	// the only others under their share are tried: the spill takes the
+	// room under the bound
+	tried := triedSet{key: key, keyed: true}
+	for j := range bs {
+		if j != order[0] && j != order[1] {
+			tried.add(j)
+		}
+	}
+	if got := h.pickNow(&tried); got != order[1] {
+		t.Fatalf("with the rest tried the spill went to %d, want %d", got, order[1])
+	}
+}
+
 func TestHashBoundHoldsUnderOneHotKey(t *testing.T) {
 	h := newHashTestHandler(1.25, 1, 1, 1, 1, 1, 1, 1, 1)
 	key := keyOf(1)
@@ -286,7 +327,7 @@ func TestHashPickAllocatesNothing(t *testing.T) {
 			h := newHashTestHandler(1.25, make([]int, n)...)
 			if weighted {
 				for i, b := range h.viewed() {
-					b.weight.Store(int64(1 + i%3))
+					b.storeWeight(int64(1 + i%3))
 				}
 			}
 			keys := hundredKeys()
@@ -315,7 +356,7 @@ func benchmarkPickHash(b *testing.B, n int, weighted bool) {
 	h := newHashTestHandler(1.25, make([]int, n)...)
 	if weighted {
 		for i, be := range h.viewed() {
-			be.weight.Store(int64(1 + i%3))
+			be.storeWeight(int64(1 + i%3))
 		}
 	}
 	keys := hundredKeys()
@@ -338,7 +379,7 @@ func BenchmarkPickHashWeighted64(b *testing.B) { benchmarkPickHash(b, 64, true) 
 func benchmarkPickLeastConnIdle(b *testing.B, n int) {
 	h := newTestHandler(make([]int, n)...)
 	for _, be := range h.viewed() {
-		be.weight.Store(1)
+		be.storeWeight(1)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -354,24 +395,30 @@ func BenchmarkPickLeastConnIdle64(b *testing.B) { benchmarkPickLeastConnIdle(b, 
 func TestPickReasons(t *testing.T) {
 	h := newHashTestHandler(1.25, 1, 1)
 	h.lease.fallback = kindRandom
+	primary, backup := h.viewed()[0], h.viewed()[1]
+	backup.backup.Store(true)
 	for _, c := range []struct {
+		b     *Backend
 		try   int
 		home  bool
 		tried triedSet
 		want  string
 	}{
-		{0, true, triedSet{keyed: true}, "sticky"},
-		{1, false, triedSet{keyed: true}, "retry"},
-		{0, false, triedSet{keyed: true}, "hash"},
-		{0, false, triedSet{keyed: true, spilled: true}, "hash_spill"},
-		{0, false, triedSet{}, "random"},
+		{primary, 0, true, triedSet{keyed: true}, "sticky"},
+		{primary, 1, false, triedSet{keyed: true}, "retry"},
+		{primary, 0, false, triedSet{keyed: true}, "hash"},
+		{primary, 0, false, triedSet{keyed: true, spilled: true}, "hash_spill"},
+		{primary, 0, false, triedSet{}, "random"},
+		{backup, 0, false, triedSet{keyed: true}, "backup"},
+		{backup, 1, false, triedSet{}, "backup"},
+		{backup, 0, true, triedSet{}, "sticky"},
 	} {
-		if got := h.lease.pickReason(c.try, c.home, &c.tried); got != c.want {
-			t.Errorf("try %d home %v %+v: %q, want %q", c.try, c.home, c.tried, got, c.want)
+		if got := h.lease.pickReason(c.b, c.try, c.home, &c.tried); got != c.want {
+			t.Errorf("backup %v try %d home %v %+v: %q, want %q", c.b.backup.Load(), c.try, c.home, c.tried, got, c.want)
 		}
 	}
 	h.lease.kind = kindWeightedRoundRobin
-	if got := h.lease.pickReason(0, false, &triedSet{}); got != "weighted_round_robin" {
+	if got := h.lease.pickReason(primary, 0, false, &triedSet{}); got != "weighted_round_robin" {
 		t.Errorf("weighted_round_robin's pick: %q", got)
 	}
 }

@@ -53,7 +53,7 @@ func (l *lease) pickRandomChoose(bs []*Backend, lo, hi int, tried *triedSet) int
 // effectiveWeight is b's weight in effect for the picks (weightScale
 // fixed point), slow start included.
 func (b *Backend) effectiveWeight(now *int64) int64 {
-	w := b.weight.Load() * weightScale
+	w := b.scaled.Load()
 	if b.flags.Load()&flagRamp != 0 {
 		w = b.rampedWeight(w, now)
 	}

@@ -1,6 +1,7 @@
 package leastconn
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -37,10 +39,24 @@ var directBodies = true
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	st := h.track(r)
 	defer st.done()
+	st.trace = traceOf(r)
+	if isGRPC(r) {
+		var cancel context.CancelFunc
+		if r, cancel = grpcDeadline(r, st); cancel != nil {
+			defer cancel()
+		}
+	}
 	if h.RequestBuffers != 0 {
 		h.bufferRequest(r)
 	}
 	out := h.outgoing(r, st)
+	if h.StreamTimeout > 0 || h.StreamCloseDelay > 0 {
+		// a stream's limits end it through its request (streams.go)
+		ctx, cancel := context.WithCancel(out.Context())
+		defer cancel()
+		out = out.WithContext(ctx)
+		st.endStream = cancel
+	}
 	if h.Rewrite != nil {
 		h.Rewrite.Rewrite(out, r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer))
 	}
@@ -58,30 +74,42 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		home = h.sticky.home(r, v)
 	}
 	var lastErr error
+	again := false // the last try's stream was refused: the next one is no retry
 	for try := 0; ; try++ {
-		if try > 0 && !h.next(r.Context(), rr) {
+		if try > 0 && !again && !h.next(r.Context(), rr) {
 			break // no tries left, or the budget is spent
 		}
+		again = false
 		i := home
 		if try > 0 || i < 0 {
 			i = h.lease.pick(v, tried)
 		}
 		if i < 0 && v.someFull(tried) {
 			var err error
-			if i, err = h.lease.wait(r.Context(), v, tried); err != nil {
+			queued := time.Now()
+			i, err = h.lease.wait(r.Context(), v, tried)
+			if st.trace != nil {
+				st.trace.wait("queue", st.pool, queued)
+			}
+			if err != nil {
 				return h.fail(w, r, http.StatusServiceUnavailable, err)
 			}
 			if i < 0 {
-				return nil // the client went away while queued
+				return ended(w, st) // the client went away while queued
 			}
 		}
 		if i < 0 && !rr.deadline.IsZero() {
 			var err error
-			if i, err = h.await(r.Context(), rr, tried); err != nil {
+			waited := time.Now()
+			i, err = h.await(r.Context(), rr, tried)
+			if st.trace != nil {
+				st.trace.wait("try_duration wait", st.pool, waited)
+			}
+			if err != nil {
 				return h.fail(w, r, http.StatusServiceUnavailable, err)
 			}
 			if i < 0 && r.Context().Err() != nil {
-				return nil // the client went away while waiting
+				return ended(w, st) // the client went away while waiting
 			}
 		}
 		if i < 0 {
@@ -89,7 +117,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		tried.add(i)
 		b := v.backends[i]
-		st.pick = h.lease.pickReason(try, i == home, tried)
+		st.pick = h.lease.pickReason(b, try, i == home, tried)
 		if try == 0 && tried.spilled {
 			h.lease.pool.spills.Add(1)
 		}
@@ -108,7 +136,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			h.sticky.dropCookie(w)
 		}
 		if r.Context().Err() != nil {
-			return nil // the client went away; not the backend's fault
+			return ended(w, st) // the client went away; not the backend's fault
 		}
 		var fail *tryError
 		if !errors.As(err, &fail) {
@@ -117,6 +145,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		lastErr = fail.err
 		if fail.answered {
 			continue // an answer lb_retry_match matched, read and discarded
+		}
+		if fail.refused {
+			// not processed, and no failure: the stream limit was
+			// reached, or the backend is stopping; it may be picked
+			// again, a few times
+			if st.refusals < maxRefusals {
+				st.refusals++
+				tried.remove(i)
+				again = true
+			} else {
+				rr.free = true
+			}
+			continue
 		}
 		b.failures.Add(1)
 		if o := h.spec.outlier; o != nil {
@@ -152,7 +193,13 @@ type tryError struct {
 	timeout   bool // no response headers in time
 	connFault bool // a kept-alive connection broke: not held against the backend
 	answered  bool // the backend answered, and lb_retry_match sent the request on
+	refused   bool // an HTTP/2 backend refused the stream before processing it
 }
+
+// maxRefusals bounds the tries of one request that backends refused
+// (upstream.IsRefused); each is two refusals, as the Transport sends a
+// refused stream once more itself.
+const maxRefusals = 4
 
 func (e *tryError) Error() string { return e.err.Error() }
 
@@ -278,52 +325,84 @@ var emptyValue = []string{""}
 
 // proxyTo sends one try to b and, if the backend answers, streams the
 // response to the client. A *tryError means the client was sent nothing.
-func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend, st *proxyState) error {
-	defer b.release()
-	out.URL.Scheme = b.addr.scheme
+func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backend, st *proxyState) (err error) {
+	tunneled := false // a tunnel took b's slot and the response over (tunnel.go)
+	defer func() {
+		if !tunneled {
+			b.release()
+		}
+	}()
+	out.URL.Scheme = b.addr.urlScheme()
 	out.URL.Host = b.addr.hostport
 	out.Host = r.Host
 	st.backend = b
 	st.tries++
+	if !st.grpcDeadline.IsZero() {
+		// the backend gets the time left, not the client's whole timeout
+		out.Header["Grpc-Timeout"] = []string{formatGRPCTimeout(time.Until(st.grpcDeadline))}
+	}
 	if h.headerUp != nil {
 		h.requestHeadersForTry(r, out, b, st)
 	} else {
 		setBackendAuth(r, out, b)
 	}
 
-	start := time.Now()
+	replayed := false // the body goes through st.replay: see replayBody
+	if out.Body != nil {
+		replayed = h.replayBody(out, b, st)
+	}
+
 	var resp *http.Response
+	if rt := st.trace; rt != nil {
+		rt.startTry(out, b, st)
+		defer func() { rt.endTry(err, resp) }()
+	}
+	start := time.Now()
 	var done func(reuse bool) // set on the direct path: gives the connection back
-	var err error
-	if h.spec.direct && directOK(out, b) {
+	if h.spec.direct && directOK(out, b) && !replayed {
 		resp, done, err = upstream.RoundTrip(w, &b.h1, h.spec.dialer, b.addr.network, b.addr.dial, out, h.spec.responseHeaderTimeout)
 	} else {
-		resp, err = h.roundTripTransport(w, out)
+		resp, err = h.roundTripTransport(w, out, b)
 	}
 	if err != nil {
-		if body, ok := out.Body.(*upstream.RequestBody); ok && body.ClientError() != nil {
+		if out.Body != nil && st.body.ClientError() != nil {
 			// the client's body broke off, or was refused (too large):
 			// not the backend's fault, and not sent again
-			return h.clientBodyFailed(w, r, body.ClientError())
+			return h.clientBodyFailed(w, r, st.body.ClientError())
 		}
 		var de upstream.DialError
 		var rc upstream.ReusedConnError
+		// a refused stream was not processed: like a connection that
+		// could not be made, when its body can be sent again whole
+		refused := upstream.IsRefused(err) && (!replayed || st.replay.Replayable())
 		return &tryError{
 			err:       err,
-			reached:   !errors.As(err, &de),
+			refused:   refused,
+			reached:   !errors.As(err, &de) && !refused,
 			timeout:   upstream.IsTimeout(err) && !errors.As(err, &de), // a dial timeout is unreachable
 			connFault: errors.As(err, &rc),
 		}
 	}
 	st.latency = time.Since(start)
 	st.status = resp.StatusCode
+	if b.addr.scheme == "https" {
+		b.sawProto(resp.ProtoMajor)
+	}
 	b.observe(start, st.latency, h.lease.leastTime)
 	b.requests.Add(1)
+	if rs := h.spec.reports; rs != nil {
+		at := start.UnixNano() + int64(st.latency)
+		b.takeLoadReport(rs, resp.Header, at)
+		b.takeLoadReport(rs, resp.Trailer, at) // announced names: not passed on
+	}
 	if o := h.spec.outlier; o != nil {
 		o.observe(h, b, resp.StatusCode, st.latency)
 	}
 	clean := false // the body was read to its end: the connection can be reused
 	defer func() {
+		if tunneled {
+			return
+		}
 		if done == nil {
 			resp.Body.Close()
 			h.spec.transport.used()
@@ -351,7 +430,8 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		h.bufferResponse(resp)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
-		return h.tunnel(w, resp, b)
+		tunneled = h.tunnel(w, r, resp, b)
+		return nil
 	}
 	hdr := w.Header()
 	removeHopHeaders(resp.Header)
@@ -366,7 +446,19 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	}
 	w.WriteHeader(resp.StatusCode)
 
+	var limited *atomic.Bool // set when stream_timeout or stream_close_delay ended the stream
+	if st.endStream != nil && isEventStream(resp) {
+		var stop func()
+		stop, limited = h.limitStream(b, st.endStream)
+		defer stop()
+	}
 	if err := copyBody(w, resp, h.FlushInterval != 0 || flushesAtOnce(resp)); err != nil {
+		if limited != nil && limited.Load() {
+			return nil // the response ends here, as a stream the backend ended would
+		}
+		if st.trace != nil {
+			st.trace.broke(err)
+		}
 		if errors.Is(err, errBackendRead) && r.Context().Err() == nil {
 			b.failures.Add(1) // the backend broke off (not the client leaving)
 			// what did arrive reaches the client before the abort, so it
@@ -378,6 +470,12 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		panic(http.ErrAbortHandler)
 	}
 	clean = true
+	if rs := h.spec.reports; rs != nil && len(resp.Trailer) > 0 {
+		b.takeLoadReport(rs, resp.Trailer, time.Now().UnixNano())
+	}
+	if o := h.spec.outlier; o != nil && o.grpcStatuses != nil {
+		o.observeGRPC(h, b, resp)
+	}
 	if len(resp.Trailer) == announced {
 		for k, vv := range resp.Trailer {
 			hdr[k] = vv
@@ -388,6 +486,24 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 		}
 	}
 	return nil
+}
+
+// replayBody sets out's body for a try to b and tells whether it reads
+// through st.replay: to a backend that may speak HTTP/2, which may refuse
+// the stream before processing it (and the Transport may send it again on
+// its own, with GetBody), and to any backend once a try read some of it.
+// Other tries send the client's body as it is.
+func (h *Handler) replayBody(out *http.Request, b *Backend, st *proxyState) bool {
+	if b.addr.scheme == "http" && st.body.Untouched() {
+		out.Body, out.GetBody = &st.body, nil
+		return false
+	}
+	if st.replay == nil {
+		st.replay = new(upstream.Replay)
+		st.replay.Reset(&st.body)
+	}
+	out.Body, out.GetBody = st.replay.Reader(), st.replay.GetBody
+	return true
 }
 
 // clientBodyFailed answers a request whose body could not be read from the
@@ -442,7 +558,7 @@ func setBasicAuth(h http.Header, u interface {
 // error on a connection the Transport reused (and did not retry, as the
 // request could not be sent again) is the connection's, not the
 // backend's: it comes back as a upstream.ReusedConnError.
-func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (*http.Response, error) {
+func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request, b *Backend) (*http.Response, error) {
 	var mu sync.Mutex
 	returned, reused := false, false
 	trace := &httptrace.ClientTrace{
@@ -460,7 +576,7 @@ func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (
 			mu.Unlock()
 		},
 	}
-	resp, err := h.spec.transport.RoundTrip(out.WithContext(httptrace.WithClientTrace(out.Context(), trace)))
+	resp, err := h.spec.transport.to(b).RoundTrip(out.WithContext(httptrace.WithClientTrace(out.Context(), trace)))
 	mu.Lock()
 	returned = true
 	onReused := reused
@@ -482,11 +598,12 @@ func (h *Handler) roundTripTransport(w http.ResponseWriter, out *http.Request) (
 // flushesAtOnce: server-sent events and bodies of unknown length reach the
 // client as the backend writes them.
 func flushesAtOnce(resp *http.Response) bool {
-	if resp.ContentLength == -1 {
-		return true
-	}
-	ct := resp.Header.Get("Content-Type")
-	return strings.HasPrefix(ct, "text/event-stream")
+	return resp.ContentLength == -1 || isEventStream(resp)
+}
+
+// isEventStream: a response of server-sent events.
+func isEventStream(resp *http.Response) bool {
+	return strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 }
 
 var errBackendRead = errors.New("reading the backend's response")

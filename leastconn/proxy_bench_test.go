@@ -2,6 +2,7 @@ package leastconn
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -48,9 +49,15 @@ func benchContext(b *testing.B) caddy.Context {
 // serveLikeCaddy runs one request through h with the request context Caddy's
 // server sets up, and checks the answer: a GET, or a POST when body is set.
 func serveLikeCaddy(b *testing.B, h caddyhttp.MiddlewareHandler, body []byte) {
-	req := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
+	serveLikeCaddyIn(context.Background(), b, h, body)
+}
+
+// serveLikeCaddyIn is serveLikeCaddy with the request's context based on
+// ctx (which may hold a server span, as Caddy's tracing handler sets).
+func serveLikeCaddyIn(ctx context.Context, b *testing.B, h caddyhttp.MiddlewareHandler, body []byte) {
+	req := httptest.NewRequestWithContext(ctx, http.MethodGet, "http://example.com/", nil)
 	if body != nil {
-		req = httptest.NewRequest(http.MethodPost, "http://example.com/", bytes.NewReader(body))
+		req = httptest.NewRequestWithContext(ctx, http.MethodPost, "http://example.com/", bytes.NewReader(body))
 	}
 	req.RemoteAddr = "127.0.0.1:40000"
 	rec := httptest.NewRecorder()

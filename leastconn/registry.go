@@ -38,17 +38,20 @@ var defaultRegistry = &registry{
 // Pool is a named set of backends shared by every handler with that name.
 type Pool struct {
 	name     string
-	refs     int                 // handlers holding the pool
-	backends map[string]*Backend // by backend key, every backend any handler or source holds
-	sources  map[string]*source  // DNS sources by key; see discover.go
-	leases   map[*lease]struct{} // every handler's lease, to give each a new view
-	specs    map[*poolSpec]int   // held specs and their holders
+	refs     int                    // handlers holding the pool
+	backends map[string]*Backend    // by backend key, every backend any handler or source holds
+	sources  map[string]*source     // DNS sources by key; see discover.go
+	leaving  map[*Backend]time.Time // static backends a reload removed, their requests finishing; when (leaving.go)
+	draining bool                   // drainStatic runs
+	leases   map[*lease]struct{}    // every handler's lease, to give each a new view
+	specs    map[*poolSpec]int      // held specs and their holders
 	spec     atomic.Pointer[poolSpec]
 	fetcher  atomic.Pointer[statsFetcher] // nil without stats_uri; written under registry.mu
 	queue    queue                        // requests waiting for a slot (queue.go)
 	ejected  atomic.Int64                 // backends ejected now (outlier.go)
 	outMu    sync.Mutex                   // serialises taking backends out (ejections, flap holds)
 	fleet    atomic.Pointer[fleetSync]    // nil with state_sync off; written under registry.mu
+	weigher  *weigher                     // nil without load_reports; guarded by registry.mu (loadreports.go)
 	clock    atomic.Int64                 // ms since epoch of the latest least_time response (leasttime.go)
 	spills   atomic.Uint64                // hashed requests sent past their key's first choice
 
@@ -81,10 +84,12 @@ type poolSpec struct {
 	healthHeaders      http.Header
 	healthPasses       int
 	healthFails        int
+	healthGRPC         *HealthGRPC // nil: HTTP checks
 
 	statsURI     string
 	statsWorkers int
 	slowStart    time.Duration
+	reports      *reportSettings // nil without load_reports
 
 	stateSync time.Duration     // 0: off
 	storage   certmagic.Storage // the config's storage; nil when off
@@ -110,9 +115,24 @@ type poolSpec struct {
 
 type sharedTransport struct {
 	*http.Transport
-	tls      *tls.Config // as made for the first pool; see sameTLS
-	refs     int         // guarded by the registry's mu
+	h2c      *http.Transport // h2c backends': HTTP/2 with prior knowledge
+	tls      *tls.Config     // as made for the first pool; see sameTLS
+	refs     int             // guarded by the registry's mu
 	released atomic.Bool
+}
+
+// to is the transport requests to b go through.
+func (t *sharedTransport) to(b *Backend) *http.Transport {
+	if b.addr.scheme == "h2c" {
+		return t.h2c
+	}
+	return t.Transport
+}
+
+// CloseIdleConnections closes both transports' idle connections.
+func (t *sharedTransport) CloseIdleConnections() {
+	t.Transport.CloseIdleConnections()
+	t.h2c.CloseIdleConnections()
 }
 
 // used is called when a request on t has ended and its response body is
@@ -189,10 +209,12 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 	p.leases[l] = struct{}{}
 	stopFetcher := p.apply(s)
 	stopFleet := p.applyFleet(r, s)
+	stopWeigher := p.applyReports(r, s)
 	r.mu.Unlock()
 
 	stopFetcher()
 	stopFleet()
+	stopWeigher()
 	for _, b := range started {
 		b.startChecker()
 	}
@@ -207,15 +229,20 @@ func (r *registry) acquire(ctx caddy.Context, s *poolSpec) (*lease, error) {
 func (r *registry) release(l *lease) {
 	p, spec := l.pool, l.spec
 	r.mu.Lock()
-	var stopped []*Backend
+	var stopped, leaving []*Backend
 	for _, b := range l.backends {
-		if r.unref(b) {
+		b.refs--
+		switch {
+		case b.refs > 0:
+		case r.leaveOrStop(p, b, p.refs > 1):
+			leaving = append(leaving, b)
+		default:
 			stopped = append(stopped, b)
 		}
 	}
 	delete(p.leases, l)
 	ended := p.releaseSources(l.sources)
-	stopFetcher, stopFleet := func() {}, func() {}
+	stopFetcher, stopFleet, stopWeigher := func() {}, func() {}, func() {}
 	p.specs[spec]--
 	if p.specs[spec] == 0 {
 		delete(p.specs, spec)
@@ -228,6 +255,7 @@ func (r *registry) release(l *lease) {
 			stopFetcher = f.stop
 		}
 		stopFleet = p.applyFleet(r, nil)
+		stopWeigher = p.applyReports(r, nil)
 	} else if p.spec.Load() == spec && p.specs[spec] == 0 {
 		// the current spec went away (a failed reload): fall back to the
 		// newest one still held
@@ -239,12 +267,19 @@ func (r *registry) release(l *lease) {
 		}
 		stopFetcher = p.apply(newest)
 		stopFleet = p.applyFleet(r, newest)
+		stopWeigher = p.applyReports(r, newest)
 	}
 	r.mu.Unlock()
 
 	stopFetcher()
 	stopFleet()
+	stopWeigher()
 	r.stopBackends(p, stopped)
+	for _, b := range leaving {
+		b.streams.leave(spec.logger, b.URL())
+		spec.logger.Info("backend removed by a reload; draining", zap.String("pool", p.name),
+			zap.String("backend", b.URL()), zap.Int64("active", b.active.Load()))
+	}
 	for _, src := range ended {
 		r.stopSource(src)
 	}
@@ -302,7 +337,7 @@ func (r *registry) transportFor(ts upstream.Settings, tc *tls.Config) *sharedTra
 		}
 	}
 	if t == nil {
-		t = &sharedTransport{Transport: upstream.NewTransport(ts, tc), tls: tc}
+		t = &sharedTransport{Transport: upstream.NewTransport(ts, tc), h2c: upstream.NewH2CTransport(ts), tls: tc}
 		r.transports[ts] = append(r.transports[ts], t)
 	}
 	t.refs++
@@ -342,6 +377,7 @@ func (p *Pool) current() (backends []*Backend, static int) {
 			out = append(out, b)
 		}
 	}
+	out = p.leavingStatic(out)
 	static = len(out)
 	if len(s.dynamic) > 0 {
 		out = p.discoveredBackends(s, out)

@@ -320,7 +320,7 @@ func discardAnswer(resp *http.Response) bool {
 
 // bodyResendable: the request has no body, or none of it was read yet.
 func (st *proxyState) bodyResendable(out *http.Request) bool {
-	return out.Body == nil || st.body.Untouched()
+	return out.Body == nil || st.body.Untouched() || st.replay != nil && st.replay.Replayable()
 }
 
 // someUntried tells whether a backend of v not in tried could take traffic.

@@ -13,9 +13,9 @@ import (
 // would). The chosen backend's active count is raised at once,
 // before the request is sent, so concurrent picks see it.
 //
-// The pick takes no lock and allocates nothing: per backend it reads two
-// atomics (flags and active count) and, only while a slow start is running,
-// the ramp start. A backend with a cap (max_conns, flagCapped) that is full
+// The pick takes no lock and allocates nothing: per backend it reads three
+// atomics (flags, active count, and the weight scaled by the learned weight
+// of load_reports) and, only while a slow start is running, the ramp start. A backend with a cap (max_conns, flagCapped) that is full
 // is skipped, and its count is raised only while below the cap.
 
 // weightScale is the fixed-point scale of effective weights, so slow start
@@ -56,6 +56,15 @@ func (t *triedSet) add(i int) {
 		return
 	}
 	t.big[i/64] |= 1 << uint(i%64)
+}
+
+// remove lets i be picked again.
+func (t *triedSet) remove(i int) {
+	if t.big == nil {
+		t.small &^= 1 << uint(i)
+		return
+	}
+	t.big[i/64] &^= 1 << uint(i%64)
 }
 
 // Pools of up to exactScanMax backends are scanned whole: the pick is exact.
@@ -174,7 +183,7 @@ func (l *lease) pickExact(bs []*Backend, lo, hi int, tried *triedSet) int {
 		if f&flagsUnavailable != 0 || tried.has(j) || f&flagCapped != 0 && b.full() {
 			continue
 		}
-		w := b.weight.Load() * weightScale
+		w := b.scaled.Load()
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &now)
 		}
@@ -241,7 +250,7 @@ func nthTied(bs []*Backend, lo, hi int, tried *triedSet, start, k int, load, wei
 		if f&flagsUnavailable != 0 || tried.has(j) || f&flagCapped != 0 && b.full() {
 			continue
 		}
-		w := b.weight.Load() * weightScale
+		w := b.scaled.Load()
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &now)
 		}
@@ -275,7 +284,7 @@ func pickSampled(bs []*Backend, lo int, tried *triedSet, draws int) int {
 		if f&flagsUnavailable != 0 || tried.has(lo+j) || f&flagCapped != 0 && b.full() {
 			continue
 		}
-		w := b.weight.Load() * weightScale
+		w := b.scaled.Load()
 		if f&flagRamp != 0 {
 			w = b.rampedWeight(w, &now)
 		}

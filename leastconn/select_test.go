@@ -140,7 +140,7 @@ func TestPickSkipsUnavailableAndTried(t *testing.T) {
 func TestTriedSetLargePool(t *testing.T) {
 	h := newTestHandler(make([]int, 200)...)
 	for _, b := range h.viewed() {
-		b.weight.Store(1)
+		b.storeWeight(1)
 	}
 	tried := newTriedSet(200)
 	seen := map[int]bool{}
@@ -221,7 +221,7 @@ func TestPickAllocatesNothing(t *testing.T) {
 func testPickAllocatesNothing(t *testing.T, n int, h *Handler) {
 	t.Helper()
 	for _, b := range h.viewed() {
-		b.weight.Store(1)
+		b.storeWeight(1)
 	}
 	allocs := testing.AllocsPerRun(1000, func() {
 		var tried triedSet
@@ -241,7 +241,7 @@ func testPickAllocatesNothing(t *testing.T, n int, h *Handler) {
 // oldest as it picks a new one (the path real traffic takes).
 func benchmarkPick(b *testing.B, h *Handler) {
 	for i, be := range h.viewed() {
-		be.weight.Store(int64(1 + i%3))
+		be.storeWeight(int64(1 + i%3))
 	}
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
@@ -290,7 +290,7 @@ func BenchmarkPickDiscoveredWithBackupGroup3(b *testing.B) {
 func TestSampledPickOnLargePoolsPrefersTheLessLoaded(t *testing.T) {
 	h := newTestHandler(make([]int, 1000)...)
 	for i, b := range h.viewed() {
-		b.weight.Store(1)
+		b.storeWeight(1)
 		switch i % 4 {
 		case 0:
 			b.flags.Store(flagDown)
@@ -318,7 +318,7 @@ func TestSampledPickOnLargePoolsPrefersTheLessLoaded(t *testing.T) {
 func TestSampledPickFallsBackToTheFullScan(t *testing.T) {
 	h := newTestHandler(make([]int, 500)...)
 	for _, b := range h.viewed() {
-		b.weight.Store(1)
+		b.storeWeight(1)
 		b.flags.Store(flagDown)
 	}
 	h.viewed()[321].flags.Store(0)
@@ -377,4 +377,11 @@ func TestPickUsesTheFirstPriorityGroupThatCanTakeTraffic(t *testing.T) {
 	if i := h.pickNow(&fresh); i < 2 {
 		t.Fatalf("picked %d from a group that is down or leaving", i)
 	}
+}
+
+// storeWeight sets a test backend's weight as the picks read it, with no
+// learned weight.
+func (b *Backend) storeWeight(w int64) {
+	b.weight.Store(w)
+	b.scaled.Store(w * weightScale)
 }

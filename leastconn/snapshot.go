@@ -34,8 +34,13 @@ type CheckStats struct {
 
 // BackendStats is one backend of one pool as the stats API shows it.
 type BackendStats struct {
-	Pool              string      `json:"pool"`
-	URL               string      `json:"url"`
+	Pool string `json:"pool"`
+	URL  string `json:"url"`
+
+	// What lbpool speaks to the backend: `h1` (HTTP/1.1), `h2` (HTTP/2
+	// over TLS, chosen by ALPN) or `h2c` (HTTP/2 with prior knowledge).
+	Protocol string `json:"protocol"`
+
 	Source            string      `json:"source"`
 	Leaving           bool        `json:"leaving,omitempty"`
 	Alive             bool        `json:"alive"`
@@ -95,6 +100,16 @@ type BackendStats struct {
 
 	// Times the backend was held out.
 	HoldsTotal uint64 `json:"holds_total"`
+
+	// Load reports (load_reports): the utilization in the backend's last
+	// report and its age in seconds (null before any), the weight learned
+	// from the reports (1: the mean, and always 1 with load_reports off;
+	// the pick uses weight × learned_weight), and the reports refused as
+	// unreadable (bad numbers, too long, unknown format).
+	ReportedUtilization *float64 `json:"reported_utilization"`
+	ReportAgeSeconds    *float64 `json:"report_age_seconds"`
+	LearnedWeight       float64  `json:"learned_weight"`
+	BadReportsTotal     uint64   `json:"bad_reports_total"`
 
 	// Run-time changes (fleetstate.go): where the admin state and the
 	// weight came from ("local" or "storage"), when and from which instance
@@ -230,6 +245,7 @@ func (b *Backend) snapshot(pool string, static bool, now time.Time) BackendStats
 	s := BackendStats{
 		Pool:                pool,
 		URL:                 b.URL(),
+		Protocol:            b.protocol(),
 		Source:              SourceDNS,
 		Weight:              int(b.weight.Load()),
 		ActiveConnections:   b.active.Load(),
@@ -249,6 +265,7 @@ func (b *Backend) snapshot(pool string, static bool, now time.Time) BackendStats
 		t := since.UTC()
 		s.Ejected, s.EjectedSince, s.EjectedReason = true, &t, why
 	}
+	b.loadStats(&s, now)
 	if mem := b.memoryBytes.Load(); mem >= 0 {
 		s.MemoryBytes = &mem
 		s.MemoryUsage = FormatBytes(mem)

@@ -2,29 +2,34 @@ package leastconn
 
 import (
 	"io"
+	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lbpool/lbpool/internal/upstream"
+	"go.uber.org/zap"
 )
 
-// Long-lived streams (upgraded connections: websockets) and reverse_proxy's
+// Long-lived streams (upgraded connections such as websockets, and
+// server-sent event responses) and reverse_proxy's stream_timeout,
 // stream_close_delay and stream_buffer_size.
 //
 // A stream to a backend that stays in the pool outlives any reload. One to
 // a backend that left it (a reload removed it, its pool was unloaded, or it
 // is gone from DNS) ends stream_close_delay after the backend left, the
-// delay of the handler that opened the stream; without a delay it runs
-// until it ends. Only streams with a delay are tracked: each registers its
-// close with its Backend, and the code that lets a backend go calls leave,
-// which schedules the closes. A member back in DNS before it left calls
-// stay, which cancels them.
+// delay of the handler that opened the stream, jittered; without a delay
+// it runs until it ends. Only streams with a delay are tracked: each
+// registers its close with its Backend, and the code that lets a backend
+// go calls leave, which schedules the closes. A backend listed again, or a
+// member back in DNS, before it went calls stay, which cancels them.
 
 // streamSet is the tracked streams of one backend.
 type streamSet struct {
-	mu   sync.Mutex
-	open map[*stream]struct{}
-	left time.Time // when the backend left its pool; zero while in it
+	mu       sync.Mutex
+	open     map[*stream]struct{}
+	left     time.Time   // when the backend left its pool; zero while in it
+	announce *time.Timer // logs the closes; set once the backend left
 }
 
 // stream is one tracked tunnel.
@@ -53,7 +58,7 @@ func (h *Handler) trackStream(b *Backend, closeFn func()) (untrack func()) {
 	set.open[s] = struct{}{}
 	if !set.left.IsZero() {
 		// opened while the backend was leaving: the same deadline
-		s.timer = time.AfterFunc(time.Until(set.left.Add(s.delay)), s.close)
+		s.timer = time.AfterFunc(time.Until(set.left.Add(s.delay))+closeJitter(s.delay), s.close)
 	}
 	set.mu.Unlock()
 	return func() {
@@ -66,18 +71,59 @@ func (h *Handler) trackStream(b *Backend, closeFn func()) (untrack func()) {
 	}
 }
 
-// leave is called when b leaves its pool: each tracked stream ends its
-// delay from now. Leaving again keeps the first deadline.
-func (set *streamSet) leave() {
+// leave is called when b leaves its pool: when the shortest delay of its
+// tracked streams has passed, closeNow logs how many there are and each
+// ends at its own delay, give or take closeJitter. Leaving again keeps the
+// first deadline.
+func (set *streamSet) leave(log *zap.Logger, backend string) {
 	set.mu.Lock()
 	defer set.mu.Unlock()
 	if !set.left.IsZero() {
 		return
 	}
 	set.left = time.Now()
+	first := time.Duration(-1)
 	for s := range set.open {
-		s.timer = time.AfterFunc(s.delay, s.close)
+		if first < 0 || s.delay < first {
+			first = s.delay
+		}
 	}
+	if first >= 0 {
+		set.announce = time.AfterFunc(first, func() { set.closeNow(log, backend, first) })
+	}
+}
+
+// closeNow schedules the closes of the streams open when the first delay
+// passed, and logs how many, once; streams opened since the backend left
+// have theirs (trackStream).
+func (set *streamSet) closeNow(log *zap.Logger, backend string, passed time.Duration) {
+	set.mu.Lock()
+	if set.left.IsZero() {
+		set.mu.Unlock()
+		return // it stayed
+	}
+	n := 0
+	for s := range set.open {
+		if s.timer == nil {
+			s.timer = time.AfterFunc(s.delay-passed+closeJitter(s.delay), s.close)
+		}
+		n++
+	}
+	set.mu.Unlock()
+	if n > 0 {
+		log.Info("closing the streams of a backend that left (stream_close_delay)",
+			zap.String("backend", backend), zap.Int("streams", n))
+	}
+}
+
+// closeJitter spreads the closes of a backend's streams over up to a
+// quarter of the delay after it, so their clients do not come back in one
+// herd.
+func closeJitter(delay time.Duration) time.Duration {
+	if delay < 4 {
+		return 0
+	}
+	return rand.N(delay / 4)
 }
 
 // stay is called when a member that was leaving is back in DNS before it
@@ -86,12 +132,39 @@ func (set *streamSet) stay() {
 	set.mu.Lock()
 	defer set.mu.Unlock()
 	set.left = time.Time{}
+	if set.announce != nil {
+		set.announce.Stop()
+		set.announce = nil
+	}
 	for s := range set.open {
 		if s.timer != nil {
 			s.timer.Stop()
 			s.timer = nil
 		}
 	}
+}
+
+// limitStream puts a response stream (server-sent events) under
+// stream_timeout and stream_close_delay: either ends it by calling end.
+// The returned func lifts the limits when the stream is over; limited
+// tells whether they ended it.
+func (h *Handler) limitStream(b *Backend, end func()) (stop func(), limited *atomic.Bool) {
+	limited = new(atomic.Bool)
+	endIt := func() {
+		limited.Store(true)
+		end()
+	}
+	var t *time.Timer
+	if h.StreamTimeout > 0 {
+		t = time.AfterFunc(time.Duration(h.StreamTimeout), endIt)
+	}
+	untrack := h.trackStream(b, endIt)
+	return func() {
+		if t != nil {
+			t.Stop()
+		}
+		untrack()
+	}, limited
 }
 
 // pipeUp copies the client's side of a tunnel to the backend: through a

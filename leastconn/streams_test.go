@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
 // readSizes is a tunnel side that records how much each read asks for.
@@ -69,7 +70,7 @@ func TestStreamSetLeaveStayAndStreamsOpenedWhileLeaving(t *testing.T) {
 	untrackFirst := h.trackStream(b, closeFn)
 	(&Handler{}).trackStream(b, closeFn)() // no delay: not tracked
 
-	b.streams.leave()
+	b.streams.leave(zap.NewNop(), b.URL())
 	b.streams.stay() // back in DNS before it left: nothing scheduled
 	b.streams.mu.Lock()
 	for s := range b.streams.open {
@@ -83,7 +84,7 @@ func TestStreamSetLeaveStayAndStreamsOpenedWhileLeaving(t *testing.T) {
 		t.Fatalf("%d streams tracked, want 1", tracked)
 	}
 
-	b.streams.leave()
+	b.streams.leave(zap.NewNop(), b.URL())
 	h.trackStream(b, closeFn) // opened while leaving: the same deadline
 	deadline := time.Now().Add(5 * time.Second)
 	for closed.Load() < 2 && time.Now().Before(deadline) {

@@ -72,16 +72,17 @@ func (h *Handler) wireSettings() (upstream.Settings, error) {
 		}
 	}
 	w.NoHTTP2 = len(h.Versions) > 0 && !slices.Contains(h.Versions, "2")
+	w.H2C = slices.Contains(h.Versions, "h2c")
 	return w, nil
 }
 
 // checkVersion accepts the HTTP versions lbpool speaks to backends.
 func checkVersion(v string) error {
 	switch v {
-	case "1.1", "2":
+	case "1.1", "2", "h2c":
 		return nil
-	case "h2c", "3":
-		return fmt.Errorf("%s to backends is not supported by lbpool; use reverse_proxy for those backends", v)
+	case "3":
+		return fmt.Errorf("HTTP/3 to backends is not supported by lbpool; use reverse_proxy for those backends")
 	}
-	return fmt.Errorf("%q is not an HTTP version (1.1 or 2)", v)
+	return fmt.Errorf("%q is not an HTTP version (1.1, 2 or h2c)", v)
 }

@@ -175,11 +175,11 @@ func adminDo(t *testing.T, c *lbtest.Caddy, method, path, body string, headers m
 // ---- the page in a real browser ----
 
 // trafficBackend answers after 5-60 ms, so that connections overlap, and
-// reports memory at /stats.
+// reports memory and a load at /stats.
 func trafficBackend(t *testing.T, name string, memory int64) *lbtest.Backend {
 	return lbtest.NewBackend(t, name, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/stats" {
-			fmt.Fprintf(w, `{"memory_usage": %d}`, memory)
+			fmt.Fprintf(w, `{"memory_usage": %d, "cpu_utilization": 0.25}`, memory)
 			return
 		}
 		time.Sleep(time.Duration(5+rand.IntN(55)) * time.Millisecond)
@@ -262,7 +262,7 @@ func TestDashboardInABrowserShowsBackendsAndDrainsOne(t *testing.T) {
 		trafficBackend(t, "app2", 38<<20+700<<10),
 		trafficBackend(t, "app3", 44<<20+100<<10),
 	}
-	loadForBrowser(t, c, pool(c, "health_interval 500ms\n\t\tstats_uri /stats\n\t\tslow_start 1m\n\t\tsticky cookie", apps...))
+	loadForBrowser(t, c, pool(c, "health_interval 500ms\n\t\tstats_uri /stats\n\t\tload_reports stats\n\t\tslow_start 1m\n\t\tsticky cookie", apps...))
 	sendTraffic(t, c, c.URL("/"), 6)
 	home := stickySession(t, c, 5, apps) // the other clients send no cookie
 	adminErrors := len(c.Logs(`"logger":"admin.api"`, `"request error"`))
@@ -276,6 +276,14 @@ func TestDashboardInABrowserShowsBackendsAndDrainsOne(t *testing.T) {
 		}
 		for i, r := range rows {
 			if r.URL != apps[i].URL() || r.Word != "up" || r.Memory == "–" || !strings.Contains(r.Check, "ms") {
+				return false
+			}
+		}
+		return true
+	})
+	b.waitPage("the learned weight and the reported utilization beside the weight", func(p dashboardPage) bool {
+		for _, r := range p.rows("web") {
+			if !strings.Contains(r.Note, "learned ×1.00; utilization 0.25") {
 				return false
 			}
 		}

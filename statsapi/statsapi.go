@@ -1,7 +1,8 @@
 // Package statsapi is the admin.api.lbpool module: routes on Caddy's admin
 // endpoint that show every lbpool backend's live stats (as JSON and as a
 // live dashboard page) and set backends' admin state (ready, drain, maint)
-// at run time.
+// at run time; the http.handlers.lbpool_dashboard handler serves the
+// dashboard and the same routes on a site (siteroute.go).
 //
 // The module is stateless: Caddy creates a new one on every config load. It
 // reads copies of backend state from the leastconn registry and holds no

@@ -29,13 +29,19 @@ type Block struct {
 	indent      string // the fence's indentation
 }
 
-// Pages returns README.md and every docs/*.md page under the repository
-// root, README.md first.
+// Pages returns README.md, every docs/*.md page and every docs/*/README.md
+// under the repository root, README.md first.
 func Pages(root string) ([]string, error) {
 	docs, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
 	if err != nil {
 		return nil, err
 	}
+	// a concern with files of its own beside its page (docs/monitoring/)
+	folders, err := filepath.Glob(filepath.Join(root, "docs", "*", "README.md"))
+	if err != nil {
+		return nil, err
+	}
+	docs = append(docs, folders...)
 	sort.Strings(docs)
 	return append([]string{filepath.Join(root, "README.md")}, docs...), nil
 }

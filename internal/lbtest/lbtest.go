@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -28,15 +29,39 @@ import (
 	"github.com/lbpool/lbpool/leastconn"
 )
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// Test ports come from below the kernel's ephemeral range (32768-60999 by
+// default), where no outgoing connection takes a port on its own: a port
+// the test picked, closed and binds again later (a second site, a backend
+// restarted) cannot have become some connection's source port meanwhile.
+const (
+	testPortLow  = 20000
+	testPortHigh = 32768
+)
+
+// listenLocal listens on a free test port of 127.0.0.1.
+func listenLocal() (net.Listener, error) {
+	for range 500 {
+		port := testPortLow + rand.IntN(testPortHigh-testPortLow)
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			return l, nil
+		}
+	}
+	return net.Listen("tcp", "127.0.0.1:0")
+}
+
+// FreePort returns a test port that was free on every address a moment
+// ago (Caddy binds ":port" to all of them).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 500 {
+		port := testPortLow + rand.IntN(testPortHigh-testPortLow)
+		if l, err := net.Listen("tcp", fmt.Sprintf(":%d", port)); err == nil {
+			l.Close()
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("lbtest: no free test port")
+	return 0
 }
 
 // Caddy is the in-process Caddy of a test binary. Caddy is process-wide, so
@@ -392,7 +417,7 @@ type Backend struct {
 // Requests.
 func NewBackend(t testing.TB, name string, handler http.HandlerFunc) *Backend {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := listenLocal()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -403,7 +428,7 @@ func NewBackend(t testing.TB, name string, handler http.HandlerFunc) *Backend {
 // connection's state to state (net/http's ConnState), set before it serves.
 func NewWatchedBackend(t testing.TB, name string, handler http.HandlerFunc, state func(net.Conn, http.ConnState)) *Backend {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := listenLocal()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,7 @@ type Settings struct {
 	MaxIdleConnsPerHost int
 	MaxConnsPerHost     int
 	NoHTTP2             bool // versions 1.1 alone
+	H2C                 bool // versions h2c: plain-HTTP backends speak HTTP/2 with prior knowledge
 }
 
 // Direct tells whether plain-HTTP requests may take the direct path: none
@@ -106,6 +107,21 @@ func NewTransport(s Settings, tlsConfig *tls.Config) *http.Transport {
 		TLSClientConfig:        tlsConfig.Clone(),
 	}
 	s.tune(t)
+	return t
+}
+
+// NewH2CTransport builds the transport for h2c backends: HTTP/2 with prior
+// knowledge over plain TCP, with NewTransport's dialer and timeouts. Its
+// requests carry http:// URLs. A connection carries up to the backend's
+// MAX_CONCURRENT_STREAMS streams; past that another connection opens
+// (StrictMaxConcurrentRequests stays off), so no request waits for a
+// stream to end.
+func NewH2CTransport(s Settings) *http.Transport {
+	t := NewTransport(s, nil)
+	t.ForceAttemptHTTP2 = false
+	t.TLSClientConfig = nil
+	t.Protocols = new(http.Protocols)
+	t.Protocols.SetUnencryptedHTTP2(true)
 	return t
 }
 

@@ -13,6 +13,9 @@ const HISTORY = 60; // samples kept for the sparklines: about a minute
 const CHANGED_MS = 5000; // how long a state change stays marked
 const MESSAGE_MS = 10000; // how long a button's result stays in the row
 
+// a read-only page (lbpool_dashboard read_only) has no buttons
+const READ_ONLY = document.body.hasAttribute("data-read-only");
+
 const pools = new Map(); // pool name -> pool view
 const rows = new Map(); // pool + "\n" + url -> row view
 
@@ -80,7 +83,7 @@ const COLUMNS = [
   ["memory", "Memory", "as the backend reports it"],
   ["check", "Last check", "status, duration, age"],
   ["actions", "Admin state"],
-];
+].filter(([key]) => !(READ_ONLY && key === "actions"));
 
 function newPool(name) {
   const section = el("section", "pool");
@@ -149,11 +152,12 @@ function newRow(pool, url) {
   r.uptime = cells.uptime;
   r.memory = cells.memory;
   r.check = cells.check;
+  r.buttons = {};
+  if (READ_ONLY) return r;
 
   const group = el("span", "buttons");
   group.setAttribute("role", "group");
   group.setAttribute("aria-label", `Admin state of ${url}`);
-  r.buttons = {};
   for (const state of ["drain", "maint", "ready"]) {
     const b = el("button", `act act-${state}`, state);
     b.type = "button";
@@ -224,18 +228,26 @@ function updateRow(r, s, t) {
   r.tr.classList.toggle("changed", changed);
   r.flag.hidden = !changed;
 
-  // a member found through DNS says so, and that it is leaving once it left DNS
+  // a member found through DNS says so, and that it is leaving once it left DNS;
+  // a backend a reload removed is leaving until its requests and streams end
   const notes = [];
   if (s.source === "dns") notes.push(s.leaving ? "dns · leaving" : "dns");
+  else if (s.leaving) notes.push("leaving");
   if (s.backup) notes.push("backup");
   if (s.ejected) notes.push(s.ejected_reason ? `ejected: ${s.ejected_reason}` : "ejected");
   if (s.held) notes.push(`held ${formatAge(-secondsSince(s.held_until))} more (hold ${s.holds_in_a_row} in a row): ${s.hold_reason}`);
   if (s.max_conns) notes.push(`max ${integer.format(s.max_conns)}`);
   if (s.weight !== s.configured_weight) notes.push(`weight ${s.weight} (set; configured ${s.configured_weight})`);
   else if (s.weight !== 1) notes.push(`weight ${s.weight}`);
+  // load_reports: the weight learned from the backend's reports, beside the configured one
+  if (s.reported_utilization != null || (s.learned_weight != null && s.learned_weight !== 1)) {
+    const util = s.reported_utilization != null ? `; utilization ${s.reported_utilization}, ${formatAge(s.report_age_seconds)} ago` : "";
+    notes.push(`learned ×${Number(s.learned_weight).toFixed(2)}${util}`);
+  }
+  if (s.bad_reports_total) notes.push(`${integer.format(s.bad_reports_total)} bad load reports`);
   if (s.state_source === "storage") notes.push("state from storage");
   if (s.unsaved) notes.push("unsaved");
-  r.weightIn.placeholder = String(s.weight);
+  if (!READ_ONLY) r.weightIn.placeholder = String(s.weight);
   r.weight.textContent = notes.join(" · ");
   r.active.textContent = integer.format(s.active_connections);
   if (t !== undefined) r.rate.textContent = formatRate(sample(r, s, t));
@@ -274,7 +286,7 @@ function updateRow(r, s, t) {
   for (const [state, b] of Object.entries(r.buttons)) {
     b.setAttribute("aria-pressed", String(s.state === state));
   }
-  if (r.msgAt && Date.now() - r.msgAt > MESSAGE_MS) {
+  if (!READ_ONLY && r.msgAt && Date.now() - r.msgAt > MESSAGE_MS) {
     r.msg.textContent = "";
     r.msgAt = 0;
   }
@@ -391,7 +403,18 @@ function countWords(counts) {
   return words.join(" · ");
 }
 
-// ---- talking to the admin endpoint ----
+// ---- talking to the admin endpoint (or the site route) ----
+
+// route is the URL of one of the page's routes beside it. Credentials in
+// the page's address (user:pass@, answering a site's basic_auth) are left
+// out, as fetch refuses URLs with them; the browser sends the ones the
+// site's challenge took.
+function route(name) {
+  const url = new URL(name, location.href);
+  url.username = "";
+  url.password = "";
+  return url.href;
+}
 
 // errorText reads Caddy's admin error body ({"error": "..."}).
 async function errorText(resp) {
@@ -419,7 +442,7 @@ function setLive(ok, err) {
 async function readQueues() {
   const queues = new Map();
   try {
-    const resp = await fetch("pools", { cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS) });
+    const resp = await fetch(route("pools"), { cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS) });
     if (!resp.ok) return queues;
     const list = await resp.json();
     if (Array.isArray(list)) for (const q of list) if (q && typeof q.pool === "string") queues.set(q.pool, q);
@@ -433,7 +456,7 @@ async function poll() {
   const started = performance.now();
   const queues = readQueues();
   try {
-    const resp = await fetch("stats", { cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS) });
+    const resp = await fetch(route("stats"), { cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS) });
     if (!resp.ok) throw new Error(await errorText(resp));
     const stats = await resp.json();
     render(stats, await queues, performance.now());
@@ -453,7 +476,7 @@ async function send(r, what, change) {
   r.msg.textContent = `${what}…`;
   r.msgAt = Date.now();
   try {
-    const resp = await fetch("state", {
+    const resp = await fetch(route("state"), {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ pool: r.pool, backend: r.url, ...change }),
