@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -96,8 +97,8 @@ func statusText(status int) string {
 }
 
 // runBackend is the backend role: bench -backend -listen 127.0.0.1:PORT
-// -name b1 [-delay 50ms [-fast]] [-cert F -key F [-tls-listen A] [-h2-listen A]].
-// It serves until the harness stops it.
+// -name b1 [-delay 50ms [-fast]] [-cert F -key F [-tls-listen A] [-h2-listen A]]
+// [-extra N -extra-ip 127.0.0.2 -extra-file F]. It serves until the harness stops it.
 func runBackend(args []string) error {
 	fs := flag.NewFlagSet("backend", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
@@ -108,6 +109,10 @@ func runBackend(args []string) error {
 	h2Listen := fs.String("h2-listen", "", "also serve HTTP/2 over TLS on this address")
 	certFile := fs.String("cert", "", "certificate (PEM) for the TLS listeners")
 	keyFile := fs.String("key", "", "its private key (PEM)")
+	extra := fs.Int("extra", 0, "also serve on this many more listeners on -extra-ip, ports chosen by the system")
+	extraIP := fs.String("extra-ip", "127.0.0.1", "the loopback address of the -extra listeners (one of its own per process: ports the system chooses for\n"+
+		"one process's listeners may then not collide with another's, nor with a -listen port chosen before)")
+	extraFile := fs.String("extra-file", "", "with -extra: write their host:port here, one a line, once all listen")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -145,11 +150,42 @@ func runBackend(args []string) error {
 			os.Exit(1)
 		}()
 	}
+	if err := b.serveExtra(ctx, *extraIP, *extra, *extraFile); err != nil {
+		return fmt.Errorf("backend %s: %w", *name, err)
+	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("backend %s: %w", *name, err)
 	}
 	return b.serve(ctx, ln)
+}
+
+// serveExtra listens on n more ports of ip, serves them all with b's
+// counters, and writes their addresses to file (written whole under a
+// temporary name, then renamed, so a reader never sees half of it). The
+// scaling scenarios make hundreds of backends this way, in three processes.
+func (b *backend) serveExtra(ctx context.Context, ip string, n int, file string) error {
+	if n <= 0 {
+		return nil
+	}
+	var addrs strings.Builder
+	for range n {
+		ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			return err
+		}
+		addrs.WriteString(ln.Addr().String() + "\n")
+		go func() {
+			if err := b.serve(ctx, ln); err != nil {
+				fmt.Fprintln(os.Stderr, "bench:", err)
+				os.Exit(1)
+			}
+		}()
+	}
+	if err := os.WriteFile(file+".tmp", []byte(addrs.String()), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(file+".tmp", file)
 }
 
 // h2Handler serves the backend's paths with net/http, for HTTP/2. It

@@ -170,25 +170,30 @@ func TestReadResponseLengthChunkedAndClose(t *testing.T) {
 
 // TestQuickRunMeasuresEveryConfiguration runs the whole harness in -quick
 // mode: Caddy built and started, backends and load generator as processes,
-// every configuration in every scenario, and the report files written.
+// every configuration in every scenario, and the report files written. It
+// includes the HTTP/2 clients (TLS to Caddy's internal CA) and two points of
+// each scaling axis, one with 30 backends in the three processes.
 func TestQuickRunMeasuresEveryConfiguration(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds Caddy and runs it under load for about 20s; skipped with -short")
+		t.Skip("builds Caddy and runs it under load for about a minute; skipped with -short")
 	}
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The newer workloads are left out to keep the test short; their
+	// The other newer workloads are left out to keep the test short; their
 	// pieces are tested below without Caddy.
-	opts, err := parseOptions([]string{"-quick", "-out", t.TempDir(), "-scenarios", "throughput,quality,flip"})
+	opts, err := parseOptions([]string{"-quick", "-out", t.TempDir(), "-scenarios", "throughput,quality,flip,h2_clients,scaling",
+		"-scaling-backends", "3,30", "-scaling-clients", "100"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts.exe = exe
 	var stdout strings.Builder
 	opts.stdout = &stdout
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// about a minute on a quiet 2-core machine; the bound is for one
+	// shared with other builds and tests
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if err := run(ctx, opts); err != nil {
 		t.Fatalf("run: %v\n%s", err, stdout.String())
@@ -202,7 +207,8 @@ func TestQuickRunMeasuresEveryConfiguration(t *testing.T) {
 	if err := json.Unmarshal(b, &res); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]int{scThroughput: 5, scQuality: 4, scQualityFast: 1, scFlip: 3}
+	want := map[string]int{scThroughput: 5, scQuality: 4, scQualityFast: 1, scFlip: 3, scH2: 3,
+		"scaling_b3": 2, "scaling_b30": 2, "scaling_c100": 2}
 	for _, r := range res.Runs {
 		want[r.Scenario]--
 		if r.Requests == 0 || r.Errors != 0 || r.LBCPUSeconds <= 0 || r.P99us <= 0 {
@@ -224,7 +230,16 @@ func TestQuickRunMeasuresEveryConfiguration(t *testing.T) {
 			t.Errorf("%s: %d runs missing", sc, n)
 		}
 	}
-	if len(res.Targets) != 11 { // issue 6's 4, issue 14's 5, and the performance issue's 2 on throughput
+	var points []string
+	for _, p := range res.Scaling {
+		points = append(points, fmt.Sprintf("%s %d/%d %d", p.Axis, p.Backends, p.Clients, len(p.Figures)))
+	}
+	if want := []string{"backends 3/64 2", "backends 30/64 2", "clients 3/64 2", "clients 3/100 2"}; !slices.Equal(points, want) {
+		t.Errorf("scaling points %q, want %q", points, want)
+	}
+	// issue 6's 4, issue 14's 5, the performance issue's 2 on throughput,
+	// issue 29's on h2_clients
+	if len(res.Targets) != 12 {
 		t.Errorf("targets: %+v", res.Targets)
 	}
 	for _, name := range []string{"report.txt", "chart.svg", "caddyfiles/throughput-lbpool.Caddyfile"} {
@@ -236,7 +251,13 @@ func TestQuickRunMeasuresEveryConfiguration(t *testing.T) {
 	if err := xml.Unmarshal(svg, new(struct{})); err != nil {
 		t.Errorf("chart.svg is not well-formed XML: %v", err)
 	}
-	for _, want := range []string{"ratios to rp_least_conn", "b2's share of the requests in each second", "targets of issue 14"} {
+	// two axes, CPU and memory on each, a line for each of lbpool and
+	// reverse_proxy
+	if n := strings.Count(string(svg), "<polyline"); !strings.Contains(string(svg), "How cost grows with backends") || n != 8 {
+		t.Errorf("chart.svg has %d curves, want lbpool's and reverse_proxy's CPU and RSS by backends and by clients", n)
+	}
+	for _, want := range []string{"ratios to rp_least_conn", "b2's share of the requests in each second", "targets of issue 14",
+		"== scaling: how cost grows", "8 TLS connections of 8 streams"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("no %q in the report:\n%s", want, stdout.String())
 		}
@@ -405,7 +426,8 @@ func TestCaddyfilesOfEveryScenarioAdapt(t *testing.T) {
 			}
 		}
 	}
-	for _, sc := range []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, scHTTPS1, scHTTPS2, scOptions} {
+	for _, sc := range []string{scThroughput, scQuality, scFlip, scPost, scClients, scWebsockets, scHTTPS1, scHTTPS2, scH2, scOptions,
+		"scaling_b3000", "scaling_c5000"} {
 		if !seen[sc] {
 			t.Errorf("no configuration of %s adapted", sc)
 		}
@@ -448,6 +470,9 @@ func configMarks(sc scenario, config string) []string {
 	}
 	if config == optionsConfig {
 		marks = append(marks, `"sticky"`, `"least_time"`, `X-Test`)
+	}
+	if sc.H2 {
+		marks = append(marks, `"module":"internal"`, `"protocols":["h1","h2"]`)
 	}
 	return marks
 }

@@ -75,6 +75,9 @@ func scenarioPanels(sc scenario) []panel {
 type chartCell struct {
 	sc scenario
 	p  panel
+	// curve, if set, makes the cell a line over these scenarios' points
+	// (scaling.go) instead of bars of sc.
+	curve []scenario
 }
 
 // chartRow is a titled row of up to three panels.
@@ -89,7 +92,7 @@ func (res *results) chartRows() []chartRow {
 	var rows []chartRow
 	var cells []chartCell
 	cpu := func(sc scenario) chartCell {
-		return chartCell{sc, panel{sc.Name + ": LB CPU per request, µs", metricLBCPU, fmtSig}}
+		return chartCell{sc: sc, p: panel{sc.Name + ": LB CPU per request, µs", metricLBCPU, fmtSig}}
 	}
 	for _, sc := range res.Scenarios {
 		switch {
@@ -99,25 +102,27 @@ func (res *results) chartRows() []chartRow {
 				row.title = fmt.Sprintf("Quality: b%d answers after %s, %d keep-alive clients", sc.Slow+1, sc.Delay, sc.Conns)
 			}
 			for _, p := range scenarioPanels(sc) {
-				row.cells = append(row.cells, chartCell{sc, p})
+				row.cells = append(row.cells, chartCell{sc: sc, p: p})
 			}
 			rows = append(rows, row)
 		case sc.Websockets > 0:
-			cells = append(cells, chartCell{sc, panel{fmt.Sprintf("%d websockets: Caddy's RSS per websocket, KiB", sc.Websockets), metricWSRSS, fmtSig}})
+			cells = append(cells, chartCell{sc: sc, p: panel{fmt.Sprintf("%d websockets: Caddy's RSS per websocket, KiB", sc.Websockets), metricWSRSS, fmtSig}})
 		case sc.Name == scClients:
-			cells = append(cells, cpu(sc), chartCell{sc, panel{sc.Name + ": Caddy's peak RSS, MiB", metricPeakRSS, fmtSig}})
+			cells = append(cells, cpu(sc), chartCell{sc: sc, p: panel{sc.Name + ": Caddy's peak RSS, MiB", metricPeakRSS, fmtSig}})
 		case sc.Name == scPost || sc.Name == scHTTPS1 || sc.Name == scHTTPS2 || sc.Name == scOptions:
 			cells = append(cells, cpu(sc))
+		case sc.H2:
+			cells = append(cells, cpu(sc), chartCell{sc: sc, p: panel{sc.Name + ": p99 latency, ms", metricP99, fmtSig}})
 		}
 	}
 	for i := 0; i < len(cells); i += 3 {
-		title := "Other workloads (lower is better): small POST, 2000 clients, HTTPS backends (HTTP/1.1, HTTP/2), lbpool's options, websockets"
+		title := "Other workloads (lower is better): POST, 2000 clients, HTTPS backends, HTTP/2 clients, options, websockets"
 		if i > 0 {
 			title = ""
 		}
 		rows = append(rows, chartRow{title: title, cells: cells[i:min(i+3, len(cells))]})
 	}
-	return rows
+	return append(rows, res.scalingRows()...)
 }
 
 func (res *results) chart() []byte {
@@ -141,7 +146,11 @@ func (res *results) chart() []byte {
 		text(&b, chartMargin, y+16, "start", 14, "bold", row.title)
 		for i, c := range row.cells {
 			x := chartMargin + i*(panelWidth+panelGap)
-			res.drawPanel(&b, c.sc, c.p, x, y+30)
+			if c.curve != nil {
+				res.drawCurves(&b, c.curve, c.p, x, y+30)
+			} else {
+				res.drawPanel(&b, c.sc, c.p, x, y+30)
+			}
 		}
 		y += rowHeight
 	}
@@ -193,20 +202,8 @@ func (res *results) drawPanel(b *bytes.Buffer, sc scenario, p panel, x, y int) {
 		}
 		bars = append(bars, br)
 	}
-	scaleMax, step := niceScale(top)
-	plotTop := y + 22
-	plotLeft := x + 44
-	plotW := panelWidth - 50
-	yOf := func(v float64) float64 { return float64(plotTop+plotHeight) - v/scaleMax*plotHeight }
-
-	text(b, x+panelWidth/2, y+10, "middle", 12, "bold", p.title)
-	for i := 0; float64(i)*step <= scaleMax*1.0001; i++ {
-		v := float64(i) * step
-		gy := yOf(v)
-		fmt.Fprintf(b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#e3e3e3"/>`+"\n", plotLeft, gy, plotLeft+plotW, gy)
-		text(b, plotLeft-5, int(gy)+4, "end", 10, "normal", p.tick(v, step))
-	}
-	fmt.Fprintf(b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#555"/>`+"\n", plotLeft, plotTop+plotHeight, plotLeft+plotW, plotTop+plotHeight)
+	plotTop, plotLeft, plotW := y+22, x+44, panelWidth-50
+	yOf := p.frame(b, top, x, y, plotW)
 
 	slot := float64(plotW) / float64(max(len(bars), 1))
 	barW := slot * 0.62
@@ -226,6 +223,24 @@ func (res *results) drawPanel(b *bytes.Buffer, sc scenario, p panel, x, y int) {
 			text(b, int(cx), plotTop+plotHeight+15+13*k, "middle", 10, "normal", line)
 		}
 	}
+}
+
+// frame draws a panel's title, its value axis up to at least top and its
+// grid, with the panel's top-left corner at x, y and a plot plotW wide; it
+// returns the plot's y for a value.
+func (p panel) frame(b *bytes.Buffer, top float64, x, y, plotW int) func(float64) float64 {
+	scaleMax, step := niceScale(top)
+	plotTop, plotLeft := y+22, x+44
+	yOf := func(v float64) float64 { return float64(plotTop+plotHeight) - v/scaleMax*plotHeight }
+	text(b, x+panelWidth/2, y+10, "middle", 12, "bold", p.title)
+	for i := 0; float64(i)*step <= scaleMax*1.0001; i++ {
+		v := float64(i) * step
+		gy := yOf(v)
+		fmt.Fprintf(b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#e3e3e3"/>`+"\n", plotLeft, gy, plotLeft+plotW, gy)
+		text(b, plotLeft-5, int(gy)+4, "end", 10, "normal", p.tick(v, step))
+	}
+	fmt.Fprintf(b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#555"/>`+"\n", plotLeft, plotTop+plotHeight, plotLeft+plotW, plotTop+plotHeight)
+	return yOf
 }
 
 // labelLines is a configuration's name under its bar, in at most two short

@@ -38,6 +38,9 @@ type siteSpec struct {
 	// names each request's backend (log_append upstream ...).
 	accessLog string
 	logAppend bool
+	// clientTLS makes the site HTTPS (HTTP/1.1 and HTTP/2) with a
+	// certificate from Caddy's internal CA, for the h2_clients scenario.
+	clientTLS bool
 }
 
 // urls are the backends as the handler lists them.
@@ -181,16 +184,24 @@ func caddyfile(c lbConfig, adminPort, sitePort int, s siteSpec) string {
 			log += fmt.Sprintf("log_append upstream %s\n\t", c.upstream)
 		}
 	}
+	global, site, tls := "auto_https off", fmt.Sprintf(":%d", sitePort), ""
+	if s.clientTLS {
+		// Caddy's internal CA issues the site's certificate (for the IP
+		// address) at start; the load generator trusts its root, which is
+		// not installed anywhere. No HTTP/3, and no redirect listener.
+		global = "auto_https disable_redirects\n\tskip_install_trust\n\tservers {\n\t\tprotocols h1 h2\n\t}"
+		site, tls = fmt.Sprintf("https://127.0.0.1:%d", sitePort), "tls internal\n\t"
+	}
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
-	auto_https off
+	%s
 	persist_config off
 	grace_period 1s
 }
 
-:%d {
+%s {
 	bind 127.0.0.1
-	%s%s
+	%s%s%s
 }
-`, adminPort, sitePort, log, c.handler(s))
+`, adminPort, global, site, tls, log, c.handler(s))
 }

@@ -76,6 +76,12 @@ type loadSpec struct {
 	flip     string        // host:port of a backend to turn slow and fast again
 	flipAt   time.Duration // into the window
 	flipFor  time.Duration
+	// -h2: HTTP/2 over TLS, h2Conns connections of h2Streams streams,
+	// trusting the CA in ca (h2load.go)
+	h2        bool
+	h2Conns   int
+	h2Streams int
+	ca        string
 }
 
 // runLoad is the load role: bench -load -addr 127.0.0.1:PORT ...
@@ -85,7 +91,7 @@ func runLoad(args []string) error {
 	var backends string
 	fs.StringVar(&s.addr, "addr", "", "load balancer host:port")
 	fs.StringVar(&s.path, "path", "/", "request path")
-	fs.StringVar(&s.method, "method", "GET", "GET, or POST with a JSON body of -body bytes")
+	fs.StringVar(&s.method, "method", "GET", "GET, or POST with a JSON body of -body bytes, or (with -h2) MIX: both in turn")
 	fs.IntVar(&s.body, "body", 1024, "bytes of the JSON body of each POST")
 	fs.BoolVar(&s.sticky, "sticky", false, "keep the cookie each connection is given and send it back")
 	fs.IntVar(&s.conns, "conns", 64, "keep-alive connections (concurrent clients)")
@@ -99,6 +105,10 @@ func runLoad(args []string) error {
 	fs.StringVar(&s.flip, "flip", "", "backend host:port to turn slow at -flip-at into the window and fast -flip-for later")
 	fs.DurationVar(&s.flipAt, "flip-at", 0, "when in the measured window the -flip backend turns slow")
 	fs.DurationVar(&s.flipFor, "flip-for", 0, "how long the -flip backend stays slow")
+	fs.BoolVar(&s.h2, "h2", false, "HTTP/2 over TLS (the conns are -h2-conns connections of -h2-streams streams)")
+	fs.IntVar(&s.h2Conns, "h2-conns", 8, "with -h2: TLS connections")
+	fs.IntVar(&s.h2Streams, "h2-streams", 8, "with -h2: concurrent streams on each connection")
+	fs.StringVar(&s.ca, "ca", "", "with -h2: PEM file of the CA whose certificate the load balancer serves")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -106,7 +116,11 @@ func runLoad(args []string) error {
 		return fmt.Errorf("load: %w", err)
 	}
 	s.sampled(*pids, backends)
-	res, err := generate(s)
+	gen := generate
+	if s.h2 {
+		gen = generateH2
+	}
+	res, err := gen(s)
 	if err != nil {
 		return err
 	}
@@ -227,16 +241,21 @@ func timeline(s loadSpec, start, end time.Time, first []int64) ([][]int64, error
 	return series, nil
 }
 
-// worker is one closed-loop client.
-type worker struct {
-	spec     loadSpec
-	request  []byte
-	jar      *cookieJar // with -sticky
-	start    time.Time  // of the measured window
-	end      time.Time
+// tally is what one closed-loop client counted in the measured window.
+type tally struct {
 	hist     histogram
 	requests int64
 	errors   int64
+}
+
+// worker is one closed-loop client.
+type worker struct {
+	spec    loadSpec
+	request []byte
+	jar     *cookieJar // with -sticky
+	start   time.Time  // of the measured window
+	end     time.Time
+	tally
 }
 
 func generate(s loadSpec) (*loadResult, error) {
@@ -267,6 +286,20 @@ func generate(s loadSpec) (*loadResult, error) {
 		wg.Go(func() { w.run(conns[i]) })
 	}
 
+	return measure(s, start, end, func() []*tally {
+		wg.Wait()
+		var out []*tally
+		for _, w := range workers {
+			out = append(out, &w.tally)
+		}
+		return out
+	})
+}
+
+// measure samples at both ends of the measured window from start to end,
+// runs its timeline, then waits for the clients (wait) and sums what they
+// counted.
+func measure(s loadSpec, start, end time.Time, wait func() []*tally) (*loadResult, error) {
 	time.Sleep(time.Until(start))
 	before, err := takeSample(s)
 	if err != nil {
@@ -280,17 +313,17 @@ func generate(s loadSpec) (*loadResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load: sampling at the end: %w", err)
 	}
-	wg.Wait()
+	tallies := wait()
 
 	res := &loadResult{Series: series}
 	if series != nil {
 		res.SeriesStep = s.series.Seconds()
 	}
 	var all histogram
-	for _, w := range workers {
-		all.merge(&w.hist)
-		res.Requests += w.requests
-		res.Errors += w.errors
+	for _, t := range tallies {
+		all.merge(&t.hist)
+		res.Requests += t.requests
+		res.Errors += t.errors
 	}
 	res.window(before, after, &all)
 	return res, nil

@@ -160,7 +160,7 @@ func scenarioMetrics(sc scenario) []metric {
 		return []metric{metricSlowShare, metricP99, metricP50, metricReqPerSec, metricLBCPU}
 	case sc.Websockets > 0:
 		return []metric{metricWSRSS, metricWSGoroutines}
-	case sc.Name == scClients:
+	case sc.Name == scClients || sc.Scaling != "":
 		return []metric{metricLBCPU, metricPeakRSS, metricP99, metricP50, metricReqPerSec}
 	case sc.GRPC == "stream":
 		// the gaps between a stream's messages say little across proxies
@@ -275,6 +275,7 @@ var targets = []targetDef{
 	}),
 	pairedTarget(perfIssue, scOptions, optionsConfig, "lbpool", metricLBCPU, 1.15),
 
+	pairedTarget("issue 29", scH2, "lbpool", baseline, metricLBCPU, 0.6),
 	pairedTarget("issue 26", scGRPCUnary, "lbpool", baseline, metricLBCPU, 0.9),
 	runTarget("issue 26", scGRPCOneConn, "lbpool", "largest distance of a backend's share from a third", 3, "%", func(_ scenario, r *runRecord) *float64 {
 		return shareSpread(r)
@@ -323,6 +324,8 @@ type results struct {
 	Ratios    []ratio      `json:"ratios"`
 	Targets   []target     `json:"targets"`
 	Profiles  []profileTop `json:"profiles,omitempty"`
+	// Scaling is the scaling scenarios' medians, axis by axis (scaling.go).
+	Scaling []scalingPoint `json:"scaling,omitempty"`
 	// RetryStorm is the retry_storm scenario's figures (retrystorm.go).
 	RetryStorm []stormRecord `json:"retry_storm,omitempty"`
 	Warnings   []string      `json:"warnings,omitempty"`
@@ -407,6 +410,7 @@ func (res *results) summarise() {
 		tg.Met = tg.Median != nil && *tg.Median <= t.limit && len(vals) == len(tg.PerRepeat)
 		res.Targets = append(res.Targets, tg)
 	}
+	res.Scaling = res.scalingPoints()
 }
 
 // paired says whether the scenario's ratios to the baseline are reported:
@@ -570,7 +574,7 @@ func (res *results) report(w io.Writer) {
 	fmt.Fprintln(w, "LB CPU/req (LB µs/req): Caddy's utime+stime over the measured window ÷ requests completed in it;")
 	fmt.Fprintln(w, "  LB core/req: all busy time of Caddy's core ÷ requests (adds interrupts and other work there: an upper bound)")
 	fmt.Fprintln(w, "peak RSS: Caddy's VmHWM (/proc) at the end of the measured window, so since it started")
-	fmt.Fprintln(w, "load generator: this harness (Go, raw HTTP/1.1 keep-alive), sharing its core with the backends;")
+	fmt.Fprintln(w, "load generator: this harness (Go, raw HTTP/1.1 keep-alive; HTTP/2 over TLS in h2_clients), sharing its core with the backends;")
 	fmt.Fprintln(w, "  when that core nears 100% busy, req/s is capped by it and not by the load balancer")
 
 	for _, warning := range res.Warnings {
@@ -592,10 +596,16 @@ func (res *results) report(w io.Writer) {
 				"at most %d over the baseline (Caddy's admin /debug/pprof/goroutine)\n", sc.Websockets, numBackends, goroutineSlack)
 		case sc.Slow >= 0:
 			fmt.Fprintf(w, "== quality: %d backends, b%d answers after %s; %d keep-alive clients\n", numBackends, sc.Slow+1, sc.Delay, sc.Conns)
+		case sc.H2:
+			fmt.Fprintf(w, "== %s: %d fast backends; %d HTTP/2 clients (%d TLS connections of %d streams each)%s\n",
+				sc.Name, sc.backends(), sc.Conns, sc.H2Conns, sc.H2Streams, scenarioNotes[sc.Name])
+		case sc.Scaling != "":
+			fmt.Fprintf(w, "== %s: %d fast backends; %d keep-alive clients on small GETs (a point of the scaling table below)\n",
+				sc.Name, sc.backends(), sc.Conns)
 		case sc.GRPC != "":
 			fmt.Fprintln(w, grpcHeading(sc))
 		default:
-			fmt.Fprintf(w, "== %s: %d fast backends; %d keep-alive clients%s\n", sc.Name, numBackends, sc.Conns, scenarioNotes[sc.Name])
+			fmt.Fprintf(w, "== %s: %d fast backends; %d keep-alive clients%s\n", sc.Name, sc.backends(), sc.Conns, scenarioNotes[sc.Name])
 		}
 		for _, c := range slices.Sorted(maps.Keys(sc.NotRun)) {
 			fmt.Fprintf(w, "%s: n/a (%s)\n", c, sc.NotRun[c])
@@ -614,6 +624,7 @@ func (res *results) report(w io.Writer) {
 			res.ratioTables(w, sc)
 		}
 	}
+	res.scalingTable(w)
 	res.targetTables(w)
 	for _, p := range res.Profiles {
 		fmt.Fprintln(w)
@@ -686,6 +697,9 @@ var scenarioNotes = map[string]string{
 	scHTTPS2: ", small GETs; the backends speak HTTP/2 over TLS (net/http's server; other versions are answered 505,\n" +
 		"so a proxy that fell back to HTTP/1.1 shows as errors); reverse_proxy with versions 2; lbpool has no versions option:\n" +
 		"its transport speaks HTTP/2 to every HTTPS backend that offers it (ALPN)",
+	scH2: fmt.Sprintf(";\nCaddy serves HTTPS with a certificate from its internal CA (tls internal), which the clients trust; each stream\n"+
+		"alternates a small GET and a POST of a %d-byte JSON body, half of the streams starting with each; the backends\n"+
+		"speak plain HTTP/1.1. The clients are golang.org/x/net/http2's (per-request allocations on the load generator's core)", postBodyBytes),
 	scOptions: fmt.Sprintf(", small GETs; %s is lbpool with lb_policy least_time, max_conns 1000, sticky cookie\n"+
 		"(each client keeps and sends back its cookie), header_up X-Test and Host set to %s, and log_append upstream %s;\n"+
 		"every proxy writes an access log to a file (Caddy's log directive: its cost is Caddy's, in both sides of\n"+

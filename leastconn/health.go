@@ -24,7 +24,11 @@ import (
 // reference in the registry and stopped with its last, so the number of
 // checkers never depends on how many handlers or reloads there were. Each
 // checker runs on its own jittered schedule, and its first check comes
-// promptly (within firstCheckSpread) after the backend joins.
+// promptly (within firstCheckSpread) after the backend joins. The check
+// after that comes at a random moment within one interval (see
+// spreadCheckIn), so the checks of a large pool that joined at once are
+// spread over the whole interval from the second round on, instead of
+// arriving together every interval.
 
 const (
 	firstCheckSpread = 100 * time.Millisecond
@@ -76,6 +80,16 @@ func nextCheckIn(interval time.Duration) time.Duration {
 	return interval*9/10 + rand.N(interval/5+1)
 }
 
+// spreadCheckIn is the wait after a prompt check (a backend's first, or the
+// first under a changed check) that found it up: anywhere within the
+// interval, so that 3,000
+// backends that joined together are checked about evenly over it rather
+// than all within the 10% jitter of the same instant. The checks that
+// follow keep that phase, with nextCheckIn's jitter.
+func spreadCheckIn(interval time.Duration) time.Duration {
+	return 1 + rand.N(interval)
+}
+
 func (b *Backend) runChecks(ctx context.Context) {
 	defer close(b.done)
 	defer func() {
@@ -87,6 +101,7 @@ func (b *Backend) runChecks(ctx context.Context) {
 	timer := time.NewTimer(rand.N(firstCheckSpread))
 	defer timer.Stop()
 	var downWait time.Duration // see nextCheck
+	prompt := true             // the coming check is a prompt one: spread the next
 	for {
 		select {
 		case <-ctx.Done():
@@ -96,6 +111,7 @@ func (b *Backend) runChecks(ctx context.Context) {
 		case <-b.respec:
 			// the check changed: check under it soon, but spread out
 			timer.Reset(rand.N(firstCheckSpread))
+			prompt = true
 			continue
 		}
 		spec := b.pool.spec.Load()
@@ -118,7 +134,14 @@ func (b *Backend) runChecks(ctx context.Context) {
 			}
 		}
 		b.h1.Prune(time.Now(), upstream.IdleTimeout)
-		timer.Reset(b.untilHoldEnds(nextCheckIn(b.nextCheck(spec, &downWait))))
+		wait := nextCheckIn
+		if prompt && b.flags.Load()&flagDown == 0 {
+			// up: the next check is health_interval's; a down backend's
+			// follow health_down_interval's quick schedule
+			wait = spreadCheckIn
+		}
+		prompt = false
+		timer.Reset(b.untilHoldEnds(wait(b.nextCheck(spec, &downWait))))
 	}
 }
 

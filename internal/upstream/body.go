@@ -147,14 +147,16 @@ func startSend(c *conn, out *http.Request, body *RequestBody, timeout time.Durat
 }
 
 func (s *bodySend) write() {
-	var w io.Writer = s.c.bw
+	bw := s.c.writer()
+	var w io.Writer = bw
 	if s.proceed == nil && s.out.ContentLength > 0 && s.out.ContentLength <= bufferSize {
-		w = headWithBody{s.c.bw}
+		w = headWithBody{bw}
 	}
 	err := s.out.Write(w)
 	if err == nil {
-		err = s.c.bw.Flush()
+		err = bw.Flush()
 	}
+	putWriter(bw)
 	s.mu.Lock()
 	if s.body.ClientError() != nil {
 		// no answer is coming to a request the client broke off

@@ -9,19 +9,21 @@ import (
 )
 
 // A backend's kept-alive HTTP/1 connections for the direct path (see
-// roundtrip.go): a stack of idle connections, each with a reader and a
-// writer it gives back while it sits idle for long.
+// roundtrip.go): a stack of idle connections. A connection holds a reader
+// only while it carries a request (from the pool's get to its put), and a
+// writer only while a request is written: idle ones hold no buffer, so
+// 3,000 backends' kept connections cost no 8 KiB each, and 2,000 requests
+// waiting for their answers hold a reader each but no writer.
 
 const (
 	maxIdle = 1024 // idle connections kept per backend
 	// IdleTimeout: idle connections older than this are closed.
 	IdleTimeout = 2 * time.Minute
-	// bufferSize: each connection in use holds a reader and a writer of
-	// this size; with 2000 requests in flight, 16 KiB ones made 64 MiB.
-	// Response headers longer than it are read all the same, and bodies
-	// larger than it bypass it.
+	// bufferSize: each connection in use holds a reader of this size, and
+	// one that writes a request a writer; with 2000 requests in flight,
+	// 16 KiB readers and writers made 64 MiB. Response headers longer than
+	// it are read all the same, and bodies larger than it bypass it.
 	bufferSize = 4 << 10
-	bufferIdle = time.Second // idle connections older than this give their buffers back
 )
 
 // maxResponseHeaderBytes bounds a backend's response headers, as
@@ -34,8 +36,7 @@ var ErrHeadersTooLarge = errors.New("backend response headers over 10 MiB")
 // conn is one kept-alive connection to a backend.
 type conn struct {
 	net.Conn
-	br       *bufio.Reader // reads through Read, so that limit applies; nil once long idle
-	bw       *bufio.Writer // nil once long idle
+	br       *bufio.Reader // reads through Read, so that limit applies; nil while idle
 	lastUsed time.Time
 	limit    int64 // bytes Read may still return; bounds headers
 	// timedOut is the first read since readResponse began that hit the
@@ -69,10 +70,8 @@ type Pool struct {
 	closed bool // the backend left its pool: late returns are closed
 }
 
-// bufPool holds the readers and writers of connections in use: one idle
-// for bufferIdle gives its own back (8 KiB) when its pool is pruned, and
-// takes a pair again when it carries the next request. A busy connection
-// keeps its pair, so the hot path takes none.
+// bufPool holds the readers and writers between their uses: a reader goes
+// back when its connection does, a writer when the request is written.
 var bufPool = struct{ r, w sync.Pool }{}
 
 // get returns the most recently used idle connection that can carry a
@@ -92,9 +91,7 @@ func (p *Pool) get(now time.Time, idempotent bool) *conn {
 		}
 		idle := now.Sub(c.lastUsed)
 		if idle < IdleTimeout && (idempotent && idle < peekAfter || c.peek.quiet()) {
-			if c.br == nil {
-				c.takeBuffers()
-			}
+			c.takeReader()
 			return c
 		}
 		c.close()
@@ -118,8 +115,10 @@ func (p *Pool) pop() *conn {
 	return c
 }
 
-// put keeps c for reuse, or closes it when the pool is full.
+// put keeps c for reuse, or closes it when the pool is full. Its reader
+// holds nothing unread (see RoundTrip) and goes back to bufPool.
 func (p *Pool) put(c *conn, now time.Time) {
+	c.releaseReader()
 	c.lastUsed = now
 	p.mu.Lock()
 	if !p.closed && len(p.idle) < maxIdle {
@@ -132,9 +131,8 @@ func (p *Pool) put(c *conn, now time.Time) {
 	}
 }
 
-// Prune closes connections idle for longer than idleFor, and takes the
-// buffers of those idle for bufferIdle. With 0 it closes them all, and
-// the pool for good.
+// Prune closes connections idle for longer than idleFor. With 0 it closes
+// them all, and the pool for good.
 func (p *Pool) Prune(now time.Time, idleFor time.Duration) {
 	p.mu.Lock()
 	if idleFor == 0 {
@@ -144,9 +142,6 @@ func (p *Pool) Prune(now time.Time, idleFor time.Duration) {
 	keep := p.idle[:0]
 	for _, c := range p.idle {
 		if idleFor > 0 && now.Sub(c.lastUsed) < idleFor {
-			if now.Sub(c.lastUsed) >= bufferIdle {
-				c.releaseBuffers()
-			}
 			keep = append(keep, c)
 		} else {
 			stale = append(stale, c)
@@ -162,44 +157,51 @@ func (p *Pool) Prune(now time.Time, idleFor time.Duration) {
 
 func (c *conn) close() {
 	_ = c.Conn.Close()
-	c.releaseBuffers()
+	c.releaseReader()
 }
 
 func newConn(nc net.Conn) *conn {
 	c := &conn{Conn: nc}
-	c.takeBuffers()
+	c.takeReader()
 	c.peek.init(nc)
 	return c
 }
 
-// takeBuffers gives c a reader and writer from bufPool.
-func (c *conn) takeBuffers() {
+// takeReader gives c a reader from bufPool.
+func (c *conn) takeReader() {
 	br, _ := bufPool.r.Get().(*bufio.Reader)
 	if br == nil {
 		br = bufio.NewReaderSize(c, bufferSize)
 	} else {
 		br.Reset(c)
 	}
-	bw, _ := bufPool.w.Get().(*bufio.Writer)
-	if bw == nil {
-		bw = bufio.NewWriterSize(c.Conn, bufferSize)
-	} else {
-		bw.Reset(c.Conn)
-	}
-	c.br, c.bw = br, bw
+	c.br = br
 }
 
-// releaseBuffers gives c's reader and writer back to bufPool; the reader
-// holds nothing unread (see RoundTrip).
-func (c *conn) releaseBuffers() {
+// releaseReader gives c's reader back to bufPool.
+func (c *conn) releaseReader() {
 	if c.br == nil {
 		return
 	}
 	c.br.Reset(nil)
-	c.bw.Reset(nil)
 	bufPool.r.Put(c.br)
-	bufPool.w.Put(c.bw)
-	c.br, c.bw = nil, nil
+	c.br = nil
+}
+
+// writer is a writer from bufPool onto c, for one request; putWriter gives
+// it back once the request is written.
+func (c *conn) writer() *bufio.Writer {
+	bw, _ := bufPool.w.Get().(*bufio.Writer)
+	if bw == nil {
+		return bufio.NewWriterSize(c.Conn, bufferSize)
+	}
+	bw.Reset(c.Conn)
+	return bw
+}
+
+func putWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	bufPool.w.Put(bw)
 }
 
 // Idle is how many connections wait in p to be reused.
@@ -217,7 +219,7 @@ func (p *Pool) Buffered() int {
 	defer p.mu.Unlock()
 	n := 0
 	for _, c := range p.idle {
-		if c.br != nil { // a long idle connection gives its reader back
+		if c.br != nil { // an idle connection gives its reader back
 			n += c.br.Buffered()
 		}
 	}

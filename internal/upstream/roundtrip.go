@@ -145,10 +145,13 @@ func IsTimeout(err error) bool {
 }
 
 func writeAndRead(c *conn, out *http.Request, w http.ResponseWriter) (*http.Response, error) {
-	if err := out.Write(c.bw); err != nil {
-		return nil, err
+	bw := c.writer()
+	err := out.Write(bw)
+	if err == nil {
+		err = bw.Flush()
 	}
-	if err := c.bw.Flush(); err != nil {
+	putWriter(bw)
+	if err != nil {
 		return nil, err
 	}
 	return readResponse(c, out, w, nil)
@@ -163,7 +166,10 @@ func readResponse(c *conn, out *http.Request, w http.ResponseWriter, send *bodyS
 	c.timedOut = nil
 	defer func() { c.limit = math.MaxInt64 }() // the body is bounded by the caller
 	for range 5 {
-		resp, err := http.ReadResponse(c.br, out)
+		resp, err := readLeanHead(c.br, out)
+		if resp == nil && err == nil {
+			resp, err = http.ReadResponse(c.br, out)
+		}
 		if err != nil {
 			if c.timedOut != nil {
 				return nil, c.timedOut
