@@ -134,9 +134,11 @@ func FuzzParseBackendURL(f *testing.F) {
 
 // secretOf tells whether pass is a password worth checking for in what is
 // shown: long enough not to occur by chance, plain enough that no escaping
-// changes it, and nowhere else in raw.
+// changes it, and nowhere else in raw, nor in raw as an error quotes it
+// (an escaped control character before digits, "\x00" then "00000", reads
+// as "x0000000").
 func secretOf(raw, pass string) bool {
-	if len(pass) < 4 || strings.Count(raw, pass) != 1 || strings.Contains("xxxxx", pass) {
+	if len(pass) < 4 || strings.Count(raw, pass) != 1 || strings.Count(strconv.Quote(raw), pass) != 1 || strings.Contains("xxxxx", pass) {
 		return false
 	}
 	for _, r := range pass {
