@@ -1,7 +1,6 @@
 package caddyfile_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -289,24 +288,7 @@ func measured(t *testing.T, n int, d time.Duration) ([]*lbtest.Backend, []*infli
 // hashSpills reads the pool's hash_spills_total from /lbpool/pools.
 func hashSpills(t *testing.T, c *lbtest.Caddy) uint64 {
 	t.Helper()
-	status, body := c.Admin(t, http.MethodGet, "/lbpool/pools", "")
-	if status != http.StatusOK {
-		t.Fatalf("/lbpool/pools: %d %s", status, body)
-	}
-	var pools []struct {
-		Pool   string `json:"pool"`
-		Spills uint64 `json:"hash_spills_total"`
-	}
-	if err := json.Unmarshal(body, &pools); err != nil {
-		t.Fatalf("/lbpool/pools: %v: %s", err, body)
-	}
-	for _, p := range pools {
-		if p.Pool == "web" {
-			return p.Spills
-		}
-	}
-	t.Fatalf("/lbpool/pools has no pool web: %s", body)
-	return 0
+	return poolStats(t, c).HashSpillsTotal
 }
 
 // hammer sends total GETs from clients goroutines, each with the header
