@@ -41,7 +41,7 @@ const (
 // listenLocal listens on a free test port of 127.0.0.1.
 func listenLocal() (net.Listener, error) {
 	for range 500 {
-		port := testPortLow + rand.IntN(testPortHigh-testPortLow)
+		port := newTestPort()
 		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
 			return l, nil
 		}
@@ -49,12 +49,36 @@ func listenLocal() (net.Listener, error) {
 	return net.Listen("tcp", "127.0.0.1:0")
 }
 
+// handedOut are the test ports this process has used: a port is never
+// handed out twice, so a new backend never gets an earlier test's address
+// (lbpool keeps a backend's counters across reloads by its address).
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
+// newTestPort draws a test port this process has not used yet.
+func newTestPort() int {
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil || len(handedOut.ports) > (testPortHigh-testPortLow)*3/4 {
+		handedOut.ports = make(map[int]bool) // nearly all used: start over
+	}
+	for {
+		port := testPortLow + rand.IntN(testPortHigh-testPortLow)
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port
+		}
+	}
+}
+
 // FreePort returns a test port that was free on every address a moment
 // ago (Caddy binds ":port" to all of them).
 func FreePort(t testing.TB) int {
 	t.Helper()
 	for range 500 {
-		port := testPortLow + rand.IntN(testPortHigh-testPortLow)
+		port := newTestPort()
 		if l, err := net.Listen("tcp", fmt.Sprintf(":%d", port)); err == nil {
 			l.Close()
 			return port
