@@ -1200,23 +1200,20 @@ func (h *harness) profileRun(ctx context.Context, sc scenario, name string) (str
 	fmt.Fprintf(h.opts.stdout, "  profile: %s under the %s load, %ds CPU profile ...\n", name, sc.Name, secs)
 	_, err = h.runOne(ctx, sc, cfg, backends, h.opts.warmup(sc), time.Duration(secs+1)*time.Second, func(admin string) error {
 		client := &http.Client{Timeout: time.Duration(secs+15) * time.Second}
-		resp, err := client.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs))
-		if err != nil {
+		if err := saveURL(client, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs), file); err != nil {
 			return fmt.Errorf("profile: %w", err)
 		}
-		defer resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("profile: status %d", resp.StatusCode)
+		// where the memory is at the end of the window: the heap's
+		// allocations and the runtime's own accounts (stacks, heap, GC)
+		for _, snap := range []struct{ path, suffix string }{
+			{"/debug/pprof/heap", ".heap.pprof"},
+			{"/debug/vars", ".vars.json"},
+		} {
+			if err := saveURL(client, "http://"+admin+snap.path, strings.TrimSuffix(file, ".pprof")+snap.suffix); err != nil {
+				return fmt.Errorf("profile: %w", err)
+			}
 		}
-		f, err := os.Create(file)
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(f, resp.Body); err != nil {
-			f.Close()
-			return fmt.Errorf("profile: %w", err)
-		}
-		return f.Close()
+		return nil
 	})
 	if err != nil {
 		return "", fmt.Errorf("profile of %s: %w", name, err)
@@ -1226,4 +1223,25 @@ func (h *harness) profileRun(ctx context.Context, sc scenario, name string) (str
 		return "", fmt.Errorf("go tool pprof -top %s: %w", file, err)
 	}
 	return string(out), nil
+}
+
+// saveURL writes the body of a GET of url to file.
+func saveURL(client *http.Client, url, file string) error {
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: status %d", url, resp.StatusCode)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, io.LimitReader(resp.Body, 64<<20)); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

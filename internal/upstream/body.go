@@ -12,12 +12,14 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// Request bodies on the direct path. The request goes out on a goroutine
-// of its own while the handling goroutine reads the response, so a backend
-// that answers before it read the whole body (413, 417, a redirect) is
-// heard at once, and a client that sends its body slowly is not held to
-// the response-header timeout: as with net/http's Transport, that timeout
-// starts once the body was sent. The body streams through the connection's
+// Request bodies on the direct path. A small body of known length goes out
+// with its head in one write from the handling goroutine (smallBody): the
+// backend has nothing to answer before all of it was read. Any other
+// request goes out on a goroutine of its own while the handling goroutine
+// reads the response, so a backend that answers before it read the whole
+// body (413, 417, a redirect) is heard at once. Either way a client that
+// sends its body slowly is not held to the response-header timeout: as
+// with net/http's Transport, that timeout starts once the body was sent. The body streams through the connection's
 // write buffer, with the client's framing: Content-Length when known,
 // chunked otherwise, trailers included.
 //
@@ -148,11 +150,7 @@ func startSend(c *conn, out *http.Request, body *RequestBody, timeout time.Durat
 
 func (s *bodySend) write() {
 	bw := s.c.writer()
-	var w io.Writer = bw
-	if s.proceed == nil && s.out.ContentLength > 0 && s.out.ContentLength <= bufferSize {
-		w = headWithBody{bw}
-	}
-	err := s.out.Write(w)
+	err := s.out.Write(bw)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -172,10 +170,17 @@ func (s *bodySend) write() {
 // headWithBody writes through a connection's buffered writer without
 // being one. Request.Write flushes the head of a request on its own before
 // a body that is not in memory, so that the backend sees it at once; for a
-// small body of known length without Expect: 100-continue that is a second
-// write to the backend for nothing, the body being a few reads away, and
-// the head waits for the body instead: one write for both.
+// small body (smallBody) that is a second write to the backend for
+// nothing, the body being a few reads away, and the head waits for the
+// body instead: one write for both.
 type headWithBody struct{ *bufio.Writer }
+
+// smallBody: a body of known length that fits the connection's write
+// buffer, without Expect: 100-continue. Its request goes out in one write
+// from the handling goroutine (see RoundTrip), with no writer goroutine.
+func smallBody(out *http.Request) bool {
+	return out.ContentLength > 0 && out.ContentLength <= bufferSize && !expectsContinue(out)
+}
 
 // goAhead answers an Expect: 100-continue gate; the first answer counts.
 func (s *bodySend) goAhead(send bool) {

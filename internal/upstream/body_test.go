@@ -24,8 +24,9 @@ func (c *writeCountingConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// A small body of known length goes out with its head in one write; a
-// larger one, whose reads may take a while, after the head was sent alone.
+// A small body of known length goes out with its head in one write, from
+// the handling goroutine; a larger one, whose reads may take a while, after
+// the head was sent alone, from a writer goroutine.
 func TestSmallBodyGoesOutWithItsHeadInOneWrite(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -71,16 +72,28 @@ func TestSmallBodyGoesOutWithItsHeadInOneWrite(t *testing.T) {
 			body := &RequestBody{rc: io.NopCloser(strings.NewReader(strings.Repeat("x", tc.length)))}
 			out := &http.Request{Method: http.MethodPost, URL: &url.URL{Scheme: "http", Host: ln.Addr().String(), Path: "/"},
 				Host: ln.Addr().String(), Header: http.Header{}, ContentLength: int64(tc.length), Body: body}
-			send := startSend(c, out, body, 5*time.Second)
-			resp, err := readResponse(c, out, httptest.NewRecorder(), send)
-			if err != nil {
-				t.Fatal(err)
+			if smallBody(out) != tc.oneWrite {
+				t.Fatalf("smallBody: %v, want %v", smallBody(out), tc.oneWrite)
 			}
-			resp.Body.Close()
-			if err := <-send.done; err != nil {
-				t.Fatalf("writing the request: %v", err)
+			if tc.oneWrite {
+				// as RoundTrip sends it: from the handling goroutine
+				resp, err := writeAndRead(c, out, httptest.NewRecorder(), 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+			} else {
+				send := startSend(c, out, body, 5*time.Second)
+				resp, err := readResponse(c, out, httptest.NewRecorder(), send)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if err := <-send.done; err != nil {
+					t.Fatalf("writing the request: %v", err)
+				}
+				send.release()
 			}
-			send.release()
 			writes := counted.writes.Load()
 			if tc.oneWrite && writes != 1 || !tc.oneWrite && writes < 2 {
 				t.Fatalf("the request went out in %d writes, want one: %v", writes, tc.oneWrite)

@@ -67,7 +67,7 @@ func compareLeanHead(t testing.TB, raw []byte, method string) bool {
 	t.Helper()
 	out, _ := http.NewRequest(method, "http://backend/", nil)
 	lbr := bufio.NewReaderSize(bytes.NewReader(raw), 4096)
-	resp, err := readLeanHead(lbr, out)
+	resp, err := awaitAndReadLean(lbr, out)
 	if resp == nil {
 		if err == nil && lbr.Buffered() != len(raw) && len(raw) <= 4096 {
 			t.Fatalf("%q: left to ReadResponse with %d of %d bytes unread", raw, lbr.Buffered(), len(raw))
@@ -122,14 +122,14 @@ func TestLeanHeadLeavesAPartialHead(t *testing.T) {
 	}()
 	br := bufio.NewReader(pr)
 	out, _ := http.NewRequest("GET", "http://backend/", nil)
-	resp, err := readLeanHead(br, out)
+	resp, err := awaitAndReadLean(br, out)
 	if resp != nil || err != nil || br.Buffered() != len("HTTP/1.1 200 OK\r\nContent-Le") {
 		t.Fatalf("a partial head: %v, %v, %d buffered", resp, err, br.Buffered())
 	}
 	if resp, err = http.ReadResponse(br, out); err != nil || resp.ContentLength != 2 {
 		t.Fatalf("then ReadResponse: %v, %v", resp, err)
 	}
-	if _, err := readLeanHead(bufio.NewReader(strings.NewReader("")), out); !errors.Is(err, io.ErrUnexpectedEOF) {
+	if _, err := awaitAndReadLean(bufio.NewReader(strings.NewReader("")), out); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("nothing at all: %v, want io.ErrUnexpectedEOF as ReadResponse", err)
 	}
 }
@@ -160,4 +160,13 @@ func BenchmarkReadHead(b *testing.B) {
 			}
 		})
 	}
+}
+
+// awaitAndReadLean reads a head as readResponse does before it falls back
+// to http.ReadResponse.
+func awaitAndReadLean(br *bufio.Reader, out *http.Request) (*http.Response, error) {
+	if err := awaitHead(br); err != nil {
+		return nil, err
+	}
+	return readLeanHead(br, out)
 }

@@ -56,12 +56,20 @@ func RoundTrip(w http.ResponseWriter, p *Pool, dialer *net.Dialer, network, addr
 		var send *bodySend
 		var err error
 		stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(aLongTimeAgo) })
-		if body == nil {
+		switch {
+		case body == nil:
 			// the response-header timeout covers writing the request too;
 			// a client that goes away unblocks the read at once
 			_ = c.SetDeadline(now.Add(headerTimeout))
-			resp, err = writeAndRead(c, out, w)
-		} else {
+			resp, err = writeAndRead(c, out, w, 0)
+		case smallBody(out):
+			// the head waits for the body and both go in one write (see
+			// headWithBody), so the backend has nothing to answer before
+			// the whole body was read: this goroutine reads it, and the
+			// timeout starts once it was sent
+			_ = c.SetDeadline(time.Time{})
+			resp, err = writeAndRead(c, out, w, headerTimeout)
+		default:
 			_ = c.SetDeadline(time.Time{})
 			send = startSend(c, out, body, headerTimeout)
 			resp, err = readResponse(c, out, w, send)
@@ -144,15 +152,26 @@ func IsTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-func writeAndRead(c *conn, out *http.Request, w http.ResponseWriter) (*http.Response, error) {
+// writeAndRead writes out, without a body or with a small one (smallBody),
+// and reads its response head; a headerTimeout, for a request with a body,
+// is set once it was written.
+func writeAndRead(c *conn, out *http.Request, w http.ResponseWriter, headerTimeout time.Duration) (*http.Response, error) {
 	bw := c.writer()
-	err := out.Write(bw)
+	var err error
+	if headerTimeout > 0 {
+		err = out.Write(headWithBody{bw})
+	} else {
+		err = out.Write(bw)
+	}
 	if err == nil {
 		err = bw.Flush()
 	}
 	putWriter(bw)
 	if err != nil {
 		return nil, err
+	}
+	if headerTimeout > 0 {
+		_ = c.SetReadDeadline(time.Now().Add(headerTimeout))
 	}
 	return readResponse(c, out, w, nil)
 }
@@ -166,7 +185,11 @@ func readResponse(c *conn, out *http.Request, w http.ResponseWriter, send *bodyS
 	c.timedOut = nil
 	defer func() { c.limit = math.MaxInt64 }() // the body is bounded by the caller
 	for range 5 {
-		resp, err := readLeanHead(c.br, out)
+		var resp *http.Response
+		err := awaitHead(c.br)
+		if err == nil {
+			resp, err = readLeanHead(c.br, out)
+		}
 		if resp == nil && err == nil {
 			resp, err = http.ReadResponse(c.br, out)
 		}
