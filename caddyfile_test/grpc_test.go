@@ -41,6 +41,7 @@ type grpcBackend struct {
 	release chan struct{}  // closed: open streams end, with OK
 	once    sync.Once
 	stopped atomic.Bool
+	ticking atomic.Int32 // Ticks calls running
 
 	mu       sync.Mutex
 	canceled []time.Time     // when a call's context ended before the call did
@@ -75,8 +76,9 @@ func (b *grpcBackend) stop() {
 func (b *grpcBackend) url() string { return "h2c://" + b.addr }
 
 // handle answers /lbtest.Test/Unary at once, /lbtest.Test/Sleep after 3s,
-// and /lbtest.Test/Stream with one message, then holds the stream open
-// until release.
+// /lbtest.Test/Stream with one message, then holds the stream open until
+// release, and /lbtest.Test/Ticks with a message every 50ms until the
+// call's context ends.
 func (b *grpcBackend) handle(_ any, stream grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(stream)
 	if err := stream.RecvMsg(new(testpb.Empty)); err != nil {
@@ -118,6 +120,30 @@ func (b *grpcBackend) handle(_ any, stream grpc.ServerStream) error {
 				if errors.Is(err, io.EOF) {
 					return nil
 				}
+				return err
+			}
+		}
+	case "/lbtest.Test/Ticks":
+		b.ticking.Add(1)
+		defer b.ticking.Add(-1)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for { // a message every 50ms until the call's context ends
+			err := stream.SendMsg(new(testpb.Empty))
+			if err == nil {
+				select {
+				case <-tick.C:
+					continue
+				case <-ctx.Done():
+				}
+			}
+			select { // a send may fail just before the context ends
+			case <-ctx.Done():
+				b.mu.Lock()
+				b.canceled = append(b.canceled, time.Now())
+				b.mu.Unlock()
+				return ctx.Err()
+			case <-time.After(time.Second):
 				return err
 			}
 		}
@@ -164,6 +190,26 @@ func grpcSiteWith(t *testing.T, c *lbtest.Caddy, server, extra string, backends 
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// openServerStream starts a server-streaming call of the method, sends its
+// one message and reads the first answer.
+func openServerStream(t *testing.T, ctx context.Context, conn *grpc.ClientConn, method string) grpc.ClientStream {
+	t.Helper()
+	s, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/lbtest.Test/"+method)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SendMsg(new(testpb.Empty)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecvMsg(new(testpb.Empty)); err != nil {
+		t.Fatalf("%s: no first message: %v", method, err)
+	}
+	return s
 }
 
 func unary(ctx context.Context, conn *grpc.ClientConn, method string) error {
@@ -214,20 +260,7 @@ func TestGRPCOpenStreamsAreActiveUntilEitherSideEndsThem(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		streams := make([]grpc.ClientStream, 60)
 		for i := range streams {
-			s, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/lbtest.Test/Stream")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.SendMsg(new(testpb.Empty)); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.CloseSend(); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.RecvMsg(new(testpb.Empty)); err != nil {
-				t.Fatalf("stream %d: %v", i, err)
-			}
-			streams[i] = s
+			streams[i] = openServerStream(t, ctx, conn, "Stream")
 		}
 		return cancel, streams
 	}
