@@ -24,9 +24,15 @@ import (
 // message; the call's context ends with the test, or 10s on.
 func openTicks(t *testing.T, conn *grpc.ClientConn) grpc.ClientStream {
 	t.Helper()
+	return openTicksOf(t, conn, "Ticks")
+}
+
+// openTicksOf is openTicks of Ticks or BigTicks.
+func openTicksOf(t *testing.T, conn *grpc.ClientConn, method string) grpc.ClientStream {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
-	return openServerStream(t, ctx, conn, "Ticks")
+	return openServerStream(t, ctx, conn, method)
 }
 
 // tickEnd is how a Ticks call ended: when, and with what.
@@ -94,6 +100,24 @@ func TestStreamTimeoutEndsAGRPCStreamWithDeadlineExceeded(t *testing.T) {
 		t.Fatalf("ending the stream counted %d failures against the backend", f)
 	}
 	noLbpoolGoroutinesAbove(t, base)
+}
+
+// A limit that strikes while the backend is in the middle of a message
+// lets its rest through: the client reads whole messages, then the
+// status, not INTERNAL for a message cut short.
+func TestStreamTimeoutEndsAGRPCStreamBetweenTwoMessages(t *testing.T) {
+	c := lbtest.Start(t)
+	b := startGRPCBackend(t, false)
+	conn := grpcSite(t, c, "stream_timeout 1s", b.url())
+	for i := range 3 {
+		end := tickEnds([]grpc.ClientStream{openTicksOf(t, conn, "BigTicks")})[0]
+		if st := status.Convert(end.err); st.Code() != codes.DeadlineExceeded {
+			t.Fatalf("stream %d of 1 MiB messages ended with %v, want DEADLINE_EXCEEDED", i+1, end.err)
+		}
+	}
+	lbtest.Eventually(t, 5*time.Second, "the backend to see its calls cancelled", func() bool {
+		return b.canceledCalls() == 3 && b.ticking.Load() == 0
+	})
 }
 
 func TestStreamCloseDelayEndsGRPCStreamsToARemovedBackendWithUnavailable(t *testing.T) {

@@ -77,8 +77,9 @@ func (b *grpcBackend) url() string { return "h2c://" + b.addr }
 
 // handle answers /lbtest.Test/Unary at once, /lbtest.Test/Sleep after 3s,
 // /lbtest.Test/Stream with one message, then holds the stream open until
-// release, and /lbtest.Test/Ticks with a message every 50ms until the
-// call's context ends.
+// release, /lbtest.Test/Ticks with a message every 50ms until the call's
+// context ends, and /lbtest.Test/BigTicks the same with 1 MiB messages
+// back to back.
 func (b *grpcBackend) handle(_ any, stream grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(stream)
 	if err := stream.RecvMsg(new(testpb.Empty)); err != nil {
@@ -123,13 +124,18 @@ func (b *grpcBackend) handle(_ any, stream grpc.ServerStream) error {
 				return err
 			}
 		}
-	case "/lbtest.Test/Ticks":
+	case "/lbtest.Test/Ticks", "/lbtest.Test/BigTicks":
 		b.ticking.Add(1)
 		defer b.ticking.Add(-1)
-		tick := time.NewTicker(50 * time.Millisecond)
+		var msg any = new(testpb.Empty)
+		every := 50 * time.Millisecond
+		if method == "/lbtest.Test/BigTicks" { // messages of many HTTP/2 frames
+			msg, every = &testpb.Payload{Body: make([]byte, 1<<20)}, time.Millisecond
+		}
+		tick := time.NewTicker(every)
 		defer tick.Stop()
-		for { // a message every 50ms until the call's context ends
-			err := stream.SendMsg(new(testpb.Empty))
+		for { // a message every tick until the call's context ends
+			err := stream.SendMsg(msg)
 			if err == nil {
 				select {
 				case <-tick.C:

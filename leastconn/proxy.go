@@ -451,8 +451,14 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	if st.endStream != nil {
 		var stream bool
 		if stream, grpcStream = responseStream(resp); stream {
+			end := st.endStream
+			if grpcStream {
+				cut := cutGRPC(resp, end)
+				defer cut.stop()
+				end = cut.ask
+			}
 			var stop func()
-			stop, limit = h.limitStream(b, st.endStream)
+			stop, limit = h.limitStream(b, end)
 			defer stop()
 		}
 	}
