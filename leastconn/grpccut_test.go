@@ -74,3 +74,31 @@ func TestGRPCCutEndsBetweenTwoMessages(t *testing.T) {
 		}
 	}
 }
+
+// What a stream limit costs a response: telling a stream by its
+// Content-Type allocates nothing; a gRPC response read through its cut
+// allocates the cut once, and nothing per read.
+func TestStreamLimitsAllocateOnlyTheCut(t *testing.T) {
+	resp := &http.Response{Header: http.Header{"Content-Type": {"application/grpc"}}}
+	if n := testing.AllocsPerRun(1000, func() { responseStream(resp) }); n != 0 {
+		t.Errorf("responseStream allocates %v times", n)
+	}
+	body := grpcMessages(100, 5000, 20, 70000)
+	src := &chunks{sizes: []int{1000}}
+	resp.Body = src
+	cut := cutGRPC(resp, func() {})
+	buf := make([]byte, 4096)
+	if n := testing.AllocsPerRun(100, func() {
+		src.data = body
+		for {
+			if _, err := cut.Read(buf); err != nil {
+				break
+			}
+		}
+	}); n != 0 {
+		t.Errorf("reading a response through its cut allocates %v times", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { cutGRPC(&http.Response{Body: src}, func() {}) }); n > 1 {
+		t.Errorf("cutting a response allocates %v times, want 1", n)
+	}
+}
