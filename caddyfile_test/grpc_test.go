@@ -41,6 +41,7 @@ type grpcBackend struct {
 	release chan struct{}  // closed: open streams end, with OK
 	once    sync.Once
 	stopped atomic.Bool
+	ticking atomic.Int32 // Ticks calls running
 
 	mu       sync.Mutex
 	canceled []time.Time     // when a call's context ended before the call did
@@ -75,8 +76,10 @@ func (b *grpcBackend) stop() {
 func (b *grpcBackend) url() string { return "h2c://" + b.addr }
 
 // handle answers /lbtest.Test/Unary at once, /lbtest.Test/Sleep after 3s,
-// and /lbtest.Test/Stream with one message, then holds the stream open
-// until release.
+// /lbtest.Test/Stream with one message, then holds the stream open until
+// release, /lbtest.Test/Ticks with a message every 50ms until the call's
+// context ends, and /lbtest.Test/BigTicks the same with 1 MiB messages
+// back to back.
 func (b *grpcBackend) handle(_ any, stream grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(stream)
 	if err := stream.RecvMsg(new(testpb.Empty)); err != nil {
@@ -118,6 +121,35 @@ func (b *grpcBackend) handle(_ any, stream grpc.ServerStream) error {
 				if errors.Is(err, io.EOF) {
 					return nil
 				}
+				return err
+			}
+		}
+	case "/lbtest.Test/Ticks", "/lbtest.Test/BigTicks":
+		b.ticking.Add(1)
+		defer b.ticking.Add(-1)
+		var msg any = new(testpb.Empty)
+		every := 50 * time.Millisecond
+		if method == "/lbtest.Test/BigTicks" { // messages of many HTTP/2 frames
+			msg, every = &testpb.Payload{Body: make([]byte, 1<<20)}, time.Millisecond
+		}
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for { // a message every tick until the call's context ends
+			err := stream.SendMsg(msg)
+			if err == nil {
+				select {
+				case <-tick.C:
+					continue
+				case <-ctx.Done():
+				}
+			}
+			select { // a send may fail just before the context ends
+			case <-ctx.Done():
+				b.mu.Lock()
+				b.canceled = append(b.canceled, time.Now())
+				b.mu.Unlock()
+				return ctx.Err()
+			case <-time.After(time.Second):
 				return err
 			}
 		}
@@ -164,6 +196,26 @@ func grpcSiteWith(t *testing.T, c *lbtest.Caddy, server, extra string, backends 
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// openServerStream starts a server-streaming call of the method, sends its
+// one message and reads the first answer.
+func openServerStream(t *testing.T, ctx context.Context, conn *grpc.ClientConn, method string) grpc.ClientStream {
+	t.Helper()
+	s, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/lbtest.Test/"+method)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SendMsg(new(testpb.Empty)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecvMsg(new(testpb.Empty)); err != nil {
+		t.Fatalf("%s: no first message: %v", method, err)
+	}
+	return s
 }
 
 func unary(ctx context.Context, conn *grpc.ClientConn, method string) error {
@@ -214,20 +266,7 @@ func TestGRPCOpenStreamsAreActiveUntilEitherSideEndsThem(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		streams := make([]grpc.ClientStream, 60)
 		for i := range streams {
-			s, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/lbtest.Test/Stream")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.SendMsg(new(testpb.Empty)); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.CloseSend(); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.RecvMsg(new(testpb.Empty)); err != nil {
-				t.Fatalf("stream %d: %v", i, err)
-			}
-			streams[i] = s
+			streams[i] = openServerStream(t, ctx, conn, "Stream")
 		}
 		return cancel, streams
 	}

@@ -46,11 +46,17 @@ func allEcho(t *testing.T, ws []websocket, when string) {
 	}
 }
 
-// statsOf returns the stats of every entry of the pool with the URL.
+// statsOf returns the stats of every entry of pool "web" with the URL.
 func statsOf(t *testing.T, c *lbtest.Caddy, url string) []leastconn.BackendStats {
 	t.Helper()
+	return poolStatsOf(t, c, "web", url)
+}
+
+// poolStatsOf returns the stats of every entry of the pool with the URL.
+func poolStatsOf(t *testing.T, c *lbtest.Caddy, pool, url string) []leastconn.BackendStats {
+	t.Helper()
 	var out []leastconn.BackendStats
-	for _, s := range c.Stats(t, "web") {
+	for _, s := range c.Stats(t, pool) {
 		if s.URL == url {
 			out = append(out, s)
 		}

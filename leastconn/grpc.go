@@ -75,10 +75,12 @@ func isGRPC(r *http.Request) bool {
 		return false
 	}
 	ct := r.Header["Content-Type"]
-	if len(ct) == 0 {
-		return false
-	}
-	rest, ok := strings.CutPrefix(ct[0], "application/grpc")
+	return len(ct) > 0 && isGRPCContentType(ct[0])
+}
+
+// isGRPCContentType: application/grpc or application/grpc+<format>.
+func isGRPCContentType(ct string) bool {
+	rest, ok := strings.CutPrefix(ct, "application/grpc")
 	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
 }
 
@@ -162,6 +164,20 @@ func writeGRPCError(w http.ResponseWriter, code int, msg string) {
 	hdr.Set("Grpc-Status", strconv.Itoa(code))
 	hdr.Set("Grpc-Message", encodeGRPCMessage(msg))
 	w.WriteHeader(http.StatusOK)
+}
+
+// endGRPCStream ends a gRPC response that stream_timeout or
+// stream_close_delay cut (limit) with a status in its trailers, its
+// headers being out: DEADLINE_EXCEEDED for stream_timeout, as Envoy's
+// max_stream_duration, and UNAVAILABLE for a backend that left, which
+// clients retry elsewhere.
+func endGRPCStream(hdr http.Header, limit uint32) {
+	code, msg := grpcDeadlineExceeded, "lbpool: the stream reached stream_timeout"
+	if limit == limitLeft {
+		code, msg = grpcUnavailable, "lbpool: the stream's backend left the pool (stream_close_delay)"
+	}
+	hdr[http.TrailerPrefix+"Grpc-Status"] = []string{strconv.Itoa(code)}
+	hdr[http.TrailerPrefix+"Grpc-Message"] = []string{encodeGRPCMessage(msg)}
 }
 
 // encodeGRPCMessage percent-encodes what grpc-message cannot carry as is.

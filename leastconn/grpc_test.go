@@ -60,6 +60,22 @@ func TestIsGRPCTellsGRPCFromGRPCWebAndOthers(t *testing.T) {
 	}
 }
 
+func TestResponseStreamsAreEventStreamsAndGRPC(t *testing.T) {
+	for ct, want := range map[string][2]bool{
+		"text/event-stream": {true, false}, "text/event-stream; charset=utf-8": {true, false},
+		"application/grpc": {true, true}, "application/grpc+proto": {true, true},
+		"application/grpc-web": {false, false}, "application/json": {false, false}, "": {false, false},
+	} {
+		resp := &http.Response{Header: http.Header{}}
+		if ct != "" {
+			resp.Header.Set("Content-Type", ct)
+		}
+		if stream, grpc := responseStream(resp); stream != want[0] || grpc != want[1] {
+			t.Errorf("responseStream(Content-Type %q) = %v, %v, want %v, %v", ct, stream, grpc, want[0], want[1])
+		}
+	}
+}
+
 func TestGRPCCodesReadByNumberOrName(t *testing.T) {
 	for in, want := range map[string]int{"14": 14, "UNAVAILABLE": 14, "unavailable": 14, "0": 0, "DEADLINE_EXCEEDED": 4} {
 		if got, err := parseGRPCCode(in); err != nil || got != want {

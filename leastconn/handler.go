@@ -384,15 +384,17 @@ type Handler struct {
 	// destination_unavailable).
 	ProxyStatusName string `json:"proxy_status_name,omitempty"`
 
-	// Streams (upgraded connections such as websockets, and server-sent
-	// event responses) end this long after they opened. Default: none.
+	// Streams (upgraded connections such as websockets, server-sent event
+	// responses and gRPC responses) end this long after they opened; a
+	// gRPC call ends with DEADLINE_EXCEEDED. Default: none.
 	StreamTimeout caddy.Duration `json:"stream_timeout,omitempty"`
 
 	// Streams to a backend that left the pool (a reload removed it, its
 	// pool was unloaded, or it is gone from DNS) are closed this long after
 	// it left, spread over up to a quarter of it more; streams to backends
-	// that stay are kept across reloads. A backend that left shows as
-	// leaving until its streams end. Default: they run until they end.
+	// that stay are kept across reloads; a gRPC call ends with UNAVAILABLE.
+	// A backend that left shows as leaving until its streams end. Default:
+	// they run until they end.
 	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
 
 	// The buffer each direction of an upgraded connection copies through,

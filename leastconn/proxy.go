@@ -446,15 +446,30 @@ func (h *Handler) proxyTo(w http.ResponseWriter, r, out *http.Request, b *Backen
 	}
 	w.WriteHeader(resp.StatusCode)
 
-	var limited *atomic.Bool // set when stream_timeout or stream_close_delay ended the stream
-	if st.endStream != nil && isEventStream(resp) {
-		var stop func()
-		stop, limited = h.limitStream(b, st.endStream)
-		defer stop()
+	var limit *atomic.Uint32 // which of stream_timeout and stream_close_delay ended the stream
+	grpcStream := false
+	if st.endStream != nil {
+		var stream bool
+		if stream, grpcStream = responseStream(resp); stream {
+			end := st.endStream
+			if grpcStream {
+				cut := cutGRPC(resp, end)
+				defer cut.stop()
+				end = cut.ask
+			}
+			var stop func()
+			stop, limit = h.limitStream(b, end)
+			defer stop()
+		}
 	}
 	if err := copyBody(w, resp, h.FlushInterval != 0 || flushesAtOnce(resp)); err != nil {
-		if limited != nil && limited.Load() {
-			return nil // the response ends here, as a stream the backend ended would
+		if limit != nil && limit.Load() != 0 {
+			// the response ends here, as a stream the backend ended would;
+			// a gRPC client is told why in its trailers
+			if grpcStream {
+				endGRPCStream(hdr, limit.Load())
+			}
+			return nil
 		}
 		if st.trace != nil {
 			st.trace.broke(err)
@@ -604,6 +619,18 @@ func flushesAtOnce(resp *http.Response) bool {
 // isEventStream: a response of server-sent events.
 func isEventStream(resp *http.Response) bool {
 	return strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+}
+
+// responseStream tells whether a response is a stream for stream_timeout
+// and stream_close_delay, server-sent events or gRPC, and which: one read
+// of its Content-Type, made only when either option is set.
+func responseStream(resp *http.Response) (stream, grpc bool) {
+	ct := resp.Header.Get("Content-Type")
+	if strings.HasPrefix(ct, "text/event-stream") {
+		return true, false
+	}
+	grpc = isGRPCContentType(ct)
+	return grpc, grpc
 }
 
 var errBackendRead = errors.New("reading the backend's response")

@@ -12,8 +12,8 @@ import (
 )
 
 // Long-lived streams (upgraded connections such as websockets, and
-// server-sent event responses) and reverse_proxy's stream_timeout,
-// stream_close_delay and stream_buffer_size.
+// server-sent event and gRPC responses) and reverse_proxy's
+// stream_timeout, stream_close_delay and stream_buffer_size.
 //
 // A stream to a backend that stays in the pool outlives any reload. One to
 // a backend that left it (a reload removed it, its pool was unloaded, or it
@@ -144,27 +144,36 @@ func (set *streamSet) stay() {
 	}
 }
 
-// limitStream puts a response stream (server-sent events) under
+// Which limit ended a response stream (limitStream).
+const (
+	limitTimeout = 1 + iota // stream_timeout
+	limitLeft               // stream_close_delay: the backend left
+)
+
+// limitStream puts a response stream (server-sent events, gRPC) under
 // stream_timeout and stream_close_delay: either ends it by calling end.
-// The returned func lifts the limits when the stream is over; limited
-// tells whether they ended it.
-func (h *Handler) limitStream(b *Backend, end func()) (stop func(), limited *atomic.Bool) {
-	limited = new(atomic.Bool)
-	endIt := func() {
-		limited.Store(true)
-		end()
+// The returned func lifts the limits when the stream is over; limit holds
+// the one that ended it (limitTimeout, limitLeft), or 0.
+func (h *Handler) limitStream(b *Backend, end func()) (stop func(), limit *atomic.Uint32) {
+	limit = new(atomic.Uint32)
+	endBy := func(which uint32) func() {
+		return func() {
+			if limit.CompareAndSwap(0, which) {
+				end()
+			}
+		}
 	}
 	var t *time.Timer
 	if h.StreamTimeout > 0 {
-		t = time.AfterFunc(time.Duration(h.StreamTimeout), endIt)
+		t = time.AfterFunc(time.Duration(h.StreamTimeout), endBy(limitTimeout))
 	}
-	untrack := h.trackStream(b, endIt)
+	untrack := h.trackStream(b, endBy(limitLeft))
 	return func() {
 		if t != nil {
 			t.Stop()
 		}
 		untrack()
-	}, limited
+	}, limit
 }
 
 // pipeUp copies the client's side of a tunnel to the backend: through a
