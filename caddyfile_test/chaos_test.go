@@ -128,6 +128,15 @@ func settledGoroutines(c *lbtest.Caddy) int {
 	return n
 }
 
+// goroutinesBackTo waits until the process runs at most 5 goroutines more
+// than baseline, and fails t (listing them) if it does not within 10s.
+func goroutinesBackTo(t *testing.T, baseline int) {
+	t.Helper()
+	lbtest.EventuallyOr(t, 10*time.Second, "goroutines back to the baseline", func() bool {
+		return runtime.NumGoroutine() <= baseline+5
+	}, func() { t.Logf("baseline %d, now %d", baseline, runtime.NumGoroutine()); dumpGoroutines(t) })
+}
+
 // heapAfterGC is the live heap in bytes, after a full collection.
 func heapAfterGC() uint64 {
 	runtime.GC()

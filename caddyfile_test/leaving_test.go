@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -124,9 +123,7 @@ func TestReloadRemovingABackendKeepsItsStreamsInViewUntilTheyEnd(t *testing.T) {
 	c.Load(t, "")
 	a.Close()
 	b.Close()
-	lbtest.EventuallyOr(t, 10*time.Second, "goroutines back to the baseline", func() bool {
-		return runtime.NumGoroutine() <= g0+5
-	}, func() { t.Logf("baseline %d, now %d", g0, runtime.NumGoroutine()); dumpGoroutines(t) })
+	goroutinesBackTo(t, g0)
 }
 
 // endTimes waits for each stream to end and returns when each did; one

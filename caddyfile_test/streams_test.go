@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"net"
 	"net/http"
-	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -76,9 +75,7 @@ func TestStreamCloseDelayEndsStreamsToARemovedBackendAfterTheDelay(t *testing.T)
 	c.Load(t, "")
 	a.Close()
 	b.Close()
-	lbtest.EventuallyOr(t, 10*time.Second, "goroutines back to the baseline", func() bool {
-		return runtime.NumGoroutine() <= g0+5
-	}, func() { t.Logf("baseline %d, now %d", g0, runtime.NumGoroutine()); dumpGoroutines(t) })
+	goroutinesBackTo(t, g0)
 }
 
 func TestWithoutStreamCloseDelayAStreamToARemovedBackendRunsOn(t *testing.T) {

@@ -169,9 +169,7 @@ func measureIdleWebsockets(t *testing.T, c *lbtest.Caddy, b *wsBackend, addr, pa
 	}
 	conns = nil
 	b.closeAll()
-	lbtest.EventuallyOr(t, 10*time.Second, "goroutines back to the baseline after closing the websockets", func() bool {
-		return runtime.NumGoroutine() <= g0+5
-	}, func() { t.Logf("baseline %d, now %d", g0, runtime.NumGoroutine()); dumpGoroutines(t) })
+	goroutinesBackTo(t, g0)
 	return idleCost{
 		heap:       (float64(h1) - float64(h0)) / idleWebsockets,
 		stacks:     (float64(s1) - float64(s0)) / idleWebsockets,
