@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"runtime"
 	"runtime/pprof"
@@ -214,45 +213,6 @@ func TestChecksOfALargePoolSpreadOverTheInterval(t *testing.T) {
 	}
 	if early < n/5 || early > 4*n/5 {
 		t.Fatalf("%d of %d second checks within half an interval of the first, want about half (%v)", early, n, counts)
-	}
-}
-
-// Checks of plain-HTTP backends go over each backend's own kept
-// connections, as its requests do: one connection a backend, kept from
-// check to check, and no goroutine in lbpool while it sits idle. Through
-// net/http's Transport each kept connection holds a reader and a writer
-// goroutine: 6,000 for a pool of 3,000.
-func TestChecksOfPlainHTTPBackendsKeepOneConnectionAndNoGoroutineForIt(t *testing.T) {
-	const n = 100
-	c := lbtest.Start(t)
-	var conns atomic.Int64
-	var backends []*lbtest.Backend
-	for i := range n {
-		backends = append(backends, lbtest.NewWatchedBackend(t, fmt.Sprint(i), nil, func(_ net.Conn, s http.ConnState) {
-			if s == http.StateNew {
-				conns.Add(1)
-			}
-		}))
-	}
-	g0 := settledGoroutines(c)
-	c.Load(t, site(c, "health_interval 300ms", backends...))
-	lbtest.Eventually(t, 20*time.Second, "four checks of every backend", func() bool {
-		for _, b := range backends {
-			if b.HealthHits.Load() < 4 {
-				return false
-			}
-		}
-		return true
-	})
-	// per backend: its checker, and the test backend's own goroutine for
-	// the kept connection (net/http's server, in this process)
-	perBackend := float64(settledGoroutines(c)-g0) / n
-	t.Logf("%d connections for %d backends; %.2f goroutines a backend", conns.Load(), n, perBackend)
-	if conns.Load() > n+n/10 {
-		t.Errorf("%d connections for the checks of %d backends, want one each, kept", conns.Load(), n)
-	}
-	if perBackend > 2.5 {
-		t.Errorf("%.2f goroutines a backend, want 2 (its checker, the backend's server side): the checks' connections hold goroutines", perBackend)
 	}
 }
 

@@ -185,16 +185,9 @@ func (b *Backend) check(ctx context.Context, s *poolSpec) checkResult {
 		return res
 	}
 	var resp *http.Response
-	var done func(reuse bool) // set on the direct path: gives the connection back
-	switch {
-	case s.healthFollow:
+	if s.healthFollow {
 		resp, err = (&http.Client{Transport: s.transport.to(b)}).Do(req)
-	case s.direct && checksDirect(req, b):
-		// over the backend's own kept connections, as requests go: an
-		// idle one costs no goroutine, where the Transport keeps a reader
-		// and a writer goroutine for each (thousands in a large pool)
-		resp, done, err = upstream.RoundTrip(noClient{}, &b.h1, s.dialer, b.addr.network, b.addr.dial, req, s.healthTimeout)
-	default:
+	} else {
 		// the transport does not follow redirects: a 3xx is judged as it is
 		resp, err = s.transport.to(b).RoundTrip(req)
 	}
@@ -203,24 +196,14 @@ func (b *Backend) check(ctx context.Context, s *poolSpec) checkResult {
 		res.reason = errReason(err)
 		return res
 	}
+	defer s.transport.used()
+	defer resp.Body.Close()
 	res.status = resp.StatusCode
 	var body []byte
-	limited := &io.LimitedReader{R: resp.Body, N: healthBodyLimit}
 	if s.healthBody != nil {
-		body, err = io.ReadAll(limited)
+		body, err = io.ReadAll(io.LimitReader(resp.Body, healthBodyLimit))
 	} else {
-		_, err = io.Copy(io.Discard, limited)
-	}
-	switch {
-	case done == nil:
-		resp.Body.Close()
-		s.transport.used()
-	case err == nil && limited.N > 0:
-		// read to its end within the limit: the connection is clean
-		resp.Body.Close()
-		done(true)
-	default:
-		done(false)
+		_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, healthBodyLimit))
 	}
 	res.duration = time.Since(start)
 	switch {
@@ -233,22 +216,6 @@ func (b *Backend) check(ctx context.Context, s *poolSpec) checkResult {
 	}
 	return res
 }
-
-// checksDirect tells whether a check may take the direct path: a
-// plain-HTTP backend checked on its own address (no health_port, whose
-// connections are not the backend's) with a request that may be sent again
-// if a kept connection turned out broken (no body, an idempotent method).
-func checksDirect(req *http.Request, b *Backend) bool {
-	return b.addr.scheme == "http" && req.Body == nil && upstream.Idempotent(req.Method) && req.URL.Host == b.addr.hostport
-}
-
-// noClient stands in for the client's response writer in a check's round
-// trip: informational responses are dropped.
-type noClient struct{}
-
-func (noClient) Header() http.Header         { return http.Header{} }
-func (noClient) Write(p []byte) (int, error) { return len(p), nil }
-func (noClient) WriteHeader(int)             {}
 
 // checkRequest makes the check's request: health_method, health_port,
 // health_request_body and health_headers applied.

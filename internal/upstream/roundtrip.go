@@ -111,8 +111,7 @@ func RoundTrip(w http.ResponseWriter, p *Pool, dialer *net.Dialer, network, addr
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
 		}
-		var refused answerRefused
-		if !reused || IsTimeout(err) || errors.As(err, &refused) {
+		if !reused || IsTimeout(err) {
 			return nil, nil, err
 		}
 		// a connection that sat idle in the pool broke: closed by the
@@ -129,13 +128,6 @@ func RoundTrip(w http.ResponseWriter, p *Pool, dialer *net.Dialer, network, addr
 		return nil, nil, ReusedConnError{err}
 	}
 }
-
-// answerRefused is a well-formed answer CheckResponse refused: the backend
-// answered, so the connection it came on is not at fault, and the request
-// is not sent again on another.
-type answerRefused struct{ error }
-
-func (e answerRefused) Unwrap() error { return e.error }
 
 // ReusedConnError is a failure on a connection that was kept alive from an
 // earlier request: it does not count against the backend's health.
@@ -208,7 +200,7 @@ func readResponse(c *conn, out *http.Request, w http.ResponseWriter, send *bodyS
 			return nil, err
 		}
 		if err := CheckResponse(out, resp); err != nil {
-			return nil, answerRefused{err}
+			return nil, err
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			if send != nil {
