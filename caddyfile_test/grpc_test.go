@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,6 +57,12 @@ func startGRPCBackend(t *testing.T, noHealth bool, opts ...grpc.ServerOption) *g
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveGRPCBackend(t, ln, noHealth, opts...)
+}
+
+// serveGRPCBackend is startGRPCBackend on a listener of the test's.
+func serveGRPCBackend(t *testing.T, ln net.Listener, noHealth bool, opts ...grpc.ServerOption) *grpcBackend {
+	t.Helper()
 	b := &grpcBackend{addr: ln.Addr().String(), release: make(chan struct{})}
 	b.srv = grpc.NewServer(append(opts, grpc.UnknownServiceHandler(b.handle))...)
 	if !noHealth {
@@ -482,41 +489,97 @@ func TestGRPCBackendStoppingGracefullyCostsNoCall(t *testing.T) {
 	}
 }
 
+// A backend's MAX_CONCURRENT_STREAMS reaches a new connection only with
+// its SETTINGS; until then the client may open up to 100 streams on it,
+// and the backend refuses those past its limit (REFUSED_STREAM). Such a
+// stream was not processed and is sent again, so no call fails. "late
+// settings": each connection's SETTINGS come 50ms after it opened, so
+// every new connection takes every waiting stream and refuses all but 10
+// of them: the worst case, every time.
 func TestGRPCBackendLimitingStreamsCostsNoCall(t *testing.T) {
-	c := lbtest.Start(t)
-	b := startGRPCBackend(t, false, grpc.MaxConcurrentStreams(10))
-	conn := grpcSite(t, c, "", b.url())
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, 100)
-	for range 100 {
-		wg.Go(func() {
-			s, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/lbtest.Test/Stream")
-			if err == nil {
-				err = s.SendMsg(new(testpb.Empty))
+	const streams = 200 // Caddy's HTTP/2 server takes up to 250 at once
+	for _, late := range []bool{false, true} {
+		name := "settings at once"
+		if late {
+			name = "late settings"
+		}
+		t.Run(name, func(t *testing.T) {
+			c := lbtest.Start(t)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
 			}
-			if err == nil {
-				err = s.RecvMsg(new(testpb.Empty))
+			l := &countingListener{Listener: ln}
+			if late {
+				l.delay = 50 * time.Millisecond
 			}
-			errs <- err
+			b := serveGRPCBackend(t, l, false, grpc.MaxConcurrentStreams(10))
+			conn := grpcSite(t, c, "", b.url())
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			var wg sync.WaitGroup
+			errs := make(chan error, streams)
+			for range streams {
+				wg.Go(func() {
+					s, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/lbtest.Test/Stream")
+					if err == nil {
+						err = s.SendMsg(new(testpb.Empty))
+					}
+					if err == nil {
+						err = s.RecvMsg(new(testpb.Empty))
+					}
+					errs <- err
+				})
+			}
+			wg.Wait()
+			close(errs)
+			failed := 0
+			for err := range errs {
+				if err != nil {
+					failed++
+					if failed <= 3 {
+						t.Errorf("a stream failed against a backend limited to 10 streams per connection: %v", err)
+					}
+				}
+			}
+			t.Logf("%d streams open at once on a backend with MaxConcurrentStreams(10): %d failed, over %d connections", streams, failed, l.accepts.Load())
+			if n := c.Backend(t, "grpc", b.url()).ActiveConnections; n != int64(streams-failed) {
+				t.Errorf("%d active streams, want the %d open ones", n, streams-failed)
+			}
 		})
 	}
-	wg.Wait()
-	close(errs)
-	failed := 0
-	for err := range errs {
-		if err != nil {
-			failed++
-			if failed <= 3 {
-				t.Errorf("a stream failed against a backend limited to 10 streams per connection: %v", err)
-			}
-		}
+}
+
+// countingListener counts the connections it accepts and, with delay set,
+// delays the first write on each: an HTTP/2 server's SETTINGS arrive that
+// much after the connection opened.
+type countingListener struct {
+	net.Listener
+	delay   time.Duration
+	accepts atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
 	}
-	t.Logf("100 streams open at once on a backend with MaxConcurrentStreams(10): %d failed", failed)
-	if n := c.Backend(t, "grpc", b.url()).ActiveConnections; n != int64(100-failed) {
-		t.Errorf("%d active streams, want the %d open ones", n, 100-failed)
+	l.accepts.Add(1)
+	if l.delay == 0 {
+		return c, nil
 	}
+	return &lateConn{Conn: c, delay: l.delay}, nil
+}
+
+type lateConn struct {
+	net.Conn
+	delay time.Duration
+	once  sync.Once
+}
+
+func (c *lateConn) Write(p []byte) (int, error) {
+	c.once.Do(func() { time.Sleep(c.delay) })
+	return c.Conn.Write(p)
 }
 
 // Caddy's server aborts a request body read that stalls for its
@@ -718,4 +781,146 @@ func TestGRPCErrorIsOneHeadersFrameAndPlainClientsKeep503(t *testing.T) {
 			t.Fatalf("the stream was reset (%v) after %v", f.ErrCode, frames)
 		}
 	}
+}
+
+// refusingBackend is an HTTP/2 server (h2c) that refuses every stream
+// (RST_STREAM REFUSED_STREAM) but those for /health, which it answers 200.
+type refusingBackend struct {
+	addr    string
+	refused atomic.Int64
+}
+
+func startRefusingBackend(t *testing.T) *refusingBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb := &refusingBackend{addr: ln.Addr().String()}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, nc)
+			mu.Unlock()
+			wg.Go(func() { rb.serve(nc) })
+		}
+	})
+	return rb
+}
+
+func (rb *refusingBackend) serve(nc net.Conn) {
+	defer nc.Close()
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(nc, preface); err != nil || string(preface) != http2.ClientPreface {
+		return
+	}
+	fr := http2.NewFramer(nc, nc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if fr.WriteSettings() != nil {
+		return
+	}
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				err = fr.WriteSettingsAck()
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				err = fr.WritePing(true, f.Data)
+			}
+		case *http2.MetaHeadersFrame:
+			if f.PseudoValue("path") == "/health" {
+				block.Reset()
+				_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: block.Bytes(), EndHeaders: true, EndStream: true})
+				break
+			}
+			rb.refused.Add(1)
+			err = fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// A backend that refuses every stream while answering nothing else is
+// tried a few times (each try is two refusals: the Transport sends a
+// refused stream once more itself), then another backend takes the
+// request; alone, it costs a 502 at once, not an endless loop. (A backend
+// at its stream limit, answering other requests meanwhile, is tried
+// longer: see above. A request without a body is sent again by the
+// Transport itself up to 6 more times, waiting 1s, 2s, 4s... in between,
+// as under reverse_proxy: POSTs here.)
+func TestH2BackendRefusingEveryStreamIsTriedAFewTimes(t *testing.T) {
+	c := lbtest.Start(t)
+	rb := startRefusingBackend(t)
+	good := lbtest.NewBackend(t, "good", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "good") })
+	pool := func(backends ...string) {
+		t.Helper()
+		site := fmt.Sprintf(`:%d {
+	lbpool %s {
+		name refusing
+		health_uri /health
+		health_interval 1h
+	}
+}
+`, c.HTTPPort, strings.Join(backends, " "))
+		if err := c.LoadCaddyfile(c.Globals() + site); err != nil {
+			t.Fatalf("loading config: %v\n%s", err, site)
+		}
+	}
+	post := func() (int, string) {
+		t.Helper()
+		resp, err := c.Client().Post(c.URL("/x"), "text/plain", strings.NewReader("hello"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+
+	pool("h2c://" + rb.addr)
+	status, _ := post()
+	n := rb.refused.Swap(0)
+	if status != http.StatusBadGateway || n < 2 || n > 2*(1+4) {
+		t.Errorf("alone: %d after %d refusals, want 502 after at most 10 (1 + maxRefusals tries, two refusals each)", status, n)
+	}
+	t.Logf("alone: %d after %d refusals", status, n)
+
+	pool("h2c://"+rb.addr, good.URL())
+	for range 20 {
+		if status, body := post(); status != http.StatusOK || body != "good" {
+			t.Fatalf("with a working backend beside it: %d %q", status, body)
+		}
+	}
+	n = rb.refused.Swap(0)
+	if n > 20*2*(1+4) {
+		t.Errorf("20 requests with a working backend beside it: %d refusals, want at most 200", n)
+	}
+	t.Logf("20 requests beside a working backend: %d refusals", n)
 }

@@ -40,12 +40,15 @@ type proxyState struct {
 	backend *Backend // the current or answering try's backend; nil before the first
 	tries   int
 	// tries that backends refused before processing them (REFUSED_STREAM)
-	refusals int
-	pick     string        // why the current try's backend was chosen (pickReason)
-	status   int           // 0 until a backend answered
-	latency  time.Duration // of the answering try
-	start    time.Time
-	end      time.Time // zero while lbpool still handles the request
+	// while answering nothing else, and while answering others (proxy.go)
+	refusals, limited int
+	refusedBy         *Backend      // the backend of the last refused try
+	refusedAt         uint64        // its requests counter then
+	pick              string        // why the current try's backend was chosen (pickReason)
+	status            int           // 0 until a backend answered
+	latency           time.Duration // of the answering try
+	start             time.Time
+	end               time.Time // zero while lbpool still handles the request
 
 	base http.Header // the outgoing headers before header_up; only with header_up
 

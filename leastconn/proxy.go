@@ -147,11 +147,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			continue // an answer lb_retry_match matched, read and discarded
 		}
 		if fail.refused {
-			// not processed, and no failure: the stream limit was
-			// reached, or the backend is stopping; it may be picked
-			// again, a few times
-			if st.refusals < maxRefusals {
-				st.refusals++
+			// not processed, and no failure: it may be picked again
+			if st.refusedAgain(b) {
 				tried.remove(i)
 				again = true
 			} else {
@@ -196,10 +193,39 @@ type tryError struct {
 	refused   bool // an HTTP/2 backend refused the stream before processing it
 }
 
-// maxRefusals bounds the tries of one request that backends refused
-// (upstream.IsRefused); each is two refusals, as the Transport sends a
-// refused stream once more itself.
-const maxRefusals = 4
+// A try an HTTP/2 backend refused (upstream.IsRefused) was not processed:
+// the backend is at its stream limit, or stopping. Each such try is two
+// refusals, as the Transport sends a refused stream once more itself.
+//
+// A backend that answered other requests since it last refused this one
+// is at a limit, not refusing everything, and the request may go to it
+// again up to maxLimitedTries times: a burst of n streams on connections
+// whose SETTINGS have not arrived yet (up to 100 streams each before
+// them) takes about n / (the backend's stream limit) tries to place
+// (TestGRPCBackendLimitingStreamsCostsNoCall). A backend that answered
+// nothing in between is refusing everything: maxRefusals such tries, then
+// another backend, as a retry.
+const (
+	maxRefusals     = 4
+	maxLimitedTries = 64
+)
+
+// refusedAgain records that b refused the current try, and tells whether
+// the request may be sent again without it counting as a retry.
+func (st *proxyState) refusedAgain(b *Backend) bool {
+	answered := b.requests.Load()
+	progress := st.refusedBy == b && answered != st.refusedAt
+	st.refusedBy, st.refusedAt = b, answered
+	switch {
+	case progress && st.limited < maxLimitedTries:
+		st.limited++
+		return true
+	case !progress && st.refusals < maxRefusals:
+		st.refusals++
+		return true
+	}
+	return false
+}
 
 func (e *tryError) Error() string { return e.err.Error() }
 
