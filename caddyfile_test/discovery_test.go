@@ -84,12 +84,17 @@ func discovery(t *testing.T, c *lbtest.Caddy) []leastconn.DiscoveryStatus {
 }
 
 // heldOnSlow makes backends that hold each request for /slow until release
-// is closed, and answer the others with their name after a millisecond.
+// is closed (or the request's connection closes: a test that fails before
+// it closes release still ends), and answer the others with their name
+// after a millisecond.
 func heldOnSlow(release <-chan struct{}) func(name string) http.HandlerFunc {
 	return func(name string) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == "/slow" {
-				<-release
+				select { // a test that fails before it releases still ends
+				case <-release:
+				case <-r.Context().Done():
+				}
 			}
 			time.Sleep(time.Millisecond)
 			_, _ = io.WriteString(w, name)
@@ -240,6 +245,7 @@ func TestScaleDownUnderLoadFailsNothingAndSendsNothingAfterLeaving(t *testing.T)
 		defer close(done)
 		sent, failed = c.Traffic(4, 1_000_000, "/", stop.Load)
 	}()
+	t.Cleanup(func() { stop.Store(true); <-done }) // also when the test fails early
 	lbtest.Eventually(t, 10*time.Second, "traffic on the leaver", func() bool { return leaver.Requests.Load() > 50 })
 	changed := time.Now()
 	d.SetA("app.lbtest", ips(bs[:2]...)...)

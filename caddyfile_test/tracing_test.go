@@ -257,7 +257,10 @@ func TestTracingRecordsTheQueueWait(t *testing.T) {
 	release := make(chan struct{})
 	b := lbtest.NewBackend(t, "one", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/held" {
-			<-release
+			select { // a test that fails before it releases still ends
+			case <-release:
+			case <-r.Context().Done():
+			}
 		}
 	})
 	c.Load(t, tracedSite(t, c, rc, fmt.Sprintf(`	lbpool %s {
