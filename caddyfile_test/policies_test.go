@@ -380,7 +380,10 @@ func maxOf(xs []int64) int64 {
 // be asked of the default; the bounded run must stay under the bound at
 // every moment and come within 20 points of its ceiling (bursts of 64
 // requests over bounds of 10 or 11 spill too). At 2 the run must put at
-// least 90% on first choices, under its bound.
+// least 90% on first choices, under its bound, or come within 5 points of
+// its ceiling where the hot keys make that lower: three of the hottest on
+// one backend give it 40% of the requests and a ceiling of 85% (seen once
+// in a run of the whole suite: 84.1% measured).
 func TestHashZipfStaysUnderTheBoundAndMostlyOnFirstChoices(t *testing.T) {
 	c := lbtest.Start(t)
 	const total = 6000
@@ -421,8 +424,8 @@ func TestHashZipfStaysUnderTheBoundAndMostlyOnFirstChoices(t *testing.T) {
 		first := 1 - float64(hashSpills(t, c)-before)/total
 		t.Logf("factor %g: the best the bound allows on first choices: %.1f%%; measured: %.1f%%, peaks %v (bound %d)",
 			f, 100*best, 100*first, peaks, bound)
-		if f == 2 && first < 0.9 {
-			t.Errorf("factor 2: %.1f%% of requests went to their key's first choice, want at least 90%%", 100*first)
+		if want := min(0.9, best-0.05); f == 2 && first < want {
+			t.Errorf("factor 2: %.1f%% of requests went to their key's first choice, want at least %.1f%%", 100*first, 100*want)
 		}
 		if first < best-0.20 {
 			t.Errorf("factor %g: %.1f%% of requests went to their key's first choice, want within 20 points of %.1f%%", f, 100*first, 100*best)
