@@ -784,10 +784,12 @@ func TestGRPCErrorIsOneHeadersFrameAndPlainClientsKeep503(t *testing.T) {
 }
 
 // refusingBackend is an HTTP/2 server (h2c) that refuses every stream
-// (RST_STREAM REFUSED_STREAM) but those for /health, which it answers 200.
+// (RST_STREAM REFUSED_STREAM) but those for /health and /ok, which it
+// answers 200.
 type refusingBackend struct {
 	addr    string
 	refused atomic.Int64
+	ok      atomic.Int64 // /ok answered
 }
 
 func startRefusingBackend(t *testing.T) *refusingBackend {
@@ -852,7 +854,10 @@ func (rb *refusingBackend) serve(nc net.Conn) {
 				err = fr.WritePing(true, f.Data)
 			}
 		case *http2.MetaHeadersFrame:
-			if f.PseudoValue("path") == "/health" {
+			if p := f.PseudoValue("path"); p == "/health" || p == "/ok" {
+				if p == "/ok" {
+					rb.ok.Add(1)
+				}
 				block.Reset()
 				_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
 				err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: block.Bytes(), EndHeaders: true, EndStream: true})
@@ -923,4 +928,45 @@ func TestH2BackendRefusingEveryStreamIsTriedAFewTimes(t *testing.T) {
 		t.Errorf("20 requests with a working backend beside it: %d refusals, want at most 200", n)
 	}
 	t.Logf("20 requests beside a working backend: %d refusals", n)
+
+	// alone again, answering other requests all along: at its stream
+	// limit as far as lbpool can tell once it answered another request
+	// after it first refused this one, so tried up to 1 + 4 + 64 times,
+	// the last 60 of them after a pause each (over 1.3s in all). The first
+	// tries come microseconds apart: a request whose first five saw no
+	// answer to another is refused as above; one of 5 is enough here.
+	pool("h2c://" + rb.addr)
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for !stop.Load() {
+				if resp, err := c.Client().Get(c.URL("/ok")); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		})
+	}
+	t.Cleanup(func() { stop.Store(true); wg.Wait() })
+	lbtest.Eventually(t, 10*time.Second, "answers to others", func() bool { return rb.ok.Load() >= 10 })
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		status, _ = post()
+		took := time.Since(start)
+		n = rb.refused.Swap(0)
+		t.Logf("answering others meanwhile: %d after %d refusals in %v", status, n, took.Round(time.Millisecond))
+		if status != http.StatusBadGateway || n > 2*(1+4+64) {
+			t.Fatalf("answering others meanwhile: %d after %d refusals, want 502 after at most 138", status, n)
+		}
+		if n > 2*(1+4) {
+			if took < 1300*time.Millisecond {
+				t.Errorf("answering others meanwhile: %d refusals in %v: the tries past the fifth were not paced", n, took)
+			}
+			break
+		}
+		if attempt == 5 {
+			t.Fatal("5 requests to a backend answering others meanwhile were each tried only 5 times")
+		}
+	}
 }

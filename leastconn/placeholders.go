@@ -42,8 +42,8 @@ type proxyState struct {
 	// tries that backends refused before processing them (REFUSED_STREAM)
 	// while answering nothing else, and while answering others (proxy.go)
 	refusals, limited int
-	refusedBy         *Backend      // the backend of the last refused try
-	refusedAt         uint64        // its requests counter then
+	refusedBy         *Backend      // the backend that refused the last try
+	refusedAt         uint64        // its requests counter when it first refused
 	pick              string        // why the current try's backend was chosen (pickReason)
 	status            int           // 0 until a backend answered
 	latency           time.Duration // of the answering try

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -148,7 +149,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		if fail.refused {
 			// not processed, and no failure: it may be picked again
-			if st.refusedAgain(b) {
+			if ok, pause := st.refusedAgain(b); ok {
+				if pause > 0 && !sleepFor(r.Context(), pause) {
+					return ended(w, st) // the client went away
+				}
 				tried.remove(i)
 				again = true
 			} else {
@@ -197,34 +201,63 @@ type tryError struct {
 // the backend is at its stream limit, or stopping. Each such try is two
 // refusals, as the Transport sends a refused stream once more itself.
 //
-// A backend that answered other requests since it last refused this one
+// A backend that answered other requests since it first refused this one
 // is at a limit, not refusing everything, and the request may go to it
 // again up to maxLimitedTries times: a burst of n streams on connections
 // whose SETTINGS have not arrived yet (up to 100 streams each before
 // them) takes about n / (the backend's stream limit) tries to place
-// (TestGRPCBackendLimitingStreamsCostsNoCall). A backend that answered
-// nothing in between is refusing everything: maxRefusals such tries, then
-// another backend, as a retry.
+// (TestGRPCBackendLimitingStreamsCostsNoCall). Past maxRefusals of them
+// each waits a little first (limitedPause), so that a backend shedding
+// load by refusing streams is not sent each one 128 times in a row. A
+// backend that answered nothing in between is refusing everything:
+// maxRefusals such tries, then another backend, as a retry.
 const (
 	maxRefusals     = 4
 	maxLimitedTries = 64
 )
 
 // refusedAgain records that b refused the current try, and tells whether
-// the request may be sent again without it counting as a retry.
-func (st *proxyState) refusedAgain(b *Backend) bool {
+// the request may be sent again without it counting as a retry, and after
+// what pause.
+func (st *proxyState) refusedAgain(b *Backend) (bool, time.Duration) {
 	answered := b.requests.Load()
 	progress := st.refusedBy == b && answered != st.refusedAt
-	st.refusedBy, st.refusedAt = b, answered
+	if st.refusedBy != b {
+		st.refusedBy, st.refusedAt = b, answered
+	}
 	switch {
 	case progress && st.limited < maxLimitedTries:
 		st.limited++
-		return true
+		return true, limitedPause(st.limited)
 	case !progress && st.refusals < maxRefusals:
 		st.refusals++
-		return true
+		return true, 0
 	}
-	return false
+	return false, 0
+}
+
+// limitedPause is the wait before the nth try of a request a backend at
+// its stream limit refused: none for the first maxRefusals, then 1ms
+// doubling up to 50ms, each jittered down by up to half (about 2.8s over
+// all 64 at most).
+func limitedPause(n int) time.Duration {
+	if n <= maxRefusals {
+		return 0
+	}
+	d := min(time.Millisecond<<min(n-maxRefusals-1, 6), 50*time.Millisecond)
+	return d - rand.N(d/2+1)
+}
+
+// sleepFor waits d; false when ctx ended first.
+func sleepFor(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 func (e *tryError) Error() string { return e.err.Error() }

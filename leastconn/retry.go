@@ -199,14 +199,7 @@ func (h *Handler) next(ctx context.Context, rr *retryRun) bool {
 // pause waits a try_interval, or until the deadline; false when the client
 // went away.
 func (h *Handler) pause(ctx context.Context, rr *retryRun) bool {
-	t := time.NewTimer(min(h.tryInterval, time.Until(rr.deadline)))
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return sleepFor(ctx, min(h.tryInterval, time.Until(rr.deadline)))
 }
 
 // await waits, under try_duration, for a backend to take the request when
