@@ -128,6 +128,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if _, err := h.discoverySpecs(); err != nil {
 		return d.Err(strings.TrimPrefix(err.Error(), "lbpool: "))
 	}
+	if _, err := h.outlierSpec(); err != nil {
+		return tokenErr(p.ejectToken, "%s", strings.TrimPrefix(err.Error(), "lbpool: "))
+	}
 	return nil
 }
 

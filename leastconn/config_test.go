@@ -179,8 +179,12 @@ func TestCountLimitsAreOneForTheCaddyfileAndJSON(t *testing.T) {
 	for name, limit := range countLimits {
 		for _, n := range []int{limit, limit + 1} {
 			var fromCaddyfile, fromJSON Handler
-			cerr := fromCaddyfile.UnmarshalCaddyfile(caddyfile.NewTestDispenser(fmt.Sprintf("lbpool a:80 {\n%s %d\n}", name, n)))
-			if err := json.Unmarshal(fmt.Appendf(nil, `{"backends":[{"url":"a:80"}],%q:%d}`, name, n), &fromJSON); err != nil {
+			cline, jfield := "", "" // max_fails needs fail_duration
+			if ejectionOptions[name] {
+				cline, jfield = "fail_duration 1s\n", `"fail_duration":1000000000,`
+			}
+			cerr := fromCaddyfile.UnmarshalCaddyfile(caddyfile.NewTestDispenser(fmt.Sprintf("lbpool a:80 {\n%s%s %d\n}", cline, name, n)))
+			if err := json.Unmarshal(fmt.Appendf(nil, `{"backends":[{"url":"a:80"}],%s%q:%d}`, jfield, name, n), &fromJSON); err != nil {
 				t.Fatal(err)
 			}
 			_, jerr := fromJSON.poolSpec()

@@ -45,6 +45,7 @@ type parser struct {
 	wrrToken     caddyfile.Token
 	factorToken  caddyfile.Token // where hash_balance_factor was written
 	reportsToken caddyfile.Token // where load_reports was written
+	ejectToken   caddyfile.Token // where the first option of ejection was written
 	cookiePolicy bool            // sticky came from lb_policy cookie
 }
 
@@ -195,7 +196,17 @@ func (p *parser) readOption(inTransport bool) error {
 		}
 		return d.Errf("unrecognized %s '%s'", where, name)
 	}
+	if ejectionOptions[name] && p.ejectToken.Text == "" {
+		p.ejectToken = d.Token()
+	}
 	return opt.read(p)
+}
+
+// ejectionOptions shape ejection (outlier.go); they are checked together
+// when the block ends, and an error names the first of them written.
+var ejectionOptions = map[string]bool{
+	"fail_duration": true, "max_fails": true, "unhealthy_status": true,
+	"unhealthy_grpc_status": true, "unhealthy_latency": true, "max_ejected_percent": true,
 }
 
 // nearest is the known option closest to name, when one is close enough to
