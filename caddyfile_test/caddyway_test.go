@@ -334,7 +334,7 @@ func TestHandleErrorsAnswers503502And504(t *testing.T) {
 		message    string
 		retryAfter string
 	}{
-		{"/down", 503, "lbpool: no backend available", "20"},
+		{"/down", 503, "lbpool: no backend available", "1-2"}, // the seconds to the next check (health_down_interval, doubling)
 		{"/flaky", 502, "lbpool: every try failed: ", ""},
 		{"/slow", 504, "lbpool: backend did not answer in time", ""},
 	} {
@@ -352,7 +352,7 @@ func TestHandleErrorsAnswers503502And504(t *testing.T) {
 		if pool := resp.Header.Get("X-Lb-Pool"); pool != strings.TrimPrefix(tc.path, "/") {
 			t.Errorf("%s: {http.lbpool.pool} in handle_errors gave %q", tc.path, pool)
 		}
-		if got := resp.Header.Get("Retry-After"); got != tc.retryAfter {
+		if got := resp.Header.Get("Retry-After"); got != tc.retryAfter && !(tc.retryAfter == "1-2" && (got == "1" || got == "2")) {
 			t.Errorf("%s: Retry-After %q, want %q", tc.path, got, tc.retryAfter)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -306,15 +307,34 @@ func TestNoBackendAvailableGives503WithRetryAfter(t *testing.T) {
 		}
 		return true
 	})
-	resp, err := c.Client().Get(c.URL("/"))
-	if err != nil {
-		t.Fatal(err)
+	get := func() (int, int, string) {
+		t.Helper()
+		resp, err := c.Client().Get(c.URL("/"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		after, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+		if err != nil {
+			t.Fatalf("Retry-After %q: %v", resp.Header.Get("Retry-After"), err)
+		}
+		return resp.StatusCode, after, string(body)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || len(body) == 0 {
-		t.Fatalf("got %d, Retry-After %q, body %q; want 503 with Retry-After and a body",
-			resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	// down backends are checked again after health_down_interval (1s),
+	// doubling: the next check is seconds away, not the hour's interval
+	status, after, body := get()
+	if status != http.StatusServiceUnavailable || after < 1 || after > 8 || body == "" {
+		t.Fatalf("both down: %d, Retry-After %d, body %q; want 503, the seconds to the next check (1-8) and a body", status, after, body)
+	}
+	// in maint, no check will bring them back: one health_interval
+	for _, b := range []*lbtest.Backend{a, b} {
+		if st, msg := c.Admin(t, http.MethodPost, "/lbpool/state", fmt.Sprintf(`{"pool":"web","backend":%q,"state":"maint"}`, b.URL())); st != 200 {
+			t.Fatalf("maint: %d %s", st, msg)
+		}
+	}
+	if status, after, _ := get(); status != http.StatusServiceUnavailable || after != 3600 {
+		t.Fatalf("both in maint: %d, Retry-After %d; want 503 and 3600 (health_interval)", status, after)
 	}
 }
 

@@ -229,6 +229,7 @@ type Backend struct {
 	rt backendRuntime // run-time admin state and weight, and where they came from (fleetstate.go)
 
 	// Health bookkeeping, not on the hot path.
+	nextCheck  atomic.Int64 // unix nanos of the next active check, for Retry-After
 	mu         sync.Mutex
 	passes     int // consecutive passing checks
 	fails      int // consecutive failing checks

@@ -98,9 +98,11 @@ func (b *Backend) runChecks(ctx context.Context) {
 				zap.String("backend", b.URL()), zap.Any("error", err), zap.ByteString("stack", debug.Stack()))
 		}
 	}()
-	timer := time.NewTimer(rand.N(firstCheckSpread))
+	first := rand.N(firstCheckSpread)
+	b.nextCheck.Store(time.Now().Add(first).UnixNano())
+	timer := time.NewTimer(first)
 	defer timer.Stop()
-	var downWait time.Duration // see nextCheck
+	var downWait time.Duration // see nextCheckWait
 	prompt := true             // the coming check is a prompt one: spread the next
 	for {
 		select {
@@ -110,7 +112,7 @@ func (b *Backend) runChecks(ctx context.Context) {
 		case <-b.kick:
 		case <-b.respec:
 			// the check changed: check under it soon, but spread out
-			timer.Reset(rand.N(firstCheckSpread))
+			b.checkIn(timer, rand.N(firstCheckSpread))
 			prompt = true
 			continue
 		}
@@ -141,17 +143,23 @@ func (b *Backend) runChecks(ctx context.Context) {
 			wait = spreadCheckIn
 		}
 		prompt = false
-		timer.Reset(b.untilHoldEnds(wait(b.nextCheck(spec, &downWait))))
+		b.checkIn(timer, b.untilHoldEnds(wait(b.nextCheckWait(spec, &downWait))))
 	}
 }
 
-// nextCheck is the wait before b's next check: health_interval while it is
+// checkIn sets the check timer to d, and notes when that is.
+func (b *Backend) checkIn(timer *time.Timer, d time.Duration) {
+	b.nextCheck.Store(time.Now().Add(d).UnixNano())
+	timer.Reset(d)
+}
+
+// nextCheckWait is the wait before b's next check: health_interval while it is
 // up; while it is down health_down_interval, doubled after each failed
 // check that reached it (*downWait carries the doubling), up to
 // health_interval. A refused connection does not double the wait: nothing
 // listens yet, so a backend that restarts or starts late is back as soon as
 // it answers.
-func (b *Backend) nextCheck(s *poolSpec, downWait *time.Duration) time.Duration {
+func (b *Backend) nextCheckWait(s *poolSpec, downWait *time.Duration) time.Duration {
 	if b.flags.Load()&(flagDown|flagMaint) != flagDown {
 		*downWait = 0
 		return s.healthInterval

@@ -268,14 +268,22 @@ func retryableAfterConnect(r *http.Request, out *http.Request) bool {
 	return upstream.Idempotent(r.Method) && out.Body == nil
 }
 
-// retryAfter is the Retry-After value for 503s: the next health check is at
-// most one interval away.
+// retryAfter is the Retry-After value for 503s, in seconds: the time
+// until the next check of a backend that is down (and in no admin state),
+// the soonest of them, as one passing check may bring it back; else (all
+// drained, full, held or ejected) one health_interval. At least 1.
 func (h *Handler) retryAfter() int {
-	s := int(h.spec.healthInterval / time.Second)
-	if s < 1 {
-		s = 1
+	wait := h.spec.healthInterval
+	now := time.Now().UnixNano()
+	for _, b := range h.lease.view.Load().backends {
+		if b.flags.Load()&flagsUnavailable != flagDown {
+			continue
+		}
+		if at := b.nextCheck.Load(); at != 0 {
+			wait = min(wait, time.Duration(at-now))
+		}
 	}
-	return s
+	return max(1, int((wait+time.Second/2)/time.Second)) // checks are jittered by 10%: rounded
 }
 
 func writeError(w http.ResponseWriter, status int, msg string, retryAfter int) {
