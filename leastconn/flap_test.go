@@ -237,3 +237,34 @@ func TestHoldsEndWhenNothingElseCouldTakeARequest(t *testing.T) {
 		t.Fatal("no check asked for: the backend would wait for its next interval")
 	}
 }
+
+// A 503's Retry-After is the wait until the soonest next check of a down
+// backend, or its hold's end if later, rounded; one health_interval when
+// no backend is down but in an admin state.
+func TestRetryAfterIsTheSoonestCheckOfADownBackend(t *testing.T) {
+	h := newTestHandler(1, 1, 1)
+	h.spec = &poolSpec{healthInterval: time.Hour}
+	bs := h.lease.view.Load().backends
+	now := time.Now()
+	for i, b := range bs {
+		b.flags.Store(flagDown)
+		b.nextCheck.Store(now.Add(time.Duration(i+3) * time.Second).UnixNano())
+	}
+	if got := h.retryAfter(); got != 3 {
+		t.Errorf("down, next checks in 3, 4 and 5s: Retry-After %d, want 3", got)
+	}
+	bs[0].flap.until.Store(now.Add(30 * time.Second).UnixNano()) // held past its check
+	if got := h.retryAfter(); got != 4 {
+		t.Errorf("the soonest held for 30s: Retry-After %d, want 4", got)
+	}
+	bs[1].nextCheck.Store(now.Add(-time.Second).UnixNano()) // overdue
+	if got := h.retryAfter(); got != 1 {
+		t.Errorf("a check overdue: Retry-After %d, want 1", got)
+	}
+	for _, b := range bs {
+		b.flags.Store(flagDown | flagMaint)
+	}
+	if got := h.retryAfter(); got != 3600 {
+		t.Errorf("all in maint: Retry-After %d, want 3600 (health_interval)", got)
+	}
+}

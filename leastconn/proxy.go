@@ -270,8 +270,9 @@ func retryableAfterConnect(r *http.Request, out *http.Request) bool {
 
 // retryAfter is the Retry-After value for 503s, in seconds: the time
 // until the next check of a backend that is down (and in no admin state),
-// the soonest of them, as one passing check may bring it back; else (all
-// drained, full, held or ejected) one health_interval. At least 1.
+// or the end of its flap hold if later, the soonest of them, as one
+// passing check may bring it back; else (all drained, in maint, ejected or
+// full) one health_interval. At least 1.
 func (h *Handler) retryAfter() int {
 	wait := h.spec.healthInterval
 	now := time.Now().UnixNano()
@@ -280,7 +281,8 @@ func (h *Handler) retryAfter() int {
 			continue
 		}
 		if at := b.nextCheck.Load(); at != 0 {
-			wait = min(wait, time.Duration(at-now))
+			// a held backend comes back at a check once its hold is over
+			wait = min(wait, time.Duration(max(at, b.flap.until.Load())-now))
 		}
 	}
 	return max(1, int((wait+time.Second/2)/time.Second)) // checks are jittered by 10%: rounded
