@@ -318,6 +318,53 @@ func TestTransportReadTimeoutCutsAStalledResponse(t *testing.T) {
 	t.Logf("cut after %v", took)
 }
 
+// write_timeout bounds each write to the backend: a backend that stops
+// reading a request body (its socket buffers full) makes the upload fail
+// after about that long, where without it the upload would hang as long as
+// the client keeps sending.
+func TestTransportWriteTimeoutCutsAStalledUpload(t *testing.T) {
+	c := lbtest.Start(t)
+	stall := make(chan struct{})
+	b := lbtest.NewBackend(t, "staller", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/upload" {
+			return
+		}
+		<-stall // reads nothing of the body (so net/http never sees the connection close)
+	})
+	t.Cleanup(func() { close(stall) }) // before the backend's Close, which waits for it
+	c.Load(t, site(c, "transport http {\n\t\t\twrite_timeout 300ms\n\t\t}", b))
+	firstOK(t, c, 5*time.Second)
+	pr, pw := io.Pipe()
+	var sent atomic.Int64
+	go func() { // at most 1 GiB, well past what loopback buffers hold
+		chunk := make([]byte, 64<<10)
+		for sent.Load() < 1<<30 {
+			n, err := pw.Write(chunk)
+			sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	t.Cleanup(func() { pr.Close() })
+	start := time.Now()
+	resp, err := c.Client().Post(c.URL("/upload"), "application/octet-stream", pr)
+	took := time.Since(start)
+	status := 0
+	if err == nil {
+		status = resp.StatusCode
+		resp.Body.Close()
+	}
+	t.Logf("an upload the backend stopped reading: status %d (%v) after %v, %.1f MiB sent", status, err, took.Round(time.Millisecond), float64(sent.Load())/(1<<20))
+	if err == nil && status != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504 (a timeout, as reverse_proxy answers it) or a cut connection", status)
+	}
+	if took > 5*time.Second || sent.Load() >= 1<<30 {
+		t.Fatalf("the stalled upload was cut after %v and %d bytes, want about 300ms after the buffers filled", took, sent.Load())
+	}
+}
+
 func TestProxyStatusNamesWhyAndRewriteChangesMethodAndURI(t *testing.T) {
 	c := lbtest.Start(t)
 	var got atomic.Value
