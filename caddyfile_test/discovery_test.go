@@ -102,6 +102,30 @@ func heldOnSlow(release <-chan struct{}) func(name string) http.HandlerFunc {
 	}
 }
 
+// heldOneByOne sends n requests for /slow, each once the one before is in
+// flight: the picks then see each other's counts, and least_conn puts one
+// on each of n idle members (concurrent picks may both take the same one,
+// as a pick reads the counts before it adds its own). Each request's error
+// arrives on the channel when it ends.
+func heldOneByOne(t *testing.T, c *lbtest.Caddy, n int) <-chan error {
+	t.Helper()
+	slow := make(chan error, n)
+	for i := range n {
+		go func() {
+			_, err := lbtest.GetResending(c.Client(), c.URL("/slow"))
+			slow <- err
+		}()
+		lbtest.Eventually(t, 10*time.Second, fmt.Sprintf("%d slow requests in flight", i+1), func() bool {
+			var active int64
+			for _, m := range members(t, c) {
+				active += m.ActiveConnections
+			}
+			return active == int64(i+1)
+		})
+	}
+	return slow
+}
+
 func TestDiscoveredMembersAreCheckedAndBalanced(t *testing.T) {
 	c := lbtest.Start(t)
 	d := lbtest.NewDNS(t)
@@ -227,13 +251,7 @@ func TestScaleDownUnderLoadFailsNothingAndSendsNothingAfterLeaving(t *testing.T)
 	lbtest.Eventually(t, 10*time.Second, "3 members up", func() bool { return allAlive(t, c, bs...) })
 
 	// a long request on each member, so the leaver has one in flight
-	slow := make(chan error, 3)
-	for range 3 {
-		go func() {
-			_, err := lbtest.GetResending(c.Client(), c.URL("/slow"))
-			slow <- err
-		}()
-	}
+	slow := heldOneByOne(t, c, 3)
 	lbtest.Eventually(t, 10*time.Second, "a slow request on the leaver", func() bool {
 		return members(t, c)[leaver.URL()].ActiveConnections == 1
 	})
@@ -314,10 +332,7 @@ func TestMemberBackBeforeLeavingStaysAndAfterLeavingStartsFresh(t *testing.T) {
 	for range 10 {
 		c.Get(t, c.URL("/"))
 	}
-	slow := make(chan error, 2)
-	for range 2 {
-		go func() { _, err := lbtest.GetResending(c.Client(), c.URL("/slow")); slow <- err }()
-	}
+	slow := heldOneByOne(t, c, 2)
 	lbtest.Eventually(t, 10*time.Second, "a request in flight on m", func() bool {
 		return members(t, c)[m.URL()].ActiveConnections == 1
 	})
