@@ -162,14 +162,11 @@ func redactRaw(raw string) string {
 	if at < 0 {
 		return raw
 	}
-	start := strings.Index(raw, "://")
+	start := strings.Index(raw[:at], "://") // a "://" past the @ is no scheme's
 	if start < 0 {
 		start = 0
 	} else {
 		start += 3
-	}
-	if start > at {
-		return raw
 	}
 	user := raw[start:at]
 	if i := strings.Index(user, ":"); i >= 0 {
